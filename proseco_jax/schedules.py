@@ -1,0 +1,93 @@
+"""Masking schedules of absorbing-state (masked) diffusion in continuous time.
+
+A schedule gives alpha(t), the probability that a token is still clean at time t in [0, 1], through the
+total noise sigma(t) = -log alpha(t), and its rate dsigma/dt. The MDLM/ProSeCo loss weight is
+
+    w(t) = -alpha'(t) / (1 - alpha(t)) = dsigma(t) / expm1(sigma(t)),
+
+which for the default log-linear schedule (alpha = 1 - (1 - eps) t) is exactly 1/t.
+All functions are pure and work on scalars or arrays of any shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+SCHEDULES = ("loglinear", "linear", "cosine", "polynomial")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A masking schedule.
+
+    Attributes:
+      kind: one of SCHEDULES.
+        loglinear:  alpha = 1 - (1 - eps) t                    (MDLM's default)
+        linear:     sigma = sigma_min + t (sigma_max - sigma_min)
+        cosine:     alpha = eps + (1 - eps) cos(pi t / 2)
+        polynomial: alpha = 1 - (1 - eps) t^power
+      eps: keeps alpha(1) = eps > 0 so that sigma stays finite.
+      sigma_min, sigma_max: endpoints of the linear schedule.
+      power: exponent of the polynomial schedule.
+    """
+
+    kind: str = "loglinear"
+    eps: float = 1e-3
+    sigma_min: float = 0.0
+    sigma_max: float = 10.0
+    power: float = 2.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; expected one of {SCHEDULES}")
+
+    def sigma(self, t):
+        """Total noise sigma(t) = -log alpha(t)."""
+        t = jnp.asarray(t, jnp.float32)
+        if self.kind == "loglinear":
+            return -jnp.log1p(-(1.0 - self.eps) * t)
+        if self.kind == "linear":
+            return self.sigma_min + t * (self.sigma_max - self.sigma_min)
+        if self.kind == "cosine":
+            return -jnp.log(self.eps + (1.0 - self.eps) * jnp.cos(0.5 * jnp.pi * t))
+        return -jnp.log1p(-(1.0 - self.eps) * t**self.power)
+
+    def dsigma(self, t):
+        """Rate d sigma / dt."""
+        t = jnp.asarray(t, jnp.float32)
+        if self.kind == "loglinear":
+            return (1.0 - self.eps) / (1.0 - (1.0 - self.eps) * t)
+        if self.kind == "linear":
+            return jnp.full_like(t, self.sigma_max - self.sigma_min)
+        if self.kind == "cosine":
+            cos = jnp.cos(0.5 * jnp.pi * t)
+            sin = jnp.sin(0.5 * jnp.pi * t)
+            return 0.5 * jnp.pi * (1.0 - self.eps) * sin / (self.eps + (1.0 - self.eps) * cos)
+        return (1.0 - self.eps) * self.power * t ** (self.power - 1.0) / (
+            1.0 - (1.0 - self.eps) * t**self.power
+        )
+
+    def alpha(self, t):
+        """Probability that a token is still unmasked at time t."""
+        return jnp.exp(-self.sigma(t))
+
+    def mask_prob(self, t):
+        """1 - alpha(t), computed without cancellation."""
+        return -jnp.expm1(-self.sigma(t))
+
+    def loss_weight(self, t):
+        """w(t) = -alpha'(t) / (1 - alpha(t)) = dsigma / expm1(sigma)."""
+        return self.dsigma(t) / jnp.expm1(self.sigma(t))
+
+
+def from_config(diffusion_config) -> Schedule:
+    """Builds the schedule named by `config.diffusion`."""
+    return Schedule(
+        kind=diffusion_config.schedule,
+        eps=diffusion_config.schedule_eps,
+        sigma_min=diffusion_config.sigma_min,
+        sigma_max=diffusion_config.sigma_max,
+        power=diffusion_config.poly_power,
+    )

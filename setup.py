@@ -1,0 +1,36 @@
+"""Installs proseco_jax: self-correcting masked diffusion language models in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="proseco_jax",
+    version="0.1.0",
+    description=(
+        "ProSeCo (Progressive Self-Correction) masked diffusion language models "
+        "in JAX/Flax: two-pass training and on-device unmask-then-correct sampling."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["proseco_jax", "proseco_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6,<0.13",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.10,<0.3",
+        "tensorflow-datasets>=4.9.7,<5",
+        "array-record>=0.7",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "ruff>=0.5",
+        ],
+    },
+)

@@ -1,0 +1,11 @@
+"""Test setup: 8 fake CPU devices, so mesh code runs here exactly as on a pod slice.
+
+XLA reads the flag once, when jax is first imported, so it is set before anything imports jax.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
