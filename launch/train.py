@@ -1,0 +1,31 @@
+"""Trains a ProSeCo masked diffusion model.
+
+    python launch/train.py --config=configs/synthetic.py --workdir=runs/synthetic [--config.FIELD=VALUE]
+
+Writes WORKDIR/metrics.jsonl, TensorBoard files under WORKDIR/tensorboard and orbax checkpoints under
+WORKDIR/checkpoints; rerunning the same command resumes from the latest checkpoint. On a multi-host pod
+slice run the same command on every host with --multihost.
+"""
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from proseco_jax import cli, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (pods, clusters).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = cli.config_or_fail(_CONFIG)
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    train.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,51 @@
+"""Shared plumbing of the absl binaries in launch/: flag errors and `UsageError`s become one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from proseco_jax.errors import UsageError
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` (first line only) and exits with code 2."""
+    print(f"error: {str(message).strip().splitlines()[0] if str(message).strip() else 'bad input'}",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections override errors.
+        fail(f"bad config override: {e}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`app.run(main)`, with bad input reported as one line and exit code 2."""
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except UsageError as e:
+            fail(str(e))
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def config_or_fail(flag_holder):
+    """Returns the parsed config of a `config_flags.DEFINE_config_file` flag, failing cleanly."""
+    try:
+        config = flag_holder.value
+    except Exception as e:  # noqa: BLE001 - config files are user code; any failure is bad input.
+        fail(f"cannot load config: {e}")
+    if config is None:
+        fail("--config is required (e.g. --config=configs/synthetic.py)")
+    return config

@@ -1,0 +1,93 @@
+"""Where training figures go: `metrics.jsonl` (one JSON object per log step), TensorBoard event files
+(written by tensorboardX, no TensorFlow needed) and a one-line progress report on stdout.
+
+On resume, lines of `metrics.jsonl` from steps after the restored checkpoint are dropped, so the file reads
+exactly as if the run had never been interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    value = float(value) if hasattr(value, "__float__") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsWriter:
+    """Writes metrics of process 0; other processes get a writer that does nothing."""
+
+    def __init__(self, workdir: str, *, resume_step: int, total_steps: int, enabled: bool = True):
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        self._start_time = time.time()
+        self._start_step = resume_step
+        if not enabled:
+            return
+        self._truncate_after(resume_step)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
+            self._tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Appends one JSON line for `step` and mirrors the scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def progress(self, step: int, metrics: dict[str, Any]) -> None:
+        """Prints `step N/T | loss .. | tok/s .. | ETA ..` (process 0 only)."""
+        if not self.enabled:
+            return
+        done = step - self._start_step
+        elapsed = time.time() - self._start_time
+        eta = elapsed / max(done, 1) * (self.total_steps - step)
+        parts = [f"step {step}/{self.total_steps}"]
+        for key in ("loss", "mdm_loss", "corrector_loss", "val_bits_per_token"):
+            if key in metrics:
+                parts.append(f"{key} {float(metrics[key]):.4f}")
+        if "tokens_per_sec" in metrics:
+            parts.append(f"{float(metrics['tokens_per_sec']):,.0f} tok/s")
+        parts.append(f"ETA {_format_seconds(eta)}")
+        print(" | ".join(parts), flush=True, file=sys.stdout)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

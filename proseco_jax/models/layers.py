@@ -1,0 +1,107 @@
+"""Building blocks of the DiT denoiser: rotary embeddings, bidirectional attention, adaLN helpers.
+
+Attention is the standard softmax(q k^T / sqrt(d_h)) v without a causal mask (the denoiser sees the whole
+sequence). It is written as reshaped batched matmuls over a merged (batch * heads) axis, which XLA lowers
+to a few large GEMMs; on CPU this ran several times faster than a naive multi-axis einsum. Rotary position
+embeddings (RoPE, Su et al.) rotate q and k; every parameter carries logical axis names so that
+`sharding.py` can place it on a device mesh.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+
+def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables [length, head_dim // 2] of rotary embeddings."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, L, H, Dh] by position: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos = cos[None, :, None, :].astype(x.dtype)
+    sin = sin[None, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Bidirectional softmax attention; q, k, v: [B, L, H, Dh] -> [B, L, H, Dh].
+
+    Scores and softmax are computed in float32 whatever the input dtype.
+    """
+    b, length, h, dh = q.shape
+    to_bh = lambda a: a.transpose(0, 2, 1, 3).reshape(b * h, length, dh)  # noqa: E731
+    qb, kb, vb = to_bh(q), to_bh(k), to_bh(v)
+    scores = jnp.matmul(qb, kb.transpose(0, 2, 1), preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores * (dh**-0.5), axis=-1).astype(v.dtype)
+    out = jnp.matmul(probs, vb)  # [B*H, L, Dh]
+    return out.reshape(b, h, length, dh).transpose(0, 2, 1, 3)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """adaLN modulation; x [B, L, D], shift/scale [B, D]."""
+    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm without bias, computed in float32 (as MDLM's DiT), scale over `embed`."""
+
+    param_dtype: Dtype = jnp.float32
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y * scale.astype(jnp.float32)
+
+
+def dense(
+    features: int | tuple[int, ...],
+    axes: tuple[str | None, ...],
+    *,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    use_bias: bool = False,
+    zero_init: bool = False,
+    contract_axes: int | tuple[int, ...] = -1,
+    name: str | None = None,
+) -> nn.DenseGeneral:
+    """A DenseGeneral whose kernel (and bias) carry logical axis names `axes` (kernel's full shape)."""
+    kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
+    features_tuple = features if isinstance(features, tuple) else (features,)
+    bias_axes = axes[-len(features_tuple):]
+    return nn.DenseGeneral(
+        features=features,
+        axis=contract_axes,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+        name=name,
+    )
+
+
+def timestep_embedding(sigma: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal embedding [B, dim] of the noise level sigma [B]."""
+    half = dim // 2
+    freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = sigma.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)

@@ -1,0 +1,73 @@
+"""Pure building blocks of every sampler: log-probs from logits, nucleus truncation, Gumbel-max draws, top-k.
+
+A categorical draw is the Gumbel-max trick, token = argmax_v (log q_v + g_v) with g = -log(-log u) and
+u ~ U(0, 1). Precision matters here: a float32 uniform has 24 bits, so g <= ~16.6 and a token whose log-prob
+trails the best by more than that (plus the best's own noise) is never drawn; small probabilities are
+truncated, which biases the draws toward high-probability tokens and lowers sample entropy (the MDLM and
+ReMDM papers trace part of MDLM's low generative perplexity to this). float64 noise (g <= ~36.7) removes
+the effect; the sampler offers it through `precision`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Log-probs use a true -inf: exp gives exactly 0, and no arithmetic here ever combines two infinities.
+NEG_INF = -jnp.inf
+
+
+def model_log_probs(logits: jax.Array, tokens: jax.Array, mask_id: int, dtype, copy_over: bool) -> jax.Array:
+    """log softmax over [0, V] with the [MASK] logit removed; optional "subs" copy-over.
+
+    Args:
+      logits: [B, L, >= V+1] model output; columns past mask_id (vocabulary padding) are dropped.
+      tokens: int32 [B, L], the model's input.
+      copy_over: visible positions get log-prob 0 on their own token (MDLM's "subs" parameterisation).
+    Returns:
+      [B, L, V+1] log-probs in `dtype`, -inf at the [MASK] column.
+    """
+    logits = logits[..., : mask_id + 1].astype(dtype)
+    column = jnp.arange(mask_id + 1)
+    logp = jax.nn.log_softmax(jnp.where(column == mask_id, NEG_INF, logits), axis=-1)
+    if copy_over:
+        own = column == tokens[..., None]
+        visible = (tokens != mask_id)[..., None]
+        logp = jnp.where(visible, jnp.where(own, 0.0, NEG_INF).astype(dtype), logp)
+    return logp
+
+
+def nucleus_log_probs(logp: jax.Array, p: float) -> jax.Array:
+    """Keeps the smallest top set of tokens whose mass stays <= p (always the best one) and renormalises.
+
+    Tokens tied with the last kept probability are kept too, which avoids a scatter back from sorted order.
+    """
+    if p >= 1.0:
+        return logp
+    probs = jnp.exp(logp)
+    sorted_desc = -jnp.sort(-probs, axis=-1)
+    kept = jnp.maximum(jnp.sum(jnp.cumsum(sorted_desc, axis=-1) <= p, axis=-1, keepdims=True), 1)
+    cutoff = jnp.take_along_axis(sorted_desc, kept - 1, axis=-1)
+    truncated = jnp.where(probs >= cutoff, logp, NEG_INF)
+    return truncated - jax.nn.logsumexp(truncated, axis=-1, keepdims=True)
+
+
+def gumbel_argmax(key: jax.Array, logq: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """One categorical draw per row of logq [..., K] (unnormalised is fine); temperature 0 is argmax."""
+    if temperature == 0.0:
+        return jnp.argmax(logq, axis=-1).astype(jnp.int32)
+    noise = jax.random.gumbel(key, logq.shape, logq.dtype)
+    return jnp.argmax(logq + temperature * noise, axis=-1).astype(jnp.int32)
+
+
+def top_k_mask(scores: jax.Array, k: jax.Array | int) -> jax.Array:
+    """bool [B, L]: the k[b] highest scores of each row (ties by position), never a -inf score."""
+    order = jnp.argsort(-scores, axis=-1, stable=True)
+    ranks = jnp.argsort(order, axis=-1, stable=True)
+    k = jnp.asarray(k)
+    return (ranks < (k[..., None] if k.ndim else k)) & (scores > NEG_INF)
+
+
+def token_log_prob(logp: jax.Array, tokens: jax.Array) -> jax.Array:
+    """logp [B, L, V+1] at tokens [B, L] -> [B, L]."""
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
