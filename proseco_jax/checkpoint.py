@@ -29,8 +29,12 @@ def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.Che
     from grain.checkpoint import CheckpointHandler as GrainHandler
 
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, enable_async_checkpointing=not read_only,
-        read_only=read_only, cleanup_tmp_directories=not read_only)
+        max_to_keep=keep,
+        create=not read_only,
+        enable_async_checkpointing=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+    )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=options,
@@ -48,8 +52,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
     manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None,
-            step: int | None = None) -> tuple[int, Any]:
+def restore(
+    manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None, step: int | None = None
+) -> tuple[int, Any]:
     """Restores (step, state) from the latest (or given) step; the data iterator is restored in place."""
     from grain.checkpoint import CheckpointRestore
 
@@ -79,11 +84,20 @@ def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool = True) 
     target = {key: abstract_params}
     try:
         restored = manager.restore(
-            step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-                item=target, restore_args=jax.tree.map(_restore_args, target), partial_restore=True)}))
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE: ocp.args.PyTreeRestore(
+                        item=target, restore_args=jax.tree.map(_restore_args, target), partial_restore=True
+                    )
+                }
+            ),
+        )
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise UsageError(f"checkpoint at step {step} under {checkpoint_dir(workdir)} does not match the "
-                         f"config's model: {str(e).splitlines()[0][:200]}") from None
+        raise UsageError(
+            f"checkpoint at step {step} under {checkpoint_dir(workdir)} does not match the "
+            f"config's model: {str(e).splitlines()[0][:200]}"
+        ) from None
     return step, restored[STATE][key]
 
 

@@ -7,15 +7,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from proseco_jax.errors import UsageError
 
 
 def fail(message: str) -> None:
     """Prints `error: message` (first line only) and exits with code 2."""
-    print(f"error: {str(message).strip().splitlines()[0] if str(message).strip() else 'bad input'}",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: {str(message).strip().splitlines()[0] if str(message).strip() else 'bad input'}",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(2)
 
 
@@ -32,6 +35,9 @@ def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with bad input reported as one line and exit code 2."""
 
     def guarded(argv):
+        # Library INFO chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         try:
             main(argv)
         except UsageError as e:

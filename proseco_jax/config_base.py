@@ -97,7 +97,7 @@ def get_config(model_preset: str = "tiny") -> ml_collections.ConfigDict:
     x.data = -1  # Data-parallel axis size (-1 takes the devices left by the other axes).
     x.fsdp = 1  # Fully sharded data parallel: params sharded over this axis, batch too.
     x.tensor = 1  # Tensor parallel: heads, MLP and vocab sharded over this axis.
-    # Logical axis name -> mesh axes. Params use embed/mlp/heads/kv/vocab/cond; activations batch/length/act_*.
+    # Logical axis name -> mesh axes. Params: embed/mlp/heads/kv/vocab/cond; activations: batch/length/act_*.
     x.logical_axis_rules = (
         ("batch", ("data", "fsdp")),
         ("embed", "fsdp"),

@@ -51,7 +51,9 @@ class LossConfig:
 
     def __post_init__(self):
         if self.parameterization not in ("subs", "d3pm"):
-            raise ValueError(f"diffusion.parameterization must be 'subs' or 'd3pm', got {self.parameterization!r}")
+            raise ValueError(
+                f"diffusion.parameterization must be 'subs' or 'd3pm', got {self.parameterization!r}"
+            )
         if self.corrector_input not in ("all", "masked"):
             raise ValueError(f"corrector.input must be 'all' or 'masked', got {self.corrector_input!r}")
 
@@ -114,7 +116,12 @@ def mdm_loss(logp1: jax.Array, x: jax.Array, z: jax.Array, weight: jax.Array, ma
 
 
 def corrector_input(
-    rng: jax.Array, logp1: jax.Array, x: jax.Array, z: jax.Array, mask_id: int, input_mode: str,
+    rng: jax.Array,
+    logp1: jax.Array,
+    x: jax.Array,
+    z: jax.Array,
+    mask_id: int,
+    input_mode: str,
     use_argmax: bool,
 ) -> jax.Array:
     """y [B, L]: the model's own pass-one prediction (no gradient flows back through it)."""
@@ -211,7 +218,12 @@ def proseco_loss(
 
 
 def nelbo(
-    apply_fn: ApplyFn, x: jax.Array, rng: jax.Array, schedule: Schedule, mask_id: int, eps: float = 1e-3,
+    apply_fn: ApplyFn,
+    x: jax.Array,
+    rng: jax.Array,
+    schedule: Schedule,
+    mask_id: int,
+    eps: float = 1e-3,
     token_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One-sample Monte Carlo estimate of the negative ELBO: (sum of nats, number of tokens).

@@ -65,8 +65,8 @@ class Schedule:
             cos = jnp.cos(0.5 * jnp.pi * t)
             sin = jnp.sin(0.5 * jnp.pi * t)
             return 0.5 * jnp.pi * (1.0 - self.eps) * sin / (self.eps + (1.0 - self.eps) * cos)
-        return (1.0 - self.eps) * self.power * t ** (self.power - 1.0) / (
-            1.0 - (1.0 - self.eps) * t**self.power
+        return (
+            (1.0 - self.eps) * self.power * t ** (self.power - 1.0) / (1.0 - (1.0 - self.eps) * t**self.power)
         )
 
     def alpha(self, t):

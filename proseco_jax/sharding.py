@@ -35,8 +35,10 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
             raise UsageError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
         sizes[free[0]] = num_devices // fixed
     if int(np.prod(sizes)) != num_devices:
-        raise UsageError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                         f"but {num_devices} are available")
+        raise UsageError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"but {num_devices} are available"
+        )
     return tuple(sizes)
 
 

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from jax.sharding import Mesh
 
 from proseco_jax import diffusion, schedules, sharding
@@ -51,7 +50,9 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
     elif train_config.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(peak, max(train_config.num_steps - warmup, 1))
     else:
-        raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {train_config.lr_schedule!r}")
+        raise ValueError(
+            f"train.lr_schedule must be 'constant' or 'cosine', got {train_config.lr_schedule!r}"
+        )
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
@@ -82,8 +83,9 @@ def make_apply_fn(model: DiT, params: PyTree, train: bool) -> diffusion.ApplyFn:
 
     def apply_fn(tokens, sigma, dropout_rng):
         rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else {}
-        return model.apply({"params": params}, tokens, sigma, train=train and dropout_rng is not None,
-                           rngs=rngs)
+        return model.apply(
+            {"params": params}, tokens, sigma, train=train and dropout_rng is not None, rngs=rngs
+        )
 
     return apply_fn
 
@@ -123,15 +125,17 @@ def train_step(
 
         def accumulate(carry, inputs):
             i, micro_tokens = inputs
-            (l, mets), g = grad_fn(state.params, micro_tokens, jax.random.fold_in(rng, i))
-            acc_g, acc_l, acc_m = carry
-            return (jax.tree.map(jnp.add, acc_g, g), acc_l + l, jax.tree.map(jnp.add, acc_m, mets)), None
+            (micro_loss, mets), g = grad_fn(state.params, micro_tokens, jax.random.fold_in(rng, i))
+            acc_g, acc_loss, acc_m = carry
+            acc_g, acc_m = jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_m, mets)
+            return (acc_g, acc_loss + micro_loss, acc_m), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, state.params)
         _, zero_metrics = jax.eval_shape(loss_fn, state.params, micro[0], rng)
         zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics)
         (grads, loss, metrics), _ = jax.lax.scan(
-            accumulate, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(m), micro))
+            accumulate, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(m), micro)
+        )
         grads = jax.tree.map(lambda g: g / m, grads)
         loss = loss / m
         metrics = jax.tree.map(lambda v: v / m, metrics)
@@ -145,8 +149,15 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params: PyTree, tokens: jax.Array, rng: jax.Array, *, model: DiT,
-              schedule: schedules.Schedule, mask_id: int) -> tuple[jax.Array, jax.Array]:
+def eval_step(
+    params: PyTree,
+    tokens: jax.Array,
+    rng: jax.Array,
+    *,
+    model: DiT,
+    schedule: schedules.Schedule,
+    mask_id: int,
+) -> tuple[jax.Array, jax.Array]:
     """Negative ELBO of a held-out batch: (sum of nats, number of tokens)."""
     apply_fn = make_apply_fn(model, params, train=False)
     return diffusion.nelbo(apply_fn, tokens, rng, schedule, mask_id)
@@ -182,14 +193,16 @@ def build(config, mesh: Mesh) -> Compiled:
     def init_boxed(rng):
         dummy = jnp.zeros((1, length), jnp.int32)
         params = model.init(rng, dummy, jnp.zeros((1,)))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                          opt_state=tx.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params)
+        )
 
     with mesh, nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(init_boxed, jax.random.key(0))
         shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), shardings
+    )
     batch_sh = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
 
@@ -214,8 +227,16 @@ def build(config, mesh: Mesh) -> Compiled:
 
         return wrapped
 
-    return Compiled(model=model, mesh=mesh, rules=rules, state_shardings=shardings, init=under_mesh(init),
-                    step=under_mesh(step), evaluate=under_mesh(evaluate), abstract_state=abstract)
+    return Compiled(
+        model=model,
+        mesh=mesh,
+        rules=rules,
+        state_shardings=shardings,
+        init=under_mesh(init),
+        step=under_mesh(step),
+        evaluate=under_mesh(evaluate),
+        abstract_state=abstract,
+    )
 
 
 def check_config(config, mesh: Mesh) -> None:
@@ -225,17 +246,27 @@ def check_config(config, mesh: Mesh) -> None:
     if t.batch_size <= 0 or t.micro_batches <= 0:
         raise UsageError("train.batch_size and train.micro_batches must be positive")
     if t.batch_size % (dp * t.micro_batches):
-        raise UsageError(f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
-                         f"(mesh.data * mesh.fsdp = {dp}) times train.micro_batches={t.micro_batches}")
+        raise UsageError(
+            f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
+            f"(mesh.data * mesh.fsdp = {dp}) times train.micro_batches={t.micro_batches}"
+        )
     if t.batch_size % jax.process_count():
-        raise UsageError(f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} processes")
+        raise UsageError(
+            f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} processes"
+        )
     if d.length > m.max_length:
-        raise UsageError(f"sequence length data.length={d.length} is longer than model.max_length={m.max_length}")
+        raise UsageError(
+            f"sequence length data.length={d.length} is longer than model.max_length={m.max_length}"
+        )
     if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
-        raise UsageError(f"model.hidden_size={m.hidden_size} must split into model.num_heads={m.num_heads} "
-                         "heads of even width")
+        raise UsageError(
+            f"model.hidden_size={m.hidden_size} must split into model.num_heads={m.num_heads} "
+            "heads of even width"
+        )
     if m.num_heads % mesh.shape["tensor"]:
-        raise UsageError(f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={mesh.shape['tensor']}")
+        raise UsageError(
+            f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={mesh.shape['tensor']}"
+        )
     if m.dtype not in ("float32", "bfloat16") or m.param_dtype not in ("float32", "bfloat16"):
         raise UsageError("model.dtype and model.param_dtype must be 'float32' or 'bfloat16'")
     if config.diffusion.schedule not in schedules.SCHEDULES:
@@ -248,6 +279,11 @@ def check_config(config, mesh: Mesh) -> None:
         raise UsageError("train.lr_schedule must be 'constant' or 'cosine'")
     if t.log_every <= 0 or t.checkpoint_every <= 0:
         raise UsageError("train.log_every and train.checkpoint_every must be positive")
+    if d.name == "markov" and t.eval_every > 0 and t.eval_batches * t.batch_size > d.num_eval:
+        raise UsageError(
+            f"validation needs train.eval_batches * train.batch_size = "
+            f"{t.eval_batches * t.batch_size} held-out sequences, but data.num_eval={d.num_eval}"
+        )
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -280,8 +316,9 @@ def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches, rng: ja
     """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
-        n, c = compiled.evaluate(params, sharding.global_batch(batch["tokens"], compiled.mesh),
-                                 jax.random.fold_in(rng, i))
+        n, c = compiled.evaluate(
+            params, sharding.global_batch(batch["tokens"], compiled.mesh), jax.random.fold_in(rng, i)
+        )
         nats, count = nats + float(n), count + float(c)
     return nats / max(count, 1.0) / math.log(2.0)
 
@@ -303,25 +340,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     t = config.train
     pid, nproc = jax.process_index(), jax.process_count()
     train_iter = pipeline.train_iterator(
-        data.sources["train"], global_batch_size=t.batch_size, seed=config.seed, process_index=pid,
-        process_count=nproc, worker_count=config.data.worker_count)
+        data.sources["train"],
+        global_batch_size=t.batch_size,
+        seed=config.seed,
+        process_index=pid,
+        process_count=nproc,
+        worker_count=config.data.worker_count,
+    )
 
     root = jax.random.key(config.seed)
     init_rng, train_rng, eval_rng = jax.random.split(root, 3)
     manager = checkpoint.make_manager(workdir, t.keep_checkpoints)
     if manager.latest_step() is not None:
         step, state = checkpoint.restore(manager, compiled.abstract_state, train_iter)
-        logging.info("Resumed from the checkpoint at step %d", step)
+        if pid == 0:
+            print(
+                f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}",
+                flush=True,
+            )
     else:
         step, state = 0, compiled.init(init_rng)
     writer = MetricsWriter(workdir, resume_step=step, total_steps=t.num_steps, enabled=pid == 0)
     if step == 0 and pid == 0:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        print(f"model: {n_params / 1e6:.2f} M parameters | mesh {dict(mesh.shape)} | "
-              f"batch {t.batch_size} x {config.data.length} tokens", flush=True)
+        print(
+            f"model: {n_params / 1e6:.2f} M parameters | mesh {dict(mesh.shape)} | "
+            f"batch {t.batch_size} x {config.data.length} tokens",
+            flush=True,
+        )
         if data.entropy_bits_per_token is not None:
-            print(f"data entropy {data.entropy_bits_per_token:.4f} bits/token "
-                  f"(uniform {math.log2(config.data.vocab_size):.4f})", flush=True)
+            print(
+                f"data entropy {data.entropy_bits_per_token:.4f} bits/token "
+                f"(uniform {math.log2(config.data.vocab_size):.4f})",
+                flush=True,
+            )
 
     lr_fn = learning_rate_schedule(t)
     preemption = _Preemption()
@@ -331,22 +383,30 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     try:
         while step < t.num_steps and not preemption.requested:
             batch = next(train_iter)["tokens"]
-            state, metrics = compiled.step(state, sharding.global_batch(batch, mesh),
-                                           jax.random.fold_in(train_rng, step))
+            state, metrics = compiled.step(
+                state, sharding.global_batch(batch, mesh), jax.random.fold_in(train_rng, step)
+            )
             pending.append(metrics)
             step += 1
             evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or step == t.num_steps)
             if step % t.log_every == 0 or evaluate_now or step == t.num_steps:
                 means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
                 now = time.time()
-                means["tokens_per_sec"] = (step - tick_step) * t.batch_size * config.data.length / (now - tick)
+                means["tokens_per_sec"] = (
+                    (step - tick_step) * t.batch_size * config.data.length / (now - tick)
+                )
                 means["learning_rate"] = float(lr_fn(step - 1))
                 if evaluate_now:
                     batches = pipeline.eval_batches(
-                        data.sources["validation"], global_batch_size=t.batch_size,
-                        num_batches=t.eval_batches, process_index=pid, process_count=nproc)
+                        data.sources["validation"],
+                        global_batch_size=t.batch_size,
+                        num_batches=t.eval_batches,
+                        process_index=pid,
+                        process_count=nproc,
+                    )
                     means["val_bits_per_token"] = evaluate_bits_per_token(
-                        compiled, state.ema_params, batches, eval_rng)
+                        compiled, state.ema_params, batches, eval_rng
+                    )
                     if data.entropy_bits_per_token is not None:
                         means["data_bits_per_token"] = data.entropy_bits_per_token
                 writer.write(step, means)
@@ -356,8 +416,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
                 checkpoint.save(manager, step, state, train_iter)
         if preemption.requested and pid == 0:
-            print(f"SIGTERM: saved the checkpoint at step {step}; rerun the same command to resume",
-                  flush=True)
+            print(
+                f"SIGTERM: saved the checkpoint at step {step}; rerun the same command to resume", flush=True
+            )
     finally:
         preemption.restore()
         manager.wait_until_finished()

@@ -37,5 +37,6 @@ def load(data_config) -> Data:
         root = os.path.join(os.path.abspath(data_config.data_dir), "openwebtext")
         raise markov.DataError(
             f"OpenWebText is not prepared: expected GPT-2-tokenised array_record splits under {root} "
-            "(nothing is downloaded at run time; prepare the corpus offline first)")
+            "(nothing is downloaded at run time; prepare the corpus offline first)"
+        )
     raise markov.DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")

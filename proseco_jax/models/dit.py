@@ -71,10 +71,12 @@ class TimeEmbedding(nn.Module):
         cfg = self.cfg
         pdt = jnp.dtype(cfg.param_dtype)
         h = layers.timestep_embedding(sigma, self.frequency_dim)
-        h = layers.dense(cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt,
-                         use_bias=True, name="fc1")(h)
-        h = layers.dense(cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt,
-                         use_bias=True, name="fc2")(nn.silu(h))
+        h = layers.dense(
+            cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, use_bias=True, name="fc1"
+        )(h)
+        h = layers.dense(
+            cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, use_bias=True, name="fc2"
+        )(nn.silu(h))
         return nn.silu(h)
 
 
@@ -84,34 +86,49 @@ class DiTBlock(nn.Module):
     cfg: DiTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, c: jax.Array, cos: jax.Array, sin: jax.Array,
-                 deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, c: jax.Array, cos: jax.Array, sin: jax.Array, deterministic: bool
+    ) -> jax.Array:
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         d, h = cfg.hidden_size, cfg.num_heads
-        mod = layers.dense((6, d), ("cond", None, "embed"), dtype=jnp.float32, param_dtype=pdt,
-                           use_bias=True, zero_init=True, name="adaln")(c)
+        mod = layers.dense(
+            (6, d),
+            ("cond", None, "embed"),
+            dtype=jnp.float32,
+            param_dtype=pdt,
+            use_bias=True,
+            zero_init=True,
+            name="adaln",
+        )(c)
         mod = nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[:, i] for i in range(6))
 
         # Attention.
         y = layers.modulate(layers.LayerNorm(pdt, name="norm1")(x), shift_a, scale_a).astype(dt)
-        qkv = layers.dense((3, h, d // h), ("embed", None, "heads", "kv"), dtype=dt, param_dtype=pdt,
-                           name="qkv")(y)
+        qkv = layers.dense(
+            (3, h, d // h), ("embed", None, "heads", "kv"), dtype=dt, param_dtype=pdt, name="qkv"
+        )(y)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q = nn.with_logical_constraint(layers.apply_rotary(q, cos, sin), ("batch", "length", "act_heads", None))
-        k = nn.with_logical_constraint(layers.apply_rotary(k, cos, sin), ("batch", "length", "act_heads", None))
+        q = nn.with_logical_constraint(
+            layers.apply_rotary(q, cos, sin), ("batch", "length", "act_heads", None)
+        )
+        k = nn.with_logical_constraint(
+            layers.apply_rotary(k, cos, sin), ("batch", "length", "act_heads", None)
+        )
         attn = layers.attention(q, k, v)
-        out = layers.dense(d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, contract_axes=(-2, -1),
-                           name="attn_out")(attn)
+        out = layers.dense(
+            d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, contract_axes=(-2, -1), name="attn_out"
+        )(attn)
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         x = x + gate_a[:, None, :] * out.astype(jnp.float32)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
         # MLP.
         y = layers.modulate(layers.LayerNorm(pdt, name="norm2")(x), shift_m, scale_m).astype(dt)
-        y = layers.dense(cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, use_bias=True,
-                         name="mlp_in")(y)
+        y = layers.dense(
+            cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, use_bias=True, name="mlp_in"
+        )(y)
         y = nn.with_logical_constraint(nn.gelu(y, approximate=True), ("batch", "length", "act_mlp"))
         y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, use_bias=True, name="mlp_out")(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -144,12 +161,25 @@ class DiT(nn.Module):
         for i in range(cfg.num_layers):
             x = block_cls(cfg, name=f"block_{i}")(x, c, cos, sin, not train)
 
-        mod = layers.dense((2, cfg.hidden_size), ("cond", None, "embed"), dtype=jnp.float32,
-                           param_dtype=pdt, use_bias=True, zero_init=True, name="final_adaln")(c)
+        mod = layers.dense(
+            (2, cfg.hidden_size),
+            ("cond", None, "embed"),
+            dtype=jnp.float32,
+            param_dtype=pdt,
+            use_bias=True,
+            zero_init=True,
+            name="final_adaln",
+        )(c)
         mod = nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
         y = layers.modulate(layers.LayerNorm(pdt, name="final_norm")(x), mod[:, 0], mod[:, 1])
-        logits = layers.dense(cfg.padded_vocab_size, ("embed", "vocab"), dtype=jnp.dtype(cfg.dtype),
-                              param_dtype=pdt, use_bias=True, zero_init=True,
-                              name="output")(y.astype(jnp.dtype(cfg.dtype)))
+        logits = layers.dense(
+            cfg.padded_vocab_size,
+            ("embed", "vocab"),
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=pdt,
+            use_bias=True,
+            zero_init=True,
+            name="output",
+        )(y.astype(jnp.dtype(cfg.dtype)))
         logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
         return logits[..., : cfg.vocab_size]

@@ -86,7 +86,7 @@ def dense(
     """A DenseGeneral whose kernel (and bias) carry logical axis names `axes` (kernel's full shape)."""
     kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
     features_tuple = features if isinstance(features, tuple) else (features,)
-    bias_axes = axes[-len(features_tuple):]
+    bias_axes = axes[-len(features_tuple) :]
     return nn.DenseGeneral(
         features=features,
         axis=contract_axes,

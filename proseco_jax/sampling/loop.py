@@ -187,8 +187,7 @@ class Plan:
 
     def step_keys(self, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(next rng, prior key, corrector key, unmasking key): the same split in both loops."""
-        rng, key = jax.random.split(rng)
-        prior_key, corrector_key, unmask_key = jax.random.split(key, 3)
+        rng, prior_key, corrector_key, unmask_key = jax.random.split(rng, 4)
         return rng, prior_key, corrector_key, unmask_key
 
     def finish_step(self, state: SamplerState, before: jax.Array, after: jax.Array, conf: jax.Array,
