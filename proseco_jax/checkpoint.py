@@ -35,10 +35,13 @@ def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.Che
         read_only=read_only,
         cleanup_tmp_directories=not read_only,
     )
+    # Read-only managers restore parts of the state (EMA params only), which needs the PyTree handler;
+    # it reads what the Standard handler writes.
+    state_handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
     return ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=options,
-        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA_ITER: GrainHandler()},
+        item_handlers={STATE: state_handler, DATA_ITER: GrainHandler()},
     )
 
 

@@ -361,6 +361,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     else:
         step, state = 0, compiled.init(init_rng)
     writer = MetricsWriter(workdir, resume_step=step, total_steps=t.num_steps, enabled=pid == 0)
+    if pid == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
     if step == 0 and pid == 0:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         print(
