@@ -35,9 +35,9 @@ def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with bad input reported as one line and exit code 2."""
 
     def guarded(argv):
-        # Library INFO chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
+        # Library chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
         if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
+            logging.set_verbosity(logging.ERROR)
         try:
             main(argv)
         except UsageError as e:
