@@ -132,6 +132,8 @@ def get_config(model_preset: str = "tiny") -> ml_collections.ConfigDict:
     s.remdm_eta = 0.02  # ReMDM remasking strength.
     s.remdm_t_on = 0.55  # ReMDM loop: remasking window starts at this time ...
     s.remdm_t_off = 0.05  # ... and ends at this one.
+    s.remdm_alpha_on = 0.9  # ReMDM loop: alpha held fixed at this value inside the window.
+    s.temperature = 1.0  # Token draws of the confidence and block samplers (0 = greedy, LLaDA's default).
     s.block_length = 16  # LLaDA block sampler: tokens per semi-autoregressive block.
     s.eos_id = -1  # LLaDA block sampler: end-of-sequence id that stops generation (-1: none).
     return c

@@ -1,7 +1,8 @@
 """The ProSeCo corrector: a fixed-point iteration of the model on its own fully unmasked guess.
 
-Given the predictor's log-probs at z, the corrector starts from y_0 = argmax p_theta(. | z) (or a draw;
-visible tokens keep their value under "subs"), then for j = 0 .. S-1
+Given the predictor's log-probs at z, the corrector starts from y_0 = argmax p_theta(. | z) (or a draw)
+at masked positions and z elsewhere ("subs"; with "d3pm" the model's re-predictions replace visible tokens
+too), then for j = 0 .. S-1
     c_j     = log_softmax(f_theta(y_j)) with the [MASK] logit removed (every position may change)
     y_{j+1} = argmax c_j  |  a draw from nucleus_p(c_j)  |  y_j with only the K most confident positions
               where argmax c_j != y_j moved to the argmax ("top_k")
@@ -30,6 +31,7 @@ class Corrector:
     top_k: int = 4
     prior: str = "argmax"
     nucleus_p: float = 1.0
+    keep_visible: bool = True
 
     @property
     def stops_at_fixed_point(self) -> bool:
@@ -42,7 +44,8 @@ class Corrector:
             y = jnp.argmax(logp, axis=-1).astype(jnp.int32)
         else:
             y = ops.gumbel_argmax(key, logp)
-        return jnp.where(fixed, tokens, y)
+        keep = fixed | (tokens != self.mask_id) if self.keep_visible else fixed
+        return jnp.where(keep, tokens, y)
 
     def update(self, key: jax.Array, c: jax.Array, y: jax.Array, movable: jax.Array) -> jax.Array:
         """y_{j+1} [B, L] from c [B, L, V+1] and y_j; only `movable` [B, L] positions may change."""

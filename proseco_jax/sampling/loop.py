@@ -98,7 +98,7 @@ class Plan:
         return self.settings.sampler == "llada_block" and self.settings.eos_id >= 0
 
     @property
-    def copy_over(self) -> bool:
+    def keep_visible(self) -> bool:
         # Confidence-ordered samplers restore committed tokens in the corrector's start, as LLaDA does.
         return self.settings.parameterization == "subs" or self.settings.confidence_ordered
 
@@ -115,7 +115,7 @@ class Plan:
         if s.num_corrector_steps == 0:
             return None
         return Corrector(self.mask_id, s.num_corrector_steps, s.corrector_rule, s.corrector_top_k,
-                         s.corrector_prior, s.nucleus_p)
+                         s.corrector_prior, s.nucleus_p, self.keep_visible)
 
     def times(self) -> np.ndarray:
         """float32 [T + 1]; a host constant, so both loops index the same values."""
@@ -152,11 +152,8 @@ class Plan:
         """bool [B, L]: positions the corrector may change (LLaDA: the generated part up to this block)."""
         return ~fixed & (jnp.arange(self.length) < ctx.block_end)
 
-    def predictor_log_probs(self, logits: jax.Array, tokens: jax.Array) -> jax.Array:
-        return ops.model_log_probs(logits, tokens, self.mask_id, self.dtype, self.copy_over)
-
-    def corrector_log_probs(self, logits: jax.Array, y: jax.Array) -> jax.Array:
-        return ops.model_log_probs(logits, y, self.mask_id, self.dtype, copy_over=False)
+    def log_probs(self, logits: jax.Array) -> jax.Array:
+        return ops.model_log_probs(logits, self.mask_id, self.dtype)
 
     def initial(self, rng: jax.Array, prompt: jax.Array | None,
                 infill: tuple[jax.Array, jax.Array] | None) -> tuple[SamplerState, jax.Array]:
@@ -221,7 +218,7 @@ class ModelCall:
 
 
 def _device_step(plan: Plan, model: ModelCall, params: Any, fixed: jax.Array, state: SamplerState,
-                 step: jax.Array) -> tuple[SamplerState, jax.Array]:
+                 step: jax.Array, return_history: bool) -> tuple[SamplerState, jax.Array | None]:
     """One scan step; every decision is a device boolean."""
     ctx = plan.context(step)
     rng, prior_key, corrector_key, unmask_key = plan.step_keys(state.rng)
@@ -230,7 +227,7 @@ def _device_step(plan: Plan, model: ModelCall, params: Any, fixed: jax.Array, st
     need = ~state.logp_valid & state.active
     fresh = jax.lax.cond(
         jnp.any(need),
-        lambda: plan.predictor_log_probs(model(params, tokens, plan.sigma(ctx.t)), tokens),
+        lambda: plan.log_probs(model(params, tokens, plan.sigma(ctx.t))),
         lambda: state.logp,
     )
     state = state.replace(
@@ -252,7 +249,7 @@ def _device_step(plan: Plan, model: ModelCall, params: Any, fixed: jax.Array, st
     before = state.tokens
     after, conf = plan.unmasker()(unmask_key, before, state.logp, state.conf, fixed, ctx)
     state = plan.finish_step(state, before, after, conf, ctx)
-    return state, state.tokens
+    return state, (state.tokens if return_history else None)
 
 
 def _device_correct(plan: Plan, corrector: Corrector, model: ModelCall, params: Any, fixed: jax.Array,
@@ -267,7 +264,7 @@ def _device_correct(plan: Plan, corrector: Corrector, model: ModelCall, params: 
         j, y, c, need, nfe, calls = carry
         fresh = jax.lax.cond(
             jnp.any(need),
-            lambda: plan.corrector_log_probs(model(params, y, plan.corrector_sigma(j)), y),
+            lambda: plan.log_probs(model(params, y, plan.corrector_sigma(j))),
             lambda: c,
         )
         c = jnp.where(need[:, None, None], fresh, c)
@@ -305,7 +302,7 @@ def _sample_core(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan, 
                              for name in ("tokens", "logp", "logp_valid", "active", "conf")})
     fixed = _constrain(fixed, batch_sharding)
     state, history = jax.lax.scan(
-        lambda st, i: _device_step(plan, model, params, fixed, st, i),
+        lambda st, i: _device_step(plan, model, params, fixed, st, i, return_history),
         state,
         jnp.arange(plan.settings.steps, dtype=jnp.int32),
     )
@@ -315,7 +312,7 @@ def _sample_core(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan, 
         predictor_nfe=state.predictor_nfe,
         corrector_nfe=state.corrector_nfe,
         model_calls=state.model_calls,
-        history=history if return_history else None,
+        history=history,
     )
     if batch_sharding is not None:
         out = out.replace(tokens=_constrain(out.tokens, batch_sharding),

@@ -1,11 +1,11 @@
 """Pure building blocks of every sampler: log-probs from logits, nucleus truncation, Gumbel-max draws, top-k.
 
 A categorical draw is the Gumbel-max trick, token = argmax_v (log q_v + g_v) with g = -log(-log u) and
-u ~ U(0, 1). Precision matters here: a float32 uniform has 24 bits, so g <= ~16.6 and a token whose log-prob
-trails the best by more than that (plus the best's own noise) is never drawn; small probabilities are
+u ~ U(0, 1). Precision matters here: a float32 uniform has 24 bits, so g lies in about [-4.5, 16.6] and a
+token whose log-prob trails the best by more than ~21 nats is never drawn. Small probabilities are thus
 truncated, which biases the draws toward high-probability tokens and lowers sample entropy (the MDLM and
-ReMDM papers trace part of MDLM's low generative perplexity to this). float64 noise (g <= ~36.7) removes
-the effect; the sampler offers it through `precision`.
+ReMDM papers trace part of MDLM's low generative perplexity to this). float64 noise (g up to ~36.7) removes
+the effect for any realistic vocabulary; the sampler offers it through `precision`.
 """
 
 from __future__ import annotations
@@ -17,24 +17,20 @@ import jax.numpy as jnp
 NEG_INF = -jnp.inf
 
 
-def model_log_probs(logits: jax.Array, tokens: jax.Array, mask_id: int, dtype, copy_over: bool) -> jax.Array:
-    """log softmax over [0, V] with the [MASK] logit removed; optional "subs" copy-over.
+def model_log_probs(logits: jax.Array, mask_id: int, dtype) -> jax.Array:
+    """log softmax over [0, V] with the [MASK] logit removed.
 
     Args:
       logits: [B, L, >= V+1] model output; columns past mask_id (vocabulary padding) are dropped.
-      tokens: int32 [B, L], the model's input.
-      copy_over: visible positions get log-prob 0 on their own token (MDLM's "subs" parameterisation).
     Returns:
       [B, L, V+1] log-probs in `dtype`, -inf at the [MASK] column.
+
+    MDLM's "subs" copy-over of visible tokens is not applied here: the unmasking steps never read the
+    log-probs of visible positions, and the corrector's start keeps visible tokens itself.
     """
     logits = logits[..., : mask_id + 1].astype(dtype)
     column = jnp.arange(mask_id + 1)
-    logp = jax.nn.log_softmax(jnp.where(column == mask_id, NEG_INF, logits), axis=-1)
-    if copy_over:
-        own = column == tokens[..., None]
-        visible = (tokens != mask_id)[..., None]
-        logp = jnp.where(visible, jnp.where(own, 0.0, NEG_INF).astype(dtype), logp)
-    return logp
+    return jax.nn.log_softmax(jnp.where(column == mask_id, NEG_INF, logits), axis=-1)
 
 
 def nucleus_log_probs(logp: jax.Array, p: float) -> jax.Array:

@@ -60,8 +60,8 @@ class SamplerSettings:
       block_length: tokens per block of the "llada_block" sampler.
       eos_id: "llada_block" freezes a sample once a block ends in this id (-1: never).
       temperature: Gumbel temperature of the token proposals of "confidence"/"llada_block" (0 = argmax).
-      parameterization: the model's "subs" (visible tokens copied into the predictor's log-probs, so the
-        corrector starts from them) or "d3pm" (the corrector starts from the model's re-predictions).
+      parameterization: the model's "subs" (the corrector starts from the visible tokens, as MDLM's
+        copy-over gives) or "d3pm" (it starts from the model's re-predictions at every position).
     """
 
     sampler: str = "proseco"

@@ -1,18 +1,19 @@
 """Unmasking strategies: one step from z_t to z_s given the (predictor or corrector) log-probs.
 
-MDLM's ancestral step and ReMDM's remasking share one posterior (ReMDM, eq. 5): with remasking rate sigma,
+MDLM's ancestral step and ReMDM's remasking share one posterior (ReMDM's): with remasking rate sigma,
     masked z_t:   q(v)      = p_theta(v) (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t)
                   q([MASK]) = (1 - alpha_s - sigma alpha_t) / (1 - alpha_t)
     visible z_t:  keep the token w.p. 1 - sigma, remask w.p. sigma,
 so sigma = 0 is MDLM: a masked token unmasks w.p. (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from
 nucleus_p(p_theta). ReMDM picks sigma per step: cap min(eta, sigma_max), rescale eta sigma_max, conf
 softmax(-p of each visible token's value at its unmasking) sigma_max, with sigma_max = min(1, (1-alpha_s) /
-alpha_t); loop runs MDLM on its own linear schedule down to alpha_on at t_on, remasks at the fixed level
-alpha_on with sigma = eta until t_off, then runs MDLM again. The last step uses alpha_s = 1 and sigma = 0 so
+alpha_t); loop runs MDLM on its own linear schedule until alpha = alpha_on at t_on, remasks at that level
+with sigma = eta until t_off, then runs MDLM again. The last step uses alpha_s = 1 and sigma = 0 so
 no [MASK] survives (the references instead stop at alpha(eps) and, in ReMDM, add an argmax pass).
 Confidence-ordered unmasking (MaskGIT/LLaDA "low confidence") proposes a token everywhere and commits the
 ceil(remaining / steps left) most confident masked positions of the current block: an even split of each
-block over its steps, as LLaDA's `get_num_transfer_tokens`.
+block over its steps, as LLaDA's `get_num_transfer_tokens`. Every draw is a Gumbel-max in the sampling
+precision (ops.py says why float64 matters).
 """
 
 from __future__ import annotations

@@ -1,0 +1,376 @@
+"""Tests of proseco_jax.sampling with fake models (no network is trained here).
+
+Two fakes: `table_model`, whose logits come from a fixed random table indexed by position and the left,
+right and own tokens (so the corrector has something to fix), and `stable_model`, whose argmax is a fixed
+function of the position with near-one-hot probabilities (so every draw is predictable and the corrector
+reaches its fixed point after one call). Runs are module-scoped fixtures so each program compiles once.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from proseco_jax.config_base import get_config
+from proseco_jax.sampling import (
+    PRESETS,
+    SamplerSettings,
+    ops,
+    sample,
+    sample_hostloop,
+    sample_sharded,
+    settings_from_config,
+)
+from proseco_jax.sampling.corrector import Corrector
+from proseco_jax.sampling.loop import _sample_jit
+from proseco_jax.sampling.unmasking import ConfidenceOrdered, StepContext
+from proseco_jax.schedules import Schedule
+
+V, L, B = 8, 16, 8  # real tokens (mask id = V), length, batch
+MASK = V
+SCHEDULE = Schedule()
+RNG = jax.random.PRNGKey(0)
+_TABLE = jnp.asarray(np.random.default_rng(0).normal(size=(3, L, V + 1, V + 1)).astype(np.float32) * 2.0)
+
+
+def table_model(tokens, sigma):
+    del sigma
+    left = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=MASK)[:, :-1]
+    right = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=MASK)[:, 1:]
+    position = jnp.arange(tokens.shape[1])
+    return _TABLE[0, position, left] + _TABLE[1, position, right] + _TABLE[2, position, tokens]
+
+
+_CALLS = {"n": 0}
+
+
+def _count_call():
+    _CALLS["n"] += 1
+
+
+STABLE_TARGET = (np.arange(L) * 3) % V
+
+
+def stable_model(tokens, sigma):
+    """Counts its executions; p(STABLE_TARGET[l]) = 1 - O(e^-1000) at every position l, whatever the input."""
+    del sigma
+    jax.debug.callback(_count_call)
+    logits = 1e3 * jax.nn.one_hot(jnp.asarray(STABLE_TARGET), V + 1)
+    return jnp.broadcast_to(logits, tokens.shape + (V + 1,))
+
+
+EOS = V - 1
+BLOCK_PROMPT, BLOCK_LEN = 2, 4  # generated region [2, 18): four blocks of four
+
+
+def eos_model(params, tokens, sigma):
+    """Stable: emits EOS from the last position of the second block on, never before (takes params)."""
+    del sigma
+    position = jnp.arange(tokens.shape[1])
+    target = jnp.where(position >= BLOCK_PROMPT + 2 * BLOCK_LEN - 1, EOS, position % (V - 1))
+    return jnp.broadcast_to(params["scale"] * jax.nn.one_hot(target, V + 1), tokens.shape + (V + 1,))
+
+
+PROMPT = np.array([1, 2, 3], np.int32)
+INFILL_KEEP = np.zeros((B, L), bool)
+INFILL_KEEP[:, [7, 12]] = True
+INFILL_KEEP[::2, 14] = True
+INFILL_TOKENS = np.where(INFILL_KEEP, (np.arange(B)[:, None] + np.arange(L)[None]) % V, MASK).astype(np.int32)
+# The conditioned run uses the top_k rule (the argmax rule is exercised by the NFE and block tests).
+PROSECO = SamplerSettings(sampler="proseco", steps=8, corrector_steps=2, corrector_rule="top_k",
+                          corrector_top_k=2)
+
+
+def run(settings, model=table_model, **kwargs):
+    kwargs.setdefault("batch_size", B)
+    kwargs.setdefault("length", L)
+    return sample(model, settings, SCHEDULE, RNG, mask_id=MASK, return_history=True, **kwargs)
+
+
+def changed_rows(history, start):
+    """bool [T, B]: whether z changed in each step (z before step 0 is `start`)."""
+    previous = np.concatenate([start[None], history[:-1]])
+    return (history != previous).any(-1)
+
+
+@pytest.fixture(scope="module")
+def conditioned():
+    """ProSeCo with a prompt and infill positions: the run several tests inspect."""
+    return run(PROSECO, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
+
+
+@pytest.fixture(scope="module")
+def mdlm():
+    return run(SamplerSettings(sampler="mdlm", steps=8))
+
+
+def test_proseco_with_zero_corrector_steps_equals_mdlm_bit_for_bit(mdlm):
+    out = run(dataclasses.replace(PROSECO, corrector_steps=0))
+    np.testing.assert_array_equal(out.tokens, mdlm.tokens)
+    np.testing.assert_array_equal(out.predictor_nfe, mdlm.predictor_nfe)
+    assert int(out.corrector_nfe.sum()) == 0
+
+
+def test_remdm_with_zero_eta_equals_mdlm_bit_for_bit(mdlm):
+    settings = SamplerSettings(sampler="remdm", steps=8, corrector_steps=0, remdm_strategy="cap",
+                               remdm_eta=0.0)
+    out = run(settings)
+    np.testing.assert_array_equal(out.tokens, mdlm.tokens)
+    np.testing.assert_array_equal(out.nfe, mdlm.nfe)
+
+
+@pytest.mark.parametrize("strategy,eta", [("rescale", 0.9), ("conf", 0.0), ("loop", 0.5)])
+def test_remdm_remasks_decoded_tokens_and_leaves_no_mask(strategy, eta):
+    settings = SamplerSettings(sampler="remdm", steps=16, corrector_steps=0, remdm_strategy=strategy,
+                               remdm_eta=eta, remdm_t_on=0.7, remdm_t_off=0.2, remdm_alpha_on=0.5)
+    out = run(settings)
+    history = np.asarray(out.history)
+    remasked = (history[:-1] != MASK) & (history[1:] == MASK)
+    assert remasked.any(), "ReMDM never remasked a decoded token"
+    assert not (np.asarray(out.tokens) == MASK).any()
+
+
+def test_corrector_changes_decoded_tokens_but_never_prompt_or_infill_and_top_k_bounds_it(conditioned):
+    history = np.asarray(conditioned.history)
+    fixed = INFILL_KEEP.copy()
+    fixed[:, : len(PROMPT)] = True
+    expected = np.where(fixed, INFILL_TOKENS, 0)
+    expected[:, : len(PROMPT)] = PROMPT
+    for z in history:
+        np.testing.assert_array_equal(np.where(fixed, z, 0), expected)
+    # The unmasking step never changes a decoded token, so any such change is the corrector's work.
+    corrected = ((history[:-1] != MASK) & (history[1:] != history[:-1])).sum(-1)
+    assert corrected.max() >= 1, "the corrector changed nothing: the test above proves little"
+    assert corrected.max() <= PROSECO.corrector_top_k * PROSECO.corrector_steps
+    assert not (np.asarray(conditioned.tokens) == MASK).any()
+
+
+def test_sharded_sampling_on_eight_devices_equals_one_device(conditioned):
+    assert jax.device_count() == 8
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"),
+                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    out = sample_sharded(table_model, PROSECO, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK, mesh=mesh,
+                         prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+    assert len(out.tokens.sharding.device_set) == 8 and not out.tokens.sharding.is_fully_replicated
+    np.testing.assert_array_equal(out.tokens, conditioned.tokens)
+    np.testing.assert_array_equal(out.nfe, conditioned.nfe)
+    np.testing.assert_array_equal(out.history, conditioned.history)
+
+
+def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan(conditioned):
+    out = sample_hostloop(table_model, PROSECO, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK,
+                          prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+    np.testing.assert_array_equal(out.history, conditioned.history)
+    np.testing.assert_array_equal(out.predictor_nfe, conditioned.predictor_nfe)
+    np.testing.assert_array_equal(out.corrector_nfe, conditioned.corrector_nfe)
+    assert int(out.model_calls) == int(conditioned.model_calls)
+
+
+def test_second_call_reuses_the_compiled_program(conditioned):
+    size = _sample_jit._cache_size()
+    again = run(PROSECO, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
+    other = sample(table_model, PROSECO, SCHEDULE, jax.random.PRNGKey(1), batch_size=B, length=L,
+                   mask_id=MASK, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+    assert _sample_jit._cache_size() == size
+    np.testing.assert_array_equal(again.tokens, conditioned.tokens)
+    assert (np.asarray(other.tokens) != np.asarray(conditioned.tokens)).any()
+
+
+def test_nfe_counts_are_exact_and_cached_steps_are_free():
+    # T = 24 > L = 16 steps, so some steps unmask nothing; the corrector runs after steps 4, 6, ..., 24.
+    settings = SamplerSettings(sampler="proseco", steps=24, corrector_steps=3, corrector_every=2,
+                               corrector_start=4)
+    _CALLS["n"] = 0
+    out = run(settings, model=stable_model)
+    jax.effects_barrier()
+    history = np.asarray(out.history)
+    np.testing.assert_array_equal(out.tokens, np.broadcast_to(STABLE_TARGET, (B, L)))
+    # The predictor runs at step 0 and after every step that changed z (the corrector never does here).
+    changed = changed_rows(history, np.full((B, L), MASK))
+    np.testing.assert_array_equal(out.predictor_nfe, 1 + changed[:-1].sum(0))
+    assert (np.asarray(out.predictor_nfe) < settings.steps).all()
+    corrector_calls = len([i for i in range(24) if (i + 1) % 2 == 0 and i + 1 >= 4])
+    np.testing.assert_array_equal(out.corrector_nfe, np.full(B, corrector_calls))  # a fixed point at once
+    np.testing.assert_array_equal(out.nfe, out.predictor_nfe + out.corrector_nfe)
+    batched_calls = 1 + changed[:-1].any(1).sum() + corrector_calls
+    assert int(out.model_calls) == batched_calls == _CALLS["n"]
+
+
+def random_log_probs(seed):
+    logits = np.random.default_rng(seed).normal(size=(B, L, V + 1)).astype(np.float32)
+    logits[..., MASK] = -np.inf
+    return jax.nn.log_softmax(jnp.asarray(logits))
+
+
+def test_top_k_rule_changes_exactly_the_k_most_confident_positions_per_iteration():
+    corrector = Corrector(MASK, steps=1, rule="top_k", top_k=2)
+    c = random_log_probs(3)
+    y = jnp.zeros((B, L), jnp.int32)
+    movable = jnp.ones((B, L), bool).at[:, :4].set(False)
+    y_next = jax.jit(corrector.update)(RNG, c, y, movable)  # one compile instead of one per eager op
+    moved = np.asarray(y_next != y)
+    np.testing.assert_array_equal(moved.sum(-1), 2)  # many candidates: exactly K move
+    assert not moved[:, :4].any()
+    best = np.asarray(jnp.argmax(c, -1))
+    np.testing.assert_array_equal(np.asarray(y_next)[moved], best[moved])
+    # The K moved are the most confident of the candidates.
+    score = np.where(movable & (best != 0), np.asarray(jnp.exp(c.max(-1))), -np.inf)
+    assert (score[moved].reshape(B, 2).min(-1) >= np.where(moved, -np.inf, score).max(-1)).all()
+
+
+def test_confidence_sampler_commits_an_even_split_of_the_most_confident_tokens():
+    settings = SamplerSettings(sampler="confidence", steps=5, corrector_steps=1)
+    out = run(settings)
+    history = np.asarray(out.history)
+    masked = np.concatenate([np.full((1, B), L), (history == MASK).sum(-1)])
+    np.testing.assert_array_equal(masked[:-1] - masked[1:], np.tile([[4], [3], [3], [3], [3]], (1, B)))
+    assert not (history[-1] == MASK).any()
+    # One step in isolation, greedy: the committed positions are the most confident masked ones.
+    step = ConfidenceOrdered(MASK, temperature=0.0)
+    logp = random_log_probs(5)
+    tokens = jnp.full((B, L), MASK, jnp.int32).at[:, 0].set(1)
+    ctx = StepContext(step=jnp.int32(0), t=jnp.float32(1), s=jnp.float32(0.5), is_last=jnp.bool_(False),
+                      steps_left_in_block=jnp.int32(5), block_end=jnp.int32(L), block_done=jnp.bool_(False),
+                      run_corrector=jnp.bool_(False))
+    new, _ = jax.jit(step)(RNG, tokens, logp, jnp.zeros((B, L)), jnp.zeros((B, L), bool), ctx)
+    committed = np.asarray(new != tokens)
+    np.testing.assert_array_equal(committed.sum(-1), 3)  # ceil(15 / 5)
+    confidence = np.exp(np.asarray(logp).max(-1))
+    confidence[:, 0] = -np.inf
+    threshold = np.sort(confidence, -1)[:, -3]
+    np.testing.assert_array_equal(committed, confidence >= threshold[:, None])
+    np.testing.assert_array_equal(np.asarray(new)[committed], np.asarray(jnp.argmax(logp, -1))[committed])
+
+
+def test_block_sampler_fills_blocks_in_order_and_stops_at_eos():
+    length = BLOCK_PROMPT + 4 * BLOCK_LEN
+    settings = SamplerSettings(sampler="llada_block", steps=8, block_length=BLOCK_LEN, eos_id=EOS,
+                               corrector_steps=1)
+    out = run(settings, model=eos_model, length=length, prompt=np.array([3, 4], np.int32),
+              params={"scale": jnp.float32(1e3)})
+    history = np.asarray(out.history)
+    position = np.arange(length)
+    for i in range(4):  # two steps per block; blocks 0 and 1 run before the stop
+        block_end = BLOCK_PROMPT + (i // 2 + 1) * BLOCK_LEN
+        assert ((history[i][:, BLOCK_PROMPT:block_end] == MASK).sum(-1) == (1 - i % 2) * 2).all()
+        if i < 3:
+            assert (history[i][:, position >= block_end] == MASK).all()
+    # Block 1 ends in EOS: every sample stops there, its remaining masks become EOS, and no NFE follows.
+    np.testing.assert_array_equal(history[3][:, BLOCK_PROMPT + 2 * BLOCK_LEN:], EOS)
+    np.testing.assert_array_equal(history[3], history[-1])
+    np.testing.assert_array_equal(out.predictor_nfe, 4)
+    np.testing.assert_array_equal(out.corrector_nfe, 4)
+    np.testing.assert_array_equal(history[-1][:, :BLOCK_PROMPT], np.broadcast_to([3, 4], (B, 2)))
+
+
+def test_float64_sampling_with_the_sample_rule_and_nucleus():
+    settings = SamplerSettings(sampler="proseco", steps=6, corrector_steps=3, corrector_rule="sample",
+                               corrector_prior="sample", nucleus_p=0.9, precision="float64")
+    with jax.enable_x64(True):
+        out = run(settings)
+    tokens = np.asarray(out.tokens)
+    assert ((tokens >= 0) & (tokens < V)).all()
+    # Six corrector calls, each with one to three model calls.
+    assert ((np.asarray(out.corrector_nfe) >= 6) & (np.asarray(out.corrector_nfe) <= 18)).all()
+    assert (np.asarray(out.corrector_nfe) > 6).any()
+
+
+def test_every_sampler_leaves_no_mask_and_stays_in_the_real_vocabulary(conditioned, mdlm):
+    for out in (conditioned, mdlm):
+        tokens = np.asarray(out.tokens)
+        assert ((tokens >= 0) & (tokens < V)).all()
+
+
+def test_corrector_start_keeps_visible_tokens_only_for_the_subs_parameterization():
+    logp = random_log_probs(7)
+    tokens = jnp.full((B, L), MASK, jnp.int32).at[:, 1::2].set(0)
+    fixed = jnp.zeros((B, L), bool).at[:, 0].set(True)
+    best = np.asarray(jnp.argmax(logp, -1))
+    for keep_visible in (True, False):
+        corrector = Corrector(MASK, steps=1, keep_visible=keep_visible)
+        y = np.asarray(jax.jit(corrector.initial)(RNG, tokens, logp, fixed))
+        np.testing.assert_array_equal(y[:, 0], MASK)  # fixed positions keep their token, whatever it is
+        np.testing.assert_array_equal(y[:, 2::2], best[:, 2::2])
+        np.testing.assert_array_equal(y[:, 1::2], 0 if keep_visible else best[:, 1::2])
+
+
+def test_nucleus_keeps_the_smallest_top_set_within_p_and_renormalises():
+    logp = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3, 0.0]], jnp.float32))
+    kept = np.exp(np.asarray(jax.jit(ops.nucleus_log_probs, static_argnums=1)(logp, 0.85)))
+    np.testing.assert_allclose(kept, [[0.0, 0.625, 0.0, 0.375, 0.0]], rtol=1e-6)
+    top1 = np.exp(np.asarray(jax.jit(ops.nucleus_log_probs, static_argnums=1)(logp, 0.1)))
+    np.testing.assert_allclose(top1, [[0.0, 1.0, 0.0, 0.0, 0.0]])
+
+
+def test_settings_from_the_base_config_match_its_sampling_section():
+    config = get_config()
+    settings = settings_from_config(config.sampling, parameterization=config.diffusion.parameterization)
+    for field in dataclasses.fields(SamplerSettings):
+        if field.name in config.sampling:
+            assert getattr(settings, field.name) == config.sampling[field.name], field.name
+
+
+def test_settings_from_config_applies_presets():
+    config = ml_collections.ConfigDict(dict(sampler="proseco", preset="fast", steps=99, corrector_steps=0,
+                                            corrector_every=5, nucleus_p=0.9))
+    settings = settings_from_config(config, parameterization="d3pm")
+    assert (settings.steps, settings.corrector_every, settings.corrector_steps) == PRESETS["fast"]
+    assert settings.nucleus_p == 0.9 and settings.parameterization == "d3pm"
+    config.preset = ""
+    assert settings_from_config(config).steps == 99
+    config.preset = "huge"
+    with pytest.raises(ValueError, match="preset"):
+        settings_from_config(config)
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(corrector_steps=-1), "corrector_steps"),
+    (dict(steps=0), "steps"),
+    (dict(corrector_every=0), "corrector_every"),
+    (dict(corrector_rule="median"), "corrector_rule"),
+    (dict(corrector_prior="mean"), "corrector_prior"),
+    (dict(sampler="gibbs"), "sampler"),
+    (dict(sampler="remdm", remdm_strategy="twice"), "remdm_strategy"),
+    (dict(sampler="remdm", remdm_strategy="loop", remdm_t_on=0.1, remdm_t_off=0.2), "t_off"),
+    (dict(precision="float16"), "precision"),
+    (dict(nucleus_p=0.0), "nucleus_p"),
+    (dict(corrector_rule="top_k", corrector_top_k=0), "corrector_top_k"),
+])
+def test_bad_settings_raise_value_error(fields, match):
+    with pytest.raises(ValueError, match=match):
+        SamplerSettings(**fields)
+
+
+BAD_INFILL_TOKENS = INFILL_TOKENS.copy()
+BAD_INFILL_TOKENS[0, 7] = V  # the mask id is not a real token
+
+
+@pytest.mark.parametrize("settings,kwargs,match", [
+    (PROSECO, dict(prompt=np.arange(L) % V), "nothing to generate"),
+    (PROSECO, dict(prompt=np.array([1, V])), "outside the real tokens"),
+    (PROSECO, dict(prompt=np.array([-1, 2])), "outside the real tokens"),
+    (PROSECO, dict(prompt=np.zeros((3, 2), np.int32)), "prompt must have shape"),
+    (PROSECO, dict(infill=(BAD_INFILL_TOKENS, INFILL_KEEP)), "outside the real tokens"),
+    (PROSECO, dict(infill=(INFILL_TOKENS[:, :4], INFILL_KEEP)), "infill tokens must have shape"),
+    (SamplerSettings(sampler="confidence", steps=L + 1), {}, "exceeds"),
+    (SamplerSettings(sampler="llada_block", steps=8, block_length=4), dict(prompt=np.array([1, 2, 3])),
+     "must divide"),
+    (SamplerSettings(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
+    (SamplerSettings(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
+    (SamplerSettings(precision="float64"), {}, "x64"),
+])
+def test_bad_inputs_raise_value_error(settings, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample(table_model, settings, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK, **kwargs)
+
+
+def test_wrong_logit_shape_and_unshardable_batch_raise_value_error():
+    with pytest.raises(ValueError, match="logits of shape"):
+        sample(lambda tokens, sigma: jnp.zeros(tokens.shape + (V,)), SamplerSettings(steps=2), SCHEDULE, RNG,
+               batch_size=B, length=L, mask_id=MASK)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
+    with pytest.raises(ValueError, match="not divisible"):
+        sample_sharded(table_model, PROSECO, SCHEDULE, RNG, batch_size=4, length=L, mask_id=MASK, mesh=mesh)
