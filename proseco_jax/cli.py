@@ -4,12 +4,17 @@ stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
+import jax
 from absl import app, flags, logging
 
 from proseco_jax.errors import UsageError
+
+# Where binaries cache compiled XLA programs unless JAX_COMPILATION_CACHE_DIR says otherwise.
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "proseco_jax", "xla")
 
 
 def fail(message: str) -> None:
@@ -38,6 +43,9 @@ def run(main: Callable[[list[str]], None]) -> None:
         # Library chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)
+        # XLA executables are cached on disk, so a resumed or repeated run skips recompiling its programs.
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            jax.config.update("jax_compilation_cache_dir", DEFAULT_COMPILATION_CACHE)
         try:
             main(argv)
         except UsageError as e:

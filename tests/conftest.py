@@ -4,8 +4,14 @@ XLA reads the flag once, when jax is first imported, so it is set before anythin
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are cached on disk and shared with the binaries the tests start, so a program that
+# several tests (or processes) build is compiled once.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "proseco_jax_test_xla_cache")
+)
