@@ -58,8 +58,14 @@ def config_or_fail(flag_holder):
     """Returns the parsed config of a `config_flags.DEFINE_config_file` flag, failing cleanly."""
     try:
         config = flag_holder.value
+        if config is not None:
+            config.keys()  # A config file that failed to load raises only when first read.
     except Exception as e:  # noqa: BLE001 - config files are user code; any failure is bad input.
-        fail(f"cannot load config: {e}")
+        path = getattr(flags.FLAGS[flag_holder.name], "config_filename", None) or ""
+        path = path.split(":")[0]
+        if path and not os.path.exists(path):
+            fail(f"config file {path} does not exist")
+        fail(f"cannot load config {path}: {e}")
     if config is None:
         fail("--config is required (e.g. --config=configs/synthetic.py)")
     return config
