@@ -1,4 +1,4 @@
-"""Times the ProSeCo train step against an MDLM-only step at the same shapes, on this machine.
+"""Times the ProSeCo train step against an MDLM-only step, or the on-device sampler against a host loop.
 
     python launch/benchmark.py --what=train_step --config=configs/synthetic.py [--shape=tiny|large|config]
         [--layers=N --hidden=D --heads=H --length=L --batch=B --vocab=V] [--steps=K --warmup=W]
@@ -9,6 +9,14 @@ otherwise; each is compiled apart (the first call, timed as `*_compile_sec`), wa
 steps alternate between the two programs so that both see the same machine load, and the median step time
 of each is reported. `mfu` is the model's matmul FLOP/s as a fraction of XLA's dense fp32 matmul rate
 measured in the same run (`matmul_gflops`). The last line of stdout is one JSON object with every figure.
+
+    python launch/benchmark.py --what=sample --config=configs/synthetic.py --shape=tiny \
+        --config.sampling.steps=64 --config.sampling.corrector_steps=2 [--steps=3 --warmup=1]
+
+times whole sampling runs (`sampling.batch_size` sequences each; --steps timed runs) of the compiled
+`lax.scan` sampler and of a host-driven loop calling the same jitted model once per step, with the same
+settings; the model has random (not zero-initialised) weights so that the corrector works as on a trained
+model. Keys: `scan_samples_per_sec`, `hostloop_samples_per_sec`, `scan_over_hostloop`, `compile_sec`.
 """
 
 from __future__ import annotations
@@ -21,22 +29,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, sharding, train
+from proseco_jax import cli, schedules, sharding, train
 from proseco_jax.models.dit import DiTConfig
+from proseco_jax.sampling import hostloop
+from proseco_jax.sampling import loop as sampling_loop
+from proseco_jax.sampling import settings as sampler_settings
 
 # Shapes of the reference measurements (DESIGN.md section 6) and what the reference reached on them.
+SHAPE_KEYS = ("layers", "hidden", "heads", "cond_dim", "length", "batch", "vocab")
 SHAPES = {
-    "tiny": dict(layers=4, hidden=256, heads=4, cond_dim=128, length=128, batch=32, vocab=64),
-    "large": dict(layers=8, hidden=512, heads=8, cond_dim=128, length=256, batch=16, vocab=64),
+    "tiny": dict(zip(SHAPE_KEYS, (4, 256, 4, 128, 128, 32, 64))),
+    "large": dict(zip(SHAPE_KEYS, (8, 512, 8, 128, 256, 16, 64))),
 }
 REFERENCE = {
-    "tiny": dict(tokens_per_sec=1424.0, proseco_step_sec=2.876, mdlm_step_sec=1.559),
-    "large": dict(tokens_per_sec=246.0, proseco_step_sec=16.63, mdlm_step_sec=8.37),
+    "tiny": {"tokens_per_sec": 1424.0, "proseco_step_sec": 2.876, "mdlm_step_sec": 1.559},
+    "large": {"tokens_per_sec": 246.0, "proseco_step_sec": 16.63, "mdlm_step_sec": 8.37},
+}
+# Sampling with the reference (batch 32 at tiny, 16 at large; omega = 1): (shape, T, S) -> figures.
+SAMPLE_REFERENCE = {
+    ("tiny", 64, 0): {"samples_per_sec": 1.006, "nfe": 64, "sec_per_nfe": 0.497},
+    ("tiny", 64, 2): {"samples_per_sec": 0.382, "nfe": 192, "sec_per_nfe": 0.436},
+    ("large", 32, 0): {"samples_per_sec": 0.186, "nfe": 32, "sec_per_nfe": 2.682},
+    ("large", 32, 2): {"samples_per_sec": 0.062, "nfe": 96, "sec_per_nfe": 2.706},
 }
 MATMUL_SIZE = 2048
 
@@ -91,8 +112,9 @@ class CpuMeter:
     @staticmethod
     def _read() -> tuple[float, float, float]:
         with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+            # user nice system idle iowait irq softirq steal (guest time is already in user).
+            fields = [float(v) for v in f.readline().split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # Steal counts as busy.
         return busy, time.process_time(), time.perf_counter()
 
     def __enter__(self):
@@ -165,11 +187,14 @@ def bench_train_step(ctx: Context) -> Report:
     keys = list(jax.random.split(step_key, 1 + ctx.warmup + ctx.steps))
 
     steps, states, compile_sec = {}, {}, {}
+    initial = None  # Both programs train the same model from the same initial state.
     for name, cfg in programs.items():
         compiled = train.build(cfg, ctx.mesh)
         steps[name] = compiled.step
-        state = jax.block_until_ready(compiled.init(init_key))
+        initial = jax.block_until_ready(compiled.init(init_key) if initial is None else initial)
+        state = jax.tree.map(jnp.copy, initial)  # A step donates its state: each program gets its own.
         compile_sec[name], (states[name], _) = timed(compiled.step, state, tokens, keys[0])
+    del initial
     for i in range(ctx.warmup):
         for name in programs:
             states[name], _ = jax.block_until_ready(steps[name](states[name], tokens, keys[1 + i]))
@@ -206,7 +231,8 @@ def bench_train_step(ctx: Context) -> Report:
         "reference_tokens_per_sec": reference["tokens_per_sec"] if reference else None,
         "reference_proseco_over_mdlm_time": (
             reference["proseco_step_sec"] / reference["mdlm_step_sec"] if reference else None),
-        "speedup_vs_reference": tokens_per_sec["proseco"] / reference["tokens_per_sec"] if reference else None,
+        "speedup_vs_reference": (
+            tokens_per_sec["proseco"] / reference["tokens_per_sec"] if reference else None),
     }
     rows = [("program", "step s (median)", "tokens/s", "compile s", "GFLOP/step", "GFLOP/s")]
     for name in programs:
@@ -222,8 +248,113 @@ def bench_train_step(ctx: Context) -> Report:
     return Report(table="\n".join(lines), figures=figures)
 
 
-# A sampling benchmark goes here, next to the train step.
-BENCHMARKS: dict[str, Callable[[Context], Report]] = {"train_step": bench_train_step}
+def _random_params(compiled: train.Compiled, key: jax.Array, scale: float = 0.05):
+    """Initial parameters plus Gaussian noise: the zero-initialised adaLN and output layers of a fresh DiT
+    would make every prediction uniform, so the corrector would stop after one call and NFE would not be
+    that of a trained model."""
+    params = compiled.init(key).params
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def bench_sample(ctx: Context) -> Report:
+    """The on-device scan sampler against a host-driven loop (one jitted model call per step from Python),
+    same model, settings (`config.sampling`: T, S, omega, rule) and batch; each timed unit is one full
+    sampling run of `sampling.batch_size` sequences."""
+    config = ctx.config
+    compiled = train.build(config, ctx.mesh)
+    params = _random_params(compiled, jax.random.key(config.seed))
+    settings = sampler_settings.settings_from_config(
+        config.sampling, parameterization=config.diffusion.parameterization)
+    schedule = schedules.from_config(config.diffusion)
+    batch = config.sampling.batch_size
+    model = compiled.model
+
+    def apply_fn(p, tokens, sigma):
+        return model.apply({"params": p}, tokens, sigma, train=False)
+
+    kwargs = dict(batch_size=batch, length=config.data.length, mask_id=config.data.vocab_size, params=params)
+
+    def run_scan(key):
+        with sharding.mesh_context(ctx.mesh, compiled.rules):
+            return sampling_loop.sample_sharded(apply_fn, settings, schedule, key, mesh=ctx.mesh, **kwargs)
+
+    def run_host(key):
+        with sharding.mesh_context(ctx.mesh, compiled.rules):
+            return hostloop.sample_hostloop(apply_fn, settings, schedule, key, **kwargs)
+
+    programs = {"scan": run_scan, "hostloop": run_host}
+    keys = jax.random.split(jax.random.key(config.seed + 1), 1 + ctx.warmup + ctx.steps)
+    compile_sec, outputs = {}, {}
+    for name, fn in programs.items():
+        compile_sec[name], outputs[name] = timed(fn, keys[0])
+        for i in range(ctx.warmup):
+            timed(fn, keys[1 + i])
+    times = {name: [] for name in programs}
+    meter = CpuMeter()
+    for i in range(ctx.steps):
+        for name, fn in programs.items():
+            with meter:
+                sec, outputs[name] = timed(fn, keys[1 + ctx.warmup + i])
+            times[name].append(sec)
+
+    run_sec = {name: statistics.median(t) for name, t in times.items()}
+    out = outputs["scan"]
+    nfe = float(np.mean(np.asarray(out.nfe)))
+    calls = int(out.model_calls)
+    forward = config.copy_and_resolve_references()
+    forward.train.batch_size = batch
+    flops_per_call = train_step_flops(forward, passes=1) / 3.0  # Forward only.
+    samples_per_sec = {name: batch / run_sec[name] for name in programs}
+    ref = SAMPLE_REFERENCE.get((shape_name(config), settings.steps, settings.corrector_steps))
+    if settings.corrector_every != 1 or settings.sampler not in ("proseco", "mdlm"):
+        ref = None
+    figures = {
+        "scan_samples_per_sec": samples_per_sec["scan"],
+        "hostloop_samples_per_sec": samples_per_sec["hostloop"],
+        "scan_over_hostloop": run_sec["hostloop"] / run_sec["scan"],
+        "compile_sec": compile_sec["scan"],
+        "hostloop_compile_sec": compile_sec["hostloop"],
+        "scan_run_sec": run_sec["scan"],
+        "hostloop_run_sec": run_sec["hostloop"],
+        "nfe": nfe,
+        "predictor_nfe": float(np.mean(np.asarray(out.predictor_nfe))),
+        "corrector_nfe": float(np.mean(np.asarray(out.corrector_nfe))),
+        "model_calls": calls,
+        "scan_sec_per_model_call": run_sec["scan"] / max(calls, 1),
+        "model_gflops_per_sec": flops_per_call * calls / run_sec["scan"] / 1e9,
+        "sampler": settings.sampler,
+        "sampling_steps": settings.steps,
+        "corrector_steps": settings.corrector_steps,
+        "corrector_every": settings.corrector_every,
+        "sample_batch": batch,
+        "other_cores_busy": meter.other_cores_busy,
+        "reference_samples_per_sec": ref["samples_per_sec"] if ref else None,
+        "reference_nfe": ref["nfe"] if ref else None,
+        # Samples/s this sampler would reach at the reference's NFE (our time per call x its calls).
+        "scan_samples_per_sec_at_reference_nfe": (
+            batch / (ref["nfe"] * run_sec["scan"] / max(calls, 1)) if ref else None),
+        "speedup_vs_reference_at_equal_nfe": (
+            ref["sec_per_nfe"] / (run_sec["scan"] / max(calls, 1)) if ref else None),
+        "speedup_vs_reference": samples_per_sec["scan"] / ref["samples_per_sec"] if ref else None,
+    }
+    rows = [("loop", "run s (median)", "samples/s", "compile s", "model calls", "mean NFE")]
+    for name in programs:
+        o = outputs[name]
+        rows.append((name, f"{run_sec[name]:.3f}", f"{samples_per_sec[name]:.2f}", f"{compile_sec[name]:.2f}",
+                     f"{int(o.model_calls)}", f"{float(np.mean(np.asarray(o.nfe))):.1f}"))
+    if ref:
+        rows.append((f"reference ({shape_name(config)})", f"{batch / ref['samples_per_sec']:.3f}",
+                     f"{ref['samples_per_sec']:.2f}", "", f"{ref['nfe']}", f"{ref['nfe']}"))
+    lines = format_rows(rows)
+    lines.append(f"scan over host loop: {figures['scan_over_hostloop']:.2f}x; "
+                 f"{figures['scan_sec_per_model_call'] * 1e3:.1f} ms per batched model call")
+    return Report(table="\n".join(lines), figures=figures)
+
+
+BENCHMARKS: dict[str, Callable[[Context], Report]] = {"train_step": bench_train_step, "sample": bench_sample}
 
 
 def format_rows(rows: list[tuple[str, ...]]) -> list[str]:
@@ -234,8 +365,8 @@ def format_rows(rows: list[tuple[str, ...]]) -> list[str]:
 
 def shapes_of(config) -> dict[str, int]:
     m = config.model
-    return dict(layers=m.num_layers, hidden=m.hidden_size, heads=m.num_heads, cond_dim=m.cond_dim,
-                length=config.data.length, batch=config.train.batch_size, vocab=config.data.vocab_size)
+    return {"layers": m.num_layers, "hidden": m.hidden_size, "heads": m.num_heads, "cond_dim": m.cond_dim,
+            "length": config.data.length, "batch": config.train.batch_size, "vocab": config.data.vocab_size}
 
 
 def shape_name(config) -> str | None:
@@ -246,7 +377,10 @@ def shape_name(config) -> str | None:
 
 def apply_shapes(config) -> Any:
     """A copy of config with the --shape preset, then the single shape flags, written into it."""
-    config = config.copy_and_resolve_references()
+    try:
+        config = config.copy_and_resolve_references()
+    except OSError as e:  # A config file that failed to load only raises when first read.
+        cli.fail(f"cannot load config: {e}")
     shapes = dict(SHAPES.get(_SHAPE.value, {}))
     for key, holder in (("layers", _LAYERS), ("hidden", _HIDDEN), ("heads", _HEADS), ("length", _LENGTH),
                         ("batch", _BATCH), ("vocab", _VOCAB)):
@@ -258,6 +392,8 @@ def apply_shapes(config) -> Any:
     for key, value in shapes.items():
         if key == "length":
             config.data.length = config.model.max_length = value
+        elif key == "batch":
+            config.train.batch_size = config.sampling.batch_size = value
         else:
             section, field = fields[key]
             config[section][field] = value
@@ -280,7 +416,7 @@ def pin_threads(threads: int) -> int:
 def make_mesh(config, num_devices: int) -> jax.sharding.Mesh:
     devices = jax.devices()
     if num_devices > len(devices):
-        cli.fail(f"--devices={num_devices} but only {len(devices)} devices are available")
+        cli.fail(f"--devices={num_devices}, but {len(devices)} are available")
     return sharding.make_mesh(config.mesh, devices[:num_devices] if num_devices else devices)
 
 

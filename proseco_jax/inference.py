@@ -70,7 +70,7 @@ def sample_batches(
     rng = jax.random.key(config.seed if seed is None else seed)
     done = 0
     while done < num_samples:
-        with loaded.mesh, nn.logical_axis_rules(loaded.rules):
+        with sharding.mesh_context(loaded.mesh, loaded.rules):
             out = loop.sample_sharded(
                 loaded.apply_fn,
                 settings,

@@ -51,7 +51,8 @@ class Schedule:
         if self.kind == "linear":
             return self.sigma_min + t * (self.sigma_max - self.sigma_min)
         if self.kind == "cosine":
-            return -jnp.log(self.eps + (1.0 - self.eps) * jnp.cos(0.5 * jnp.pi * t))
+            # 1 - cos(pi t / 2) = 2 sin^2(pi t / 4), without float32 cancellation at small t.
+            return -jnp.log1p(-2.0 * (1.0 - self.eps) * jnp.sin(0.25 * jnp.pi * t) ** 2)
         return -jnp.log1p(-(1.0 - self.eps) * t**self.power)
 
     def dsigma(self, t):

@@ -8,7 +8,8 @@ mesh axes. Batches are sharded over (data, fsdp) on their leading axis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -85,3 +86,11 @@ def data_parallel_size(mesh: Mesh) -> int:
 def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
     """Assembles the per-process rows of a batch into one global array sharded over (data, fsdp)."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh, local_batch.ndim), local_batch)
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Makes `mesh` current and `rules` the logical-axis rules, so that the model's logical sharding
+    constraints apply while a function is traced."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -144,7 +144,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, cfg.ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
     return new_state, metrics
 
@@ -197,7 +197,7 @@ def build(config, mesh: Mesh) -> Compiled:
             step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params)
         )
 
-    with mesh, nn.logical_axis_rules(rules):
+    with sharding.mesh_context(mesh, rules):
         boxed = jax.eval_shape(init_boxed, jax.random.key(0))
         shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
     abstract = jax.tree.map(
@@ -222,7 +222,7 @@ def build(config, mesh: Mesh) -> Compiled:
     def under_mesh(fn):
         @functools.wraps(fn)
         def wrapped(*args):
-            with mesh, nn.logical_axis_rules(rules):
+            with sharding.mesh_context(mesh, rules):
                 return fn(*args)
 
         return wrapped

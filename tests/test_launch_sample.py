@@ -27,7 +27,7 @@ SHARED = [
 
 def env():
     e = dict(os.environ)
-    e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
     e["JAX_PLATFORMS"] = "cpu"
     return e
 

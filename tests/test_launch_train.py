@@ -44,7 +44,7 @@ def tiny_flags(workdir, data_dir, **overrides):
 
 def env(devices=1):
     e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
     e["JAX_PLATFORMS"] = "cpu"
     return e
 

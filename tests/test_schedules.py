@@ -95,20 +95,14 @@ def test_loss_weight_is_minus_alpha_rate_over_mask_prob(kind):
     np.testing.assert_allclose(schedule.loss_weight(jnp.asarray(t)), expected, rtol=1e-3)
 
 
-# Cosine computes 1 - alpha as 1 - cos(pi t / 2) in float32, which cancels to 0 for t below ~5e-4.
-_COSINE_CANCELS = pytest.mark.xfail(
-    strict=True, reason="cosine: 1 - cos(pi t / 2) cancels in float32; w(t) = -inf for t < ~5e-4")
-SMALL_T_KINDS = [k if k != "cosine" else pytest.param(k, marks=_COSINE_CANCELS) for k in SCHEDULES]
-
-
-@pytest.mark.parametrize("kind", SMALL_T_KINDS)
+@pytest.mark.parametrize("kind", SCHEDULES)
 def test_loss_weight_is_positive_and_finite_down_to_small_t(kind):
     """At t = 1e-5 .. 1e-3 (training draws t >= train_eps = 1e-3; users may lower it) w must stay finite."""
     w = np.asarray(_schedule(kind).loss_weight(jnp.asarray([1e-5, 1e-4, 1e-3, 0.5, 1.0])))
     assert np.all(np.isfinite(w)) and np.all(w > 0), w
 
 
-@pytest.mark.parametrize("kind", SMALL_T_KINDS)
+@pytest.mark.parametrize("kind", SCHEDULES)
 def test_mask_prob_and_loss_weight_match_a_float64_reference_at_small_t(kind):
     schedule = _schedule(kind)
     t = np.asarray([1e-4, 1e-3, 3e-3, 1e-2, 0.1])

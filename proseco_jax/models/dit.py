@@ -118,7 +118,7 @@ class DiTBlock(nn.Module):
         )
         attn = layers.attention(q, k, v)
         out = layers.dense(
-            d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, contract_axes=(-2, -1), name="attn_out"
+            d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, contract_axes=2, name="attn_out"
         )(attn)
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         x = x + gate_a[:, None, :] * out.astype(jnp.float32)

@@ -72,6 +72,42 @@ class LayerNorm(nn.Module):
         return y * scale.astype(jnp.float32)
 
 
+class Dense(nn.Module):
+    """y = x . kernel (+ bias), contracting the last `contract` axes of x; kernel [*in, *features].
+
+    The kernel is created at its full shape (fan-in/fan-out taken over the in/out axes), so its logical
+    axis names, one per kernel dimension, apply to it as is.
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    contract: int = 1
+    use_bias: bool = False
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.contract :]
+        n_in, n_out = len(in_shape), len(self.features)
+        if self.zero_init:
+            init = nn.initializers.zeros
+        else:
+            init = nn.initializers.xavier_uniform(
+                in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+                            (*in_shape, *self.features), self.param_dtype)
+        contract_x = tuple(range(x.ndim - n_in, x.ndim))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((contract_x, tuple(range(n_in))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
+                              self.features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(
     features: int | tuple[int, ...],
     axes: tuple[str | None, ...],
@@ -80,23 +116,13 @@ def dense(
     param_dtype: Dtype,
     use_bias: bool = False,
     zero_init: bool = False,
-    contract_axes: int | tuple[int, ...] = -1,
+    contract_axes: int = 1,
     name: str | None = None,
-) -> nn.DenseGeneral:
-    """A DenseGeneral whose kernel (and bias) carry logical axis names `axes` (kernel's full shape)."""
-    kernel_init = nn.initializers.zeros if zero_init else nn.initializers.xavier_uniform()
-    features_tuple = features if isinstance(features, tuple) else (features,)
-    bias_axes = axes[-len(features_tuple) :]
-    return nn.DenseGeneral(
-        features=features,
-        axis=contract_axes,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-        name=name,
-    )
+) -> Dense:
+    """A `Dense` whose kernel (and bias) carry the logical axis names `axes` (one per kernel dimension)."""
+    features = features if isinstance(features, tuple) else (features,)
+    return Dense(features=features, axes=axes, contract=contract_axes, use_bias=use_bias, zero_init=zero_init,
+                 dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def timestep_embedding(sigma: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

@@ -1,0 +1,56 @@
+"""Tests of launch/benchmark.py as a user runs it: its JSON last line and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--layers=1", "--hidden=32", "--heads=2", "--length=16", "--batch=8", "--steps=2", "--warmup=1"]
+REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_time", "mfu", "matmul_gflops",
+            "model_gflops_per_step", "proseco_step_sec", "mdlm_step_sec", "compile_sec",
+            "reference_tokens_per_sec", "speedup_vs_reference",
+            "layers", "hidden", "heads", "length", "batch", "vocab")
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # Unoptimised XLA code compiles several times faster; these tests check the binary, not its speed.
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    return subprocess.run([sys.executable, "launch/benchmark.py", "--config=configs/synthetic.py", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_step_benchmark_ends_with_a_json_line_of_positive_figures():
+    result = run_benchmark("--what=train_step", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(REQUIRED) <= set(figures)
+    assert figures["proseco_tokens_per_sec"] > 0 and figures["mdlm_tokens_per_sec"] > 0
+    assert figures["proseco_over_mdlm_time"] > 0
+    assert 0 < figures["mfu"] and figures["matmul_gflops"] > 0
+    assert (figures["layers"], figures["hidden"], figures["heads"], figures["length"], figures["batch"]) == (
+        1, 32, 2, 16, 8)
+    assert figures["devices"] == 1
+    # ProSeCo runs two backbone passes, MDLM one: the model FLOPs say so exactly.
+    assert figures["model_gflops_per_step"] == pytest.approx(2 * figures["mdlm_model_gflops_per_step"])
+    # Not one of the reference's shapes, so there is nothing to compare with.
+    assert figures["reference_tokens_per_sec"] is None and figures["speedup_vs_reference"] is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--what=nope"],
+    ["--heads=3", "--hidden=32"],
+    ["--what=sample"],
+    ["--config=configs/no_such_config.py"],
+])
+def test_bad_input_exits_2_with_one_line(args):
+    result = run_benchmark(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr

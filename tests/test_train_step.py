@@ -1,0 +1,386 @@
+"""Tests of the sharded two-pass train step on the real DiT (tiny config, 8 fake CPU devices).
+
+Compiling a train step is the expensive part on CPU, so each variant (mesh, micro-batching, remat, dtype)
+is compiled once in a module-scoped fixture, and every run starts from the same initial state, copied to
+the host once and placed on each mesh with `jax.device_put`. The jitted functions of `train.build` are
+compiled ahead of time with LLVM's -O0 backend, which halves XLA:CPU compile time; the HLO (and so the
+sharding and the arithmetic) is exactly what `build` produced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from proseco_jax import config_base, diffusion, schedules, sharding, train
+from proseco_jax.errors import UsageError
+
+VOCAB, LENGTH, BATCH = 15, 16, 8
+STEPS = 3
+
+
+def tiny_config(**mesh) -> ml_collections.ConfigDict:
+    c = config_base.get_config()
+    c.model.num_layers = 1
+    c.model.hidden_size = 32
+    c.model.num_heads = 2
+    c.model.cond_dim = 16
+    c.model.max_length = LENGTH
+    c.data.vocab_size = VOCAB
+    c.data.length = LENGTH
+    c.train.batch_size = BATCH
+    c.train.warmup_steps = 0  # a warm-up starting at lr 0 would leave the first step's params unchanged
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh.get("data", 1), mesh.get("fsdp", 1), mesh.get("tensor", 1)
+    return c
+
+
+def one_device_mesh(config):
+    return sharding.make_mesh(config.mesh, jax.devices()[:1])
+
+
+def _tokens(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, size=(BATCH, LENGTH)).astype(np.int32)
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _init(compiled: train.Compiled):
+    key = jax.random.key(0)
+    return _host(compiled.init(key))
+
+
+def _run(compiled: train.Compiled, host_state, steps: int, rngs=None):
+    """Runs `steps` steps from a host copy of the state; returns host (states, metrics) after each step."""
+    state = jax.device_put(host_state, compiled.state_shardings)
+    batch = sharding.global_batch(_tokens(), compiled.mesh)
+    rngs = [jax.random.key(100 + i) for i in range(steps)] if rngs is None else rngs
+    step_fn = compiled.step
+    states, metrics = [], []
+    for i in range(steps):
+        state, mets = step_fn(state, batch, rngs[i])
+        states.append(_host(state))
+        metrics.append({k: float(v) for k, v in mets.items()})
+    return states, metrics, state
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The 1-device compiled step, the initial state on the host, and a 3-step trajectory."""
+    config = tiny_config()
+    compiled = train.build(config, one_device_mesh(config))
+    init = _init(compiled)
+    states, metrics, _ = _run(compiled, init, STEPS)
+    return dict(config=config, compiled=compiled, init=init, states=states, metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def sharded(base):
+    """The same trajectory on 8 devices (data=2, fsdp=2, tensor=2), with remat on.
+
+    Rematerialisation must not change a single number either, so one compile covers both properties
+    (a train-step compile costs ~10 s of CPU here); `test_remat_...` below checks it by name.
+    """
+    config = tiny_config(data=2, fsdp=2, tensor=2)
+    config.model.remat = True
+    mesh = sharding.make_mesh(config.mesh)
+    assert mesh.devices.size == 8
+    compiled = train.build(config, mesh)
+    states, metrics, last = _run(compiled, base["init"], STEPS)
+    return dict(compiled=compiled, states=states, metrics=metrics, last=last)
+
+
+def _variant(base, steps: int, **overrides):
+    """Compiles the 1-device step of a changed config and runs it from the shared initial state."""
+    config = tiny_config()
+    for dotted, value in overrides.items():
+        section, field = dotted.split("__")
+        config[section][field] = value
+    compiled = train.build(config, one_device_mesh(config))
+    states, metrics, _ = _run(compiled, base["init"], steps)
+    return compiled, states, metrics
+
+
+def _assert_trees_close(a, b, atol: float):
+    flat_a, tree_a = jax.tree.flatten(a)
+    flat_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(flat_a, flat_b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+
+
+# ------------------------------------------------------------------------------------- mesh equivalence
+
+
+def test_sharded_step_gives_the_same_metrics_as_one_device(base, sharded):
+    """3 steps with fresh keys on data=2, fsdp=2, tensor=2 (remat on) vs 1 device (remat off)."""
+    for one, eight in zip(base["metrics"], sharded["metrics"]):
+        assert one.keys() == eight.keys()
+        for key in one:
+            np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert {"loss", "mdm_loss", "corrector_loss", "grad_norm"} <= set(base["metrics"][0])
+
+
+def test_sharded_step_gives_the_same_params_and_optimizer_state_as_one_device(base, sharded):
+    for one, eight in zip(base["states"], sharded["states"]):
+        assert int(one.step) == int(eight.step)
+        _assert_trees_close(eight.params, one.params, atol=1e-5)
+        _assert_trees_close(eight.ema_params, one.ema_params, atol=1e-5)
+        _assert_trees_close(eight.opt_state, one.opt_state, atol=1e-5)
+
+
+def test_train_step_changes_params_and_counts_steps(base):
+    assert [int(s.step) for s in base["states"]] == list(range(1, STEPS + 1))
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), base["states"][0].params,
+                         base["init"].params)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+    for metrics in base["metrics"]:
+        assert all(math.isfinite(v) for v in metrics.values())
+
+
+def _expected_shard_shape(shape, spec, mesh) -> tuple[int, ...]:
+    out = []
+    for i, size in enumerate(shape):
+        axes = spec[i] if i < len(spec) else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        out.append(size // int(np.prod([mesh.shape[a] for a in axes])))
+    return tuple(out)
+
+
+def test_params_are_sharded_as_the_logical_axis_rules_say(sharded):
+    params = sharded["last"].params
+    qkv = params["block_0"]["qkv"]["kernel"]  # [embed, 3, heads, kv]
+    embedding = params["embedding"]  # [vocab, embed]
+    assert qkv.sharding.spec == P("fsdp", None, "tensor", None)
+    assert embedding.sharding.spec == P("tensor", "fsdp")
+    assert params["block_0"]["mlp_in"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert params["block_0"]["mlp_out"]["kernel"].sharding.spec == P("tensor", "fsdp")
+    assert params["output"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    # fsdp=2 x tensor=2: each device holds a quarter of these arrays (replicated over data=2).
+    assert qkv.shape == (32, 3, 2, 16)
+    assert qkv.addressable_shards[0].data.shape == (16, 3, 1, 16)
+    assert embedding.shape == (16, 32)
+    assert embedding.addressable_shards[0].data.shape == (8, 16)
+    distinct = {tuple((s.start, s.stop) for s in shard.index) for shard in embedding.addressable_shards}
+    assert len(distinct) == 4
+    # The time embedding is replicated: every device holds all of it.
+    fc1 = params["time"]["fc1"]["kernel"]
+    assert fc1.addressable_shards[0].data.shape == fc1.shape
+
+
+def test_every_param_shard_has_the_shape_its_spec_implies(sharded):
+    state = sharded["last"]
+    mesh = sharded["compiled"].mesh
+    for tree in (state.params, state.ema_params):
+        for leaf in jax.tree.leaves(tree):
+            expected = _expected_shard_shape(leaf.shape, leaf.sharding.spec, mesh)
+            assert leaf.addressable_shards[0].data.shape == expected
+            assert len(leaf.addressable_shards) == 8
+
+
+def test_ema_and_optimizer_moments_are_sharded_like_the_params(sharded):
+    state = sharded["last"]
+    specs = jax.tree.map(lambda a: a.sharding.spec, state.params)
+    assert jax.tree.map(lambda a: a.sharding.spec, state.ema_params) == specs
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    assert jax.tree.map(lambda a: a.sharding.spec, adam.mu) == specs
+    assert jax.tree.map(lambda a: a.sharding.spec, adam.nu) == specs
+
+
+def test_global_batch_is_sharded_over_data_and_fsdp(sharded):
+    mesh = sharded["compiled"].mesh
+    batch = sharding.global_batch(_tokens(), mesh)
+    assert batch.shape == (BATCH, LENGTH)
+    assert batch.sharding.spec == P(("data", "fsdp"), None)
+    assert batch.addressable_shards[0].data.shape == (BATCH // 4, LENGTH)
+    np.testing.assert_array_equal(np.asarray(batch), _tokens())
+
+
+# ----------------------------------------------------------------------------------------------- EMA
+
+
+def test_ema_after_each_step_is_the_ramped_decay_average_of_old_ema_and_new_params(base):
+    decay = base["config"].train.ema_decay
+    previous = base["init"].ema_params
+    _assert_trees_close(previous, base["init"].params, atol=0)  # EMA starts at the initial params
+    for step, state in enumerate(base["states"]):
+        d = min(decay, (1.0 + step) / (10.0 + step))  # ema_decay_at, written out
+        assert float(train.ema_decay_at(jnp.asarray(step), decay)) == pytest.approx(d, rel=1e-6)
+        expected = jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, previous, state.params)
+        _assert_trees_close(state.ema_params, expected, atol=1e-6)
+        previous = state.ema_params
+
+
+def test_ema_decay_ramp_reaches_the_configured_decay():
+    assert float(train.ema_decay_at(jnp.asarray(0), 0.999)) == pytest.approx(0.1)
+    assert float(train.ema_decay_at(jnp.asarray(10**6), 0.999)) == pytest.approx(0.999)
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def test_loss_decreases_when_overfitting_one_batch(base):
+    """Same batch and same key every step, so the loss is a deterministic function of the params."""
+    compiled = base["compiled"]
+    key = jax.random.key(7)
+    _, metrics, _ = _run(compiled, base["init"], 30, rngs=[key] * 30)
+    losses = np.asarray([m["loss"] for m in metrics])
+    mdm = np.asarray([m["mdm_loss"] for m in metrics])
+    assert np.all(np.isfinite(losses))
+    assert losses[-3:].mean() < 0.75 * losses[:3].mean(), losses
+    assert mdm[-1] < mdm[0]
+
+
+@pytest.fixture(scope="module")
+def micro(base):
+    return _variant(base, 1, train__micro_batches=2)
+
+
+def test_micro_batches_keep_the_params_structure_and_give_finite_loss(base, micro):
+    _, states, metrics = micro
+    assert jax.tree.structure(states[0]) == jax.tree.structure(base["states"][0])
+    assert all(math.isfinite(v) for v in metrics[0].values())
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), states[0].params, base["init"].params)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_micro_batch_loss_is_the_mean_of_each_micro_batch_loss(base, micro):
+    """Micro-batch i takes rows i::M and the key fold_in(rng, i); the step reports their mean loss."""
+    compiled, _, metrics = micro
+    config = base["config"]
+    model = compiled.model
+    loss_cfg = diffusion.LossConfig.from_config(config, schedules.from_config(config.diffusion))
+    params = base["init"].params
+    tokens, rng = _tokens(), jax.random.key(100)
+
+    def micro_loss(rows, key):
+        apply_fn = train.make_apply_fn(model, params, train=True)
+        return diffusion.proseco_loss(apply_fn, rows, key, jnp.asarray(0), loss_cfg)
+
+    rows = [jnp.asarray(tokens[i::2]) for i in range(2)]
+    micro_loss = jax.jit(micro_loss)
+    parts = [micro_loss(rows[i], jax.random.fold_in(rng, i)) for i in range(2)]
+    expected_loss = np.mean([float(loss) for loss, _ in parts])
+    np.testing.assert_allclose(metrics[0]["loss"], expected_loss, rtol=1e-5)
+    expected_mdm = np.mean([float(mets["mdm_loss"]) for _, mets in parts])
+    np.testing.assert_allclose(metrics[0]["mdm_loss"], expected_mdm, rtol=1e-5)
+    # Not compared with micro_batches=1: each micro-batch draws its own times and masks, and with
+    # B/M = 4 rows and w(t) = 1/t the one-sample loss varies by tens of percent between draws.
+
+
+def test_remat_gives_the_same_loss_and_params_as_no_remat(base, sharded):
+    """The sharded run has remat on and the 1-device run off (see the `sharded` fixture)."""
+    assert sharded["compiled"].model.cfg.remat and not base["compiled"].model.cfg.remat
+    for key in ("loss", "mdm_loss", "corrector_loss", "grad_norm"):
+        np.testing.assert_allclose(sharded["metrics"][0][key], base["metrics"][0][key], rtol=1e-5,
+                                   err_msg=key)
+    _assert_trees_close(sharded["states"][0].params, base["states"][0].params, atol=1e-5)
+
+
+def test_bfloat16_compute_gives_a_finite_loss_close_to_float32(base):
+    _, states, metrics = _variant(base, 2, model__dtype="bfloat16")
+    for m in metrics:
+        assert all(math.isfinite(v) for v in m.values())
+    # Parameters stay in float32 storage; only the matmuls run in bfloat16.
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(states[-1].params))
+    # At init the output layer is zero, so the logits (and the loss) are exactly those of float32 ...
+    assert metrics[0]["loss"] == pytest.approx(base["metrics"][0]["loss"], rel=1e-6)
+    # ... after one update they are not: the dtype is really used, and costs little accuracy.
+    assert metrics[1]["loss"] != base["metrics"][1]["loss"]
+    np.testing.assert_allclose(metrics[1]["loss"], base["metrics"][1]["loss"], rtol=1e-2)
+
+
+# ------------------------------------------------------------------------------------ config checks
+
+
+def test_check_config_accepts_the_tiny_config_on_a_full_mesh():
+    config = tiny_config(data=2, fsdp=2, tensor=2)
+    train.check_config(config, sharding.make_mesh(config.mesh))
+
+
+def test_check_config_rejects_a_batch_not_divisible_by_the_data_parallel_size():
+    config = tiny_config(data=4, fsdp=2, tensor=1)
+    mesh = sharding.make_mesh(config.mesh)
+    config.train.batch_size = 12
+    with pytest.raises(UsageError, match="data-parallel"):
+        train.check_config(config, mesh)
+    config.train.batch_size = 8
+    config.train.micro_batches = 2  # 8 rows over 8 data-parallel devices leaves none for a 2nd micro-batch
+    with pytest.raises(UsageError, match="micro_batches"):
+        train.check_config(config, mesh)
+
+
+def test_check_config_rejects_a_sequence_longer_than_the_model():
+    config = tiny_config()
+    config.data.length = LENGTH + 1
+    with pytest.raises(UsageError, match="max_length"):
+        train.check_config(config, one_device_mesh(config))
+
+
+def test_check_config_rejects_heads_not_divisible_by_the_tensor_axis():
+    config = tiny_config(data=2, fsdp=1, tensor=4)
+    config.model.hidden_size, config.model.num_heads = 48, 6
+    with pytest.raises(UsageError, match="num_heads"):
+        train.check_config(config, sharding.make_mesh(config.mesh))
+
+
+def test_usage_error_messages_are_one_line():
+    config = tiny_config()
+    config.data.length = LENGTH + 1
+    with pytest.raises(UsageError) as info:
+        train.check_config(config, one_device_mesh(config))
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- mesh
+
+
+def _mesh_config(data, fsdp, tensor):
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+@pytest.mark.parametrize(
+    "sizes, devices, expected",
+    [
+        ((-1, 1, 1), 8, (8, 1, 1)),
+        ((-1, 2, 2), 8, (2, 2, 2)),
+        ((2, -1, 1), 8, (2, 4, 1)),
+        ((1, 1, -1), 4, (1, 1, 4)),
+        ((2, 2, 2), 8, (2, 2, 2)),
+        ((-1, 1, 1), 1, (1, 1, 1)),
+    ],
+)
+def test_mesh_shape_resolves_minus_one_to_the_remaining_devices(sizes, devices, expected):
+    assert sharding.mesh_shape(_mesh_config(*sizes), devices) == expected
+
+
+@pytest.mark.parametrize(
+    "sizes, devices",
+    [
+        ((-1, -1, 1), 8),  # two free axes
+        ((0, 1, 1), 8),  # empty axis
+        ((-2, 1, 1), 8),  # negative size other than -1
+        ((3, -1, 1), 8),  # 3 does not divide 8
+        ((2, 2, 1), 8),  # uses 4 of 8 devices
+        ((4, 4, 1), 8),  # needs more devices than there are
+    ],
+)
+def test_mesh_shape_rejects_impossible_meshes(sizes, devices):
+    with pytest.raises(UsageError):
+        sharding.mesh_shape(_mesh_config(*sizes), devices)
+
+
+def test_make_mesh_names_the_three_axes_with_auto_axis_types():
+    mesh = sharding.make_mesh(_mesh_config(2, -1, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
+    assert sharding.data_parallel_size(mesh) == 4
