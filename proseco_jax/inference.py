@@ -8,7 +8,6 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
