@@ -152,6 +152,8 @@ class DiT(nn.Module):
             (cfg.padded_vocab_size, cfg.hidden_size),
             pdt,
         )
+        # FSDP-style: gather the table's width before the lookup, so the rows come out batch-sharded.
+        embed = nn.with_logical_constraint(embed, ("vocab", None))
         x = jnp.take(embed, tokens, axis=0).astype(jnp.float32)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         c = nn.with_logical_constraint(TimeEmbedding(cfg, name="time")(sigma), ("batch", None))
