@@ -28,9 +28,19 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # What the tests need beyond the package: the PyTorch GPT-2 that the Flax evaluator is checked
+        # against, and the notebook runner.
         "test": [
             "pytest>=8",
             "ruff>=0.5",
+            "torch==2.13.0",
+            "transformers==5.24.0",
+            "safetensors==0.8.0",
+        ],
+        # Real-text evaluation: loading GPT-2 checkpoints (safetensors) and MAUVE.
+        "text": [
+            "safetensors>=0.4",
+            "mauve-text>=0.4",
         ],
     },
 )
