@@ -36,6 +36,9 @@ setup(
             "torch==2.13.0",
             "transformers==5.24.0",
             "safetensors==0.8.0",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
         ],
         # Real-text evaluation: loading GPT-2 checkpoints (safetensors) and MAUVE.
         "text": [
