@@ -18,7 +18,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, train
+from proseco_jax import checkpoint, cli, train
 from proseco_jax.data import datasets
 from proseco_jax.evaluation import markov_metrics, sweep
 
@@ -30,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: a short training, a few sampler rows, few samples.")
 _COMPARE = flags.DEFINE_bool("compare_training", False, "Also train plain MDLM with the same budget in "
                              "WORKDIR/mdlm and sample it with MDLM.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row (default 128; quick: 32).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row (default 96; quick: 32).")
 _SHOW = flags.DEFINE_integer("show", 3, "Samples printed with the corrector's rewrites marked.")
 
 # Fields set unless given on the command line: the default budget (about 10 minutes on 2 CPU cores) ...
@@ -53,12 +53,24 @@ def _configure(config) -> int:
         if name not in given:
             section, field = name.split(".")
             config[section][field] = value
-    num_samples = _NUM_SAMPLES.value or (32 if _QUICK.value else 128)
+    num_samples = _NUM_SAMPLES.value or (32 if _QUICK.value else 96)
     if num_samples < 1:
         cli.fail(f"--num_samples must be positive, got {num_samples}")
     if "sampling.batch_size" not in given:
         config.sampling.batch_size = num_samples  # one compiled call per row
     return num_samples
+
+
+def _train(config, workdir: str) -> None:
+    """Trains (or resumes) to config.train.num_steps; stops the demo if training was interrupted (SIGTERM)."""
+    train.train_and_evaluate(config, workdir)
+    manager = checkpoint.make_manager(workdir, 1, read_only=True)
+    step = manager.latest_step() or 0
+    manager.close()
+    if step < config.train.num_steps:
+        print(f"training stopped at step {step} of {config.train.num_steps}; rerun the same command to "
+              "resume", flush=True)
+        raise SystemExit(0)
 
 
 def _banner(text: str) -> None:
@@ -111,7 +123,7 @@ def main(argv):
     num_samples = _configure(config)
     workdir = _WORKDIR.value
     _banner(f"training ProSeCo for {config.train.num_steps} steps in {workdir}")
-    train.train_and_evaluate(config, workdir)
+    _train(config, workdir)
     mdlm_workdir = None
     if _COMPARE.value:
         mdlm_workdir = os.path.join(workdir, "mdlm")
@@ -119,7 +131,7 @@ def main(argv):
         mdlm_config.corrector.enabled = False
         _banner(f"training plain MDLM (corrector.enabled=False) for {config.train.num_steps} steps in "
                 f"{mdlm_workdir}")
-        train.train_and_evaluate(mdlm_config, mdlm_workdir)
+        _train(mdlm_config, mdlm_workdir)
     print(f"training done after {time.time() - start:.0f} s", flush=True)
 
     _banner("sweep: quality against NFE")

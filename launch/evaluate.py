@@ -145,10 +145,13 @@ def evaluate_text(config, records: list[dict]) -> dict:
     encode = None
     tokenizer_file = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(tokenizer_file):
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(tokenizer_file)
-        encode = lambda text: tokenizer.encode(text).ids
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            print("no retokenization (pip install tokenizers): scoring the samples' 'tokens'", flush=True)
+        else:
+            tokenizer = Tokenizer.from_file(tokenizer_file)
+            encode = lambda text: tokenizer.encode(text).ids
 
     def score(records_: list[dict], path: str) -> tuple[dict, list[np.ndarray]]:
         sequences = _text_sequences(records_, path, encode, gpt_config.vocab_size)

@@ -168,6 +168,7 @@ def _tiny_gpt2(directory):
 
 
 def test_evaluate_text_gives_gen_ppl_and_needs_an_evaluator(tmp_path):
+    pytest.importorskip("safetensors")
     evaluator = str(tmp_path / "gpt2")
     _tiny_gpt2(evaluator)
     samples = _write_samples(tmp_path / "s.jsonl", [[3, 5, 7, 9, 11, 2], [1, 2, 3, 4, 5, 6]])
@@ -184,15 +185,18 @@ def test_evaluate_text_gives_gen_ppl_and_needs_an_evaluator(tmp_path):
     assert_one_line_exit_2(launch("evaluate.py", *args, f"--output={output}"), "--evaluator_dir")
 
 
-def test_quick_demo_writes_results_and_plot(tmp_path):
+def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
     workdir = tmp_path / "demo"
-    proc = launch("demo.py", f"--workdir={workdir}", "--quick", f"--config.data.data_dir={tmp_path / 'data'}",
-                  *SHARED, "--config.train.batch_size=8", "--config.train.num_steps=20",
-                  "--config.train.eval_every=20", "--num_samples=8", "--show=2", timeout=900)
+    proc = launch("demo.py", f"--workdir={workdir}", "--quick", "--compare_training",
+                  f"--config.data.data_dir={tmp_path / 'data'}", *SHARED, "--config.train.batch_size=8",
+                  "--config.train.num_steps=20", "--config.train.eval_every=20", "--num_samples=8",
+                  "--show=2", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     samplers = {row["sampler"] for row in results["rows"]}
-    assert {"mdlm", "proseco"} <= samplers
+    assert samplers == {"mdlm", "proseco", "mdlm (MDLM-trained)"}
+    assert (workdir / "mdlm" / "checkpoints").is_dir()
+    assert results["headline"]["vs_mdlm_trained"]["baseline"] == "mdlm (MDLM-trained)"
     for row in results["rows"]:
         assert CONTRACT_ROW_KEYS <= set(row), row
         assert row["num_samples"] == 8
