@@ -42,10 +42,22 @@ def test_train_step_benchmark_ends_with_a_json_line_of_positive_figures():
     assert figures["reference_tokens_per_sec"] is None and figures["speedup_vs_reference"] is None
 
 
+def test_sample_benchmark_times_scan_and_host_loop_with_equal_nfe():
+    result = run_benchmark("--what=sample", *TINY[:5], "--batch=4", "--steps=1", "--warmup=0",
+                           "--config.sampling.steps=4", "--config.sampling.corrector_steps=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("scan_samples_per_sec", "hostloop_samples_per_sec", "scan_over_hostloop", "compile_sec"):
+        assert figures[key] > 0, key
+    assert figures["sample_batch"] == 4 and figures["sampling_steps"] == 4
+    # Both loops make the same batched model calls: at most T predictor calls plus S per corrector call.
+    assert 1 <= figures["model_calls"] <= 4 + 4 * 1
+    assert figures["nfe"] == pytest.approx(figures["predictor_nfe"] + figures["corrector_nfe"])
+
+
 @pytest.mark.parametrize("args", [
     ["--what=nope"],
     ["--heads=3", "--hidden=32"],
-    ["--what=sample"],
     ["--config=configs/no_such_config.py"],
 ])
 def test_bad_input_exits_2_with_one_line(args):
