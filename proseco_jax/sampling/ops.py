@@ -13,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from proseco_jax.diffusion import token_log_prob  # noqa: F401  (one gather, shared with the losses)
+
 # Log-probs use a true -inf: exp gives exactly 0, and no arithmetic here ever combines two infinities.
 NEG_INF = -jnp.inf
 
@@ -64,8 +66,3 @@ def top_k_mask(scores: jax.Array, k: jax.Array | int) -> jax.Array:
     ranks = jnp.argsort(order, axis=-1, stable=True)
     k = jnp.asarray(k)
     return (ranks < (k[..., None] if k.ndim else k)) & (scores > NEG_INF)
-
-
-def token_log_prob(logp: jax.Array, tokens: jax.Array) -> jax.Array:
-    """logp [B, L, V+1] at tokens [B, L] -> [B, L]."""
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
