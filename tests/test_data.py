@@ -12,7 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from proseco_jax.data import markov, pipeline
+from proseco_jax.data import chain as markov_chain
+from proseco_jax.data import markov_builder, pipeline
+from proseco_jax.data.errors import DataError
 from proseco_jax.errors import UsageError
 
 V, K, L = 16, 3, 16
@@ -59,45 +61,45 @@ def epoch_ids(it, num_batches: int) -> list[int]:
 
 
 def test_chain_rows_are_distributions_with_exactly_k_successors():
-    chain = markov.make_chain(V, K, 0.5, seed=3)
+    chain = markov_chain.make_chain(V, K, 0.5, seed=3)
     assert chain.initial.shape == (V,) and chain.transition.shape == (V, V)
     assert chain.transition.dtype == np.float64
     np.testing.assert_allclose(chain.transition.sum(axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(chain.initial.sum(), 1.0, atol=1e-12)
     assert ((chain.transition > 0).sum(axis=1) == K).all()
-    again = markov.make_chain(V, K, 0.5, seed=3)
+    again = markov_chain.make_chain(V, K, 0.5, seed=3)
     np.testing.assert_array_equal(again.transition, chain.transition)
-    other = markov.make_chain(V, K, 0.5, seed=4)
+    other = markov_chain.make_chain(V, K, 0.5, seed=4)
     assert not np.array_equal(other.transition > 0, chain.transition > 0)
 
 
 def test_tiny_alpha_keeps_all_k_successors():
     # Dirichlet(0.01) underflows to exact zeros often; every successor must stay reachable.
-    chain = markov.make_chain(32, 4, 0.01, seed=0)
+    chain = markov_chain.make_chain(32, 4, 0.01, seed=0)
     assert ((chain.transition > 0).sum(axis=1) == 4).all()
 
 
 def test_make_chain_rejects_bad_settings():
     with pytest.raises(ValueError):
-        markov.make_chain(4, 5, 0.5, 0)
+        markov_chain.make_chain(4, 5, 0.5, 0)
     with pytest.raises(ValueError):
-        markov.make_chain(4, 2, 0.0, 0)
+        markov_chain.make_chain(4, 2, 0.0, 0)
 
 
 def test_samples_use_only_allowed_transitions():
-    chain = markov.make_chain(V, K, 0.5, seed=1)
-    x = markov.sample_sequences(chain, 500, L, seed=7)
+    chain = markov_chain.make_chain(V, K, 0.5, seed=1)
+    x = markov_chain.sample_sequences(chain, 500, L, seed=7)
     assert x.shape == (500, L) and x.dtype == np.int32
     assert x.min() >= 0 and x.max() < V
-    assert markov.count_forbidden_transitions(chain, x) == 0
-    assert np.isfinite(markov.log_prob(chain, x)).all()
-    np.testing.assert_array_equal(x, markov.sample_sequences(chain, 500, L, seed=7))
-    assert not np.array_equal(x, markov.sample_sequences(chain, 500, L, seed=8))
+    assert markov_chain.forbidden_count(x, chain) == 0
+    assert np.isfinite(markov_chain.log_prob(chain, x)).all()
+    np.testing.assert_array_equal(x, markov_chain.sample_sequences(chain, 500, L, seed=7))
+    assert not np.array_equal(x, markov_chain.sample_sequences(chain, 500, L, seed=8))
 
 
 def test_empirical_frequencies_approach_the_chain():
-    chain = markov.make_chain(8, 3, 1.0, seed=2)
-    x = markov.sample_sequences(chain, 4000, 32, seed=0)
+    chain = markov_chain.make_chain(8, 3, 1.0, seed=2)
+    x = markov_chain.sample_sequences(chain, 4000, 32, seed=0)
     first = np.bincount(x[:, 0], minlength=8) / len(x)
     np.testing.assert_allclose(first, chain.initial, atol=0.03)
     counts = np.zeros((8, 8))
@@ -109,53 +111,96 @@ def test_empirical_frequencies_approach_the_chain():
 
 
 def test_entropies_of_a_two_token_chain_by_hand():
-    chain = markov.MarkovChain(initial=np.array([0.5, 0.5]), transition=np.array([[0.9, 0.1], [0.5, 0.5]]))
+    chain = markov_chain.MarkovChain(np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.5, 0.5]]))
     h0 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
     ln2 = math.log(2)
     # Marginals: x0 ~ [0.5, 0.5], x1 ~ [0.5, 0.5] T = [0.7, 0.3].
     expected = (ln2 + (0.5 * h0 + 0.5 * ln2) + (0.7 * h0 + 0.3 * ln2)) / 3
-    assert markov.sequence_entropy_per_token(chain, 3) == pytest.approx(expected, rel=1e-12)
-    assert markov.sequence_entropy_per_token(chain, 1) == pytest.approx(ln2, rel=1e-12)
+    assert markov_chain.sequence_entropy_per_token(chain, 3) == pytest.approx(expected, rel=1e-12)
+    assert markov_chain.sequence_entropy_per_token(chain, 1) == pytest.approx(ln2, rel=1e-12)
     # Stationary: 0.1 pi0 = 0.5 pi1, so pi = [5/6, 1/6].
-    np.testing.assert_allclose(markov.stationary_distribution(chain), [5 / 6, 1 / 6], atol=1e-12)
-    assert markov.entropy_rate(chain) == pytest.approx(5 / 6 * h0 + 1 / 6 * ln2, rel=1e-10)
+    np.testing.assert_allclose(markov_chain.stationary_distribution(chain), [5 / 6, 1 / 6], atol=1e-12)
+    assert markov_chain.entropy_rate(chain) == pytest.approx(5 / 6 * h0 + 1 / 6 * ln2, rel=1e-10)
+
+
+def test_sequence_entropy_of_a_deterministic_chain_is_the_initial_entropy_over_length():
+    # One successor each: transitions carry no entropy.
+    chain = markov_chain.MarkovChain(np.array([0.5, 0.25, 0.25]), np.eye(3)[[1, 2, 0]])
+    entropy_initial = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25))
+    assert markov_chain.sequence_entropy_per_token(chain, 1) == pytest.approx(entropy_initial)
+    assert markov_chain.sequence_entropy_per_token(chain, 4) == pytest.approx(entropy_initial / 4)
 
 
 def test_stationary_distribution_of_a_periodic_chain():
-    chain = markov.MarkovChain(initial=np.array([1.0, 0.0]), transition=np.array([[0.0, 1.0], [1.0, 0.0]]))
-    np.testing.assert_allclose(markov.stationary_distribution(chain), [0.5, 0.5], atol=1e-12)
-    assert markov.entropy_rate(chain) == pytest.approx(0.0, abs=1e-12)
+    chain = markov_chain.MarkovChain(np.array([1.0, 0.0]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+    np.testing.assert_allclose(markov_chain.stationary_distribution(chain), [0.5, 0.5], atol=1e-12)
+    assert markov_chain.entropy_rate(chain) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_sequence_entropy_equals_entropy_of_all_sequences_enumerated():
-    chain = markov.make_chain(3, 2, 1.0, seed=5)
+    chain = markov_chain.make_chain(3, 2, 1.0, seed=5)
     length = 4
     every = np.array(list(itertools.product(range(3), repeat=length)))
-    p = np.exp(markov.log_prob(chain, every))
+    p = np.exp(markov_chain.log_prob(chain, every))
     assert p.sum() == pytest.approx(1.0, abs=1e-12)
     nz = p > 0
     exact = float(-(p[nz] * np.log(p[nz])).sum()) / length
-    assert markov.sequence_entropy_per_token(chain, length) == pytest.approx(exact, rel=1e-10)
+    assert markov_chain.sequence_entropy_per_token(chain, length) == pytest.approx(exact, rel=1e-10)
 
 
 def test_chain_file_round_trip_and_errors(tmp_path):
-    chain = markov.make_chain(V, K, 0.5, seed=0)
-    path = os.fspath(tmp_path / "chain.npz")
-    markov.save_chain(chain, path)
+    chain = markov_chain.make_chain(V, K, 0.5, seed=0)
+    path = tmp_path / "chain.npz"
+    markov_chain.save_chain(chain, path)
     with np.load(path) as f:
         assert sorted(f.files) == ["initial", "transition"]
-    loaded = markov.load_chain(path)
-    np.testing.assert_array_equal(loaded.initial, chain.initial)
-    np.testing.assert_array_equal(loaded.transition, chain.transition)
-    with pytest.raises(markov.DataError, match="does not exist"):
-        markov.load_chain(os.fspath(tmp_path / "missing.npz"))
-    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
-    with pytest.raises(markov.DataError, match="unreadable"):
-        markov.load_chain(os.fspath(tmp_path / "bad.npz"))
-    np.savez(tmp_path / "rows.npz", initial=chain.initial, transition=2 * chain.transition)
-    with pytest.raises(markov.DataError, match="probability"):
-        markov.load_chain(os.fspath(tmp_path / "rows.npz"))
-    assert issubclass(markov.DataError, UsageError) and issubclass(markov.DataError, ValueError)
+    for where in (path, os.fspath(path)):
+        loaded = markov_chain.load_chain(where)
+        assert loaded.initial.dtype == loaded.transition.dtype == np.float64
+        np.testing.assert_array_equal(loaded.initial, chain.initial)
+        np.testing.assert_array_equal(loaded.transition, chain.transition)
+    # A chain stored in float32 is still a chain.
+    np.savez(tmp_path / "f32.npz", initial=chain.initial.astype(np.float32),
+             transition=chain.transition.astype(np.float32))
+    np.testing.assert_allclose(markov_chain.load_chain(tmp_path / "f32.npz").transition, chain.transition,
+                               atol=1e-6)
+    bad_files = {
+        "missing.npz": (None, "chain file not found"),
+        "bad.npz": (b"not a zip file", "unreadable"),
+        "single.npz": (chain.initial, "not an .npz archive"),  # an .npy file under an .npz name
+        "no_initial.npz": ({"transition": chain.transition}, "lacks array"),
+        "shapes.npz": ({"initial": chain.initial, "transition": chain.transition[:-1]}, "expected"),
+        "negative.npz": ({"initial": -chain.initial, "transition": chain.transition}, "negative"),
+        "nan.npz": ({"initial": chain.initial, "transition": chain.transition * np.nan}, "non-finite"),
+        "initial.npz": ({"initial": 2 * chain.initial, "transition": chain.transition}, "initial sums to"),
+        "rows.npz": ({"initial": chain.initial, "transition": 2 * chain.transition}, "probability"),
+    }
+    for name, (content, message) in bad_files.items():
+        bad = tmp_path / name
+        if isinstance(content, bytes):
+            bad.write_bytes(content)
+        elif isinstance(content, np.ndarray):
+            with open(bad, "wb") as f:
+                np.save(f, content)
+        elif content is not None:
+            np.savez(bad, **content)
+        with pytest.raises(DataError, match=message) as info:
+            markov_chain.load_chain(bad)
+        assert "\n" not in str(info.value) and os.fspath(bad) in str(info.value)
+    assert issubclass(DataError, UsageError) and issubclass(DataError, ValueError)
+
+
+def test_chain_whose_rows_do_not_sum_to_one_is_rejected_in_one_line_naming_the_file(tmp_path):
+    chain = markov_chain.make_chain(V, K, 0.5, seed=0)
+    transition = chain.transition.copy()
+    transition[3] *= 1.01
+    path = tmp_path / "rows.npz"
+    np.savez(path, initial=chain.initial, transition=transition)
+    with pytest.raises(DataError) as info:
+        markov_chain.load_chain(path)
+    message = str(info.value)
+    assert "\n" not in message and os.fspath(path) in message
+    assert "transition row 3 sums to 1.010000" in message
 
 
 # ------------------------------------------------------------------------------------------ the corpus
@@ -164,7 +209,7 @@ def test_chain_file_round_trip_and_errors(tmp_path):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     data_dir = os.fspath(tmp_path_factory.mktemp("markov"))
-    sources, chain_path = markov.prepare_markov(data_config(data_dir))
+    sources, chain_path = markov_builder.prepare_markov(data_config(data_dir))
     return data_dir, sources, chain_path
 
 
@@ -187,17 +232,17 @@ def test_corpus_files_splits_and_tokens(corpus):
     assert set(sources) == {"train", "validation"}
     assert len(sources["train"]) == NUM_TRAIN and len(sources["validation"]) == NUM_EVAL
 
-    chain = markov.load_chain(chain_path)
-    top = markov.load_chain(os.path.join(data_dir, "chain.npz"))
+    chain = markov_chain.load_chain(chain_path)
+    top = markov_chain.load_chain(os.path.join(data_dir, "chain.npz"))
     np.testing.assert_array_equal(top.transition, chain.transition)
-    expected = markov.make_chain(V, K, 0.5, seed=0)
+    expected = markov_chain.make_chain(V, K, 0.5, seed=0)
     np.testing.assert_array_equal(chain.transition, expected.transition)
 
     example = sources["train"][0]
     assert example["tokens"].shape == (L,) and example["tokens"].dtype == np.int32
     for split in ("train", "validation"):
         tokens = np.stack([sources[split][i]["tokens"] for i in range(len(sources[split]))])
-        assert markov.count_forbidden_transitions(chain, tokens) == 0
+        assert markov_chain.forbidden_count(tokens, chain) == 0
     train = np.stack([sources["train"][i]["tokens"] for i in range(NUM_EVAL)])
     valid = np.stack([sources["validation"][i]["tokens"] for i in range(NUM_EVAL)])
     assert not np.array_equal(train, valid)
@@ -206,15 +251,15 @@ def test_corpus_files_splits_and_tokens(corpus):
 def test_second_prepare_is_a_no_op_and_other_configs_do_not_collide(corpus):
     data_dir, _, chain_path = corpus
     before = files_and_mtimes(data_dir)
-    sources, again = markov.prepare_markov(data_config(data_dir))
+    sources, again = markov_builder.prepare_markov(data_config(data_dir))
     assert again == chain_path
     assert files_and_mtimes(data_dir) == before
     assert len(sources["train"]) == NUM_TRAIN
 
-    other_sources, other_path = markov.prepare_markov(data_config(data_dir, seed=1, num_train=50))
+    other_sources, other_path = markov_builder.prepare_markov(data_config(data_dir, seed=1, num_train=50))
     assert os.path.dirname(other_path) != os.path.dirname(chain_path)
     assert len(other_sources["train"]) == 50
-    first, second = markov.load_chain(chain_path), markov.load_chain(other_path)
+    first, second = markov_chain.load_chain(chain_path), markov_chain.load_chain(other_path)
     assert not np.array_equal(first.transition, second.transition)
     # The first corpus is untouched; the top-level chain.npz now names the last prepared chain.
     top_chain = os.path.join(data_dir, "chain.npz")
@@ -223,12 +268,12 @@ def test_second_prepare_is_a_no_op_and_other_configs_do_not_collide(corpus):
         p: t for p, t in before.items() if p != top_chain
     }
     np.testing.assert_array_equal(
-        markov.load_chain(os.path.join(data_dir, "chain.npz")).transition, second.transition
+        markov_chain.load_chain(os.path.join(data_dir, "chain.npz")).transition, second.transition
     )
     first_tokens = np.stack(
-        [markov.prepare_markov(data_config(data_dir))[0]["train"][i]["tokens"] for i in range(5)]
+        [markov_builder.prepare_markov(data_config(data_dir))[0]["train"][i]["tokens"] for i in range(5)]
     )
-    assert markov.count_forbidden_transitions(first, first_tokens) == 0
+    assert markov_chain.forbidden_count(first_tokens, first) == 0
 
 
 def test_concurrent_prepare_builds_once(tmp_path):
@@ -237,7 +282,7 @@ def test_concurrent_prepare_builds_once(tmp_path):
 
     def prepare():
         try:
-            results.append(markov.prepare_markov(cfg))
+            results.append(markov_builder.prepare_markov(cfg))
         except Exception as e:  # noqa: BLE001  (any failure of either caller is reported below)
             errors.append(e)
 
@@ -256,34 +301,34 @@ def test_concurrent_prepare_builds_once(tmp_path):
 def test_unwritable_data_dir_raises_data_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(markov.DataError):
-        markov.prepare_markov(data_config(os.fspath(blocker / "data")))
+    with pytest.raises(DataError):
+        markov_builder.prepare_markov(data_config(os.fspath(blocker / "data")))
 
 
 def test_impossible_settings_raise_data_error(tmp_path):
-    with pytest.raises(markov.DataError, match="successors"):
-        markov.prepare_markov(data_config(os.fspath(tmp_path), successors=V + 1))
+    with pytest.raises(DataError, match="successors"):
+        markov_builder.prepare_markov(data_config(os.fspath(tmp_path), successors=V + 1))
 
 
 def test_damaged_corpus_raises_data_error(tmp_path):
     cfg = data_config(os.fspath(tmp_path), num_train=20, num_eval=8)
-    _, chain_path = markov.prepare_markov(cfg)
+    _, chain_path = markov_builder.prepare_markov(cfg)
     version_dir = os.path.dirname(chain_path)
     os.remove(chain_path)
-    with pytest.raises(markov.DataError, match="chain"):
-        markov.prepare_markov(cfg)
+    with pytest.raises(DataError, match="chain"):
+        markov_builder.prepare_markov(cfg)
     for name in os.listdir(version_dir):
         if name.startswith("markov_language-train.array_record"):
             os.remove(os.path.join(version_dir, name))
-    with pytest.raises(markov.DataError) as info:
-        markov.prepare_markov(cfg)
+    with pytest.raises(DataError) as info:
+        markov_builder.prepare_markov(cfg)
     assert "\n" not in str(info.value)
 
 
 def test_config_names_differ_for_every_setting():
     base = {"vocab_size": V, "successors": K, "dirichlet_alpha": 0.5, "length": L, "seed": 0}
     base.update(num_train=10, num_eval=5)
-    names = {markov.markov_config(**base).name}
+    names = {markov_builder.markov_config(**base).name}
     for field, value in [
         ("vocab_size", 17),
         ("successors", 2),
@@ -293,7 +338,7 @@ def test_config_names_differ_for_every_setting():
         ("num_train", 11),
         ("num_eval", 6),
     ]:
-        names.add(markov.markov_config(**{**base, field: value}).name)
+        names.add(markov_builder.markov_config(**{**base, field: value}).name)
     assert len(names) == 8
 
 
@@ -392,7 +437,7 @@ def test_eval_batches_are_fixed_and_sharded(corpus):
         np.testing.assert_array_equal(
             np.concatenate([halves[0][b]["tokens"], halves[1][b]["tokens"]]), whole["tokens"]
         )
-    with pytest.raises(markov.DataError):
+    with pytest.raises(DataError):
         pipeline.eval_batches(source, global_batch_size=64, num_batches=2, process_index=0, process_count=1)
 
 

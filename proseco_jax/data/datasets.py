@@ -1,8 +1,9 @@
 """Opens the dataset named by `config.data.name` as random-access sources for the grain pipeline.
 
-"markov" is the embedded sparse Markov language (built offline on first use, see `markov.py`); its exact
-entropy is known, so validation bits per token can be read against it. "owt" (OpenWebText, GPT-2 tokens,
-L = 1024) needs the corpus prepared under `data.data_dir` beforehand; nothing is downloaded at run time.
+"markov" is the embedded sparse Markov language (built offline on first use, see `markov_builder.py`);
+its exact entropy is known, so validation bits per token can be read against it. "owt" (OpenWebText,
+GPT-2 tokens, L = 1024) needs the corpus prepared under `data.data_dir` beforehand; nothing is downloaded
+at run time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import os
 from typing import Any
 
-from proseco_jax.data import markov
+from proseco_jax.data import chain as markov_chain
+from proseco_jax.data import markov_builder
+from proseco_jax.data.errors import DataError
 
 DATASETS = ("markov", "owt")
 
@@ -27,16 +30,16 @@ class Data:
 
 
 def load(data_config) -> Data:
-    """Builds (if needed) and opens the dataset; raises `markov.DataError` with one line if it cannot."""
+    """Builds (if needed) and opens the dataset; raises `DataError` with one line if it cannot."""
     if data_config.name == "markov":
-        sources, chain_path = markov.prepare_markov(data_config)
-        chain = markov.load_chain(chain_path)
-        nats = markov.sequence_entropy_per_token(chain, data_config.length)
+        sources, chain_path = markov_builder.prepare_markov(data_config)
+        chain = markov_chain.load_chain(chain_path)
+        nats = markov_chain.sequence_entropy_per_token(chain, data_config.length)
         return Data(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
     if data_config.name == "owt":
         root = os.path.join(os.path.abspath(data_config.data_dir), "openwebtext")
-        raise markov.DataError(
+        raise DataError(
             f"OpenWebText is not prepared: expected GPT-2-tokenised array_record splits under {root} "
             "(nothing is downloaded at run time; prepare the corpus offline first)"
         )
-    raise markov.DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")
+    raise DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")

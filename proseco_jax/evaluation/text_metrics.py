@@ -7,7 +7,7 @@ gen-PPL = exp(sum of NLL / number of scored tokens) over all samples. When an en
 given, an EOS target is scored only if it is the first EOS of its chunk (MDLM's rule: text after a
 document end is not judged). Padding is never scored (MDLM scores the first pad EOS of a sample shorter
 than its batch's longest, which would make a sample's score depend on its neighbours). Entropy is the
-mean per-sample unigram entropy in nats (`markov_metrics.sample_entropy`). MAUVE compares feature
+mean per-sample unigram entropy in nats (`chain.sample_entropy`). MAUVE compares feature
 clouds (the evaluator's final hidden state at each sample's last token) with the optional `mauve-text`
 package.
 """
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proseco_jax.evaluation.markov_metrics import sample_entropy
+from proseco_jax.data.chain import sample_entropy
 
 # (params, ids int [B, C], mask int [B, C]) -> logits [B, C, V] (or hidden states [B, C, D] for features);
 # params are an argument of the jitted computation, never a closure constant.

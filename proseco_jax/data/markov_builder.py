@@ -1,24 +1,17 @@
-"""The embedded sparse Markov language: a synthetic corpus whose true distribution is known exactly.
-
-The language has V tokens 0..V-1. Every token has exactly k allowed successors (a random, seeded set of
-distinct tokens) whose probabilities are drawn from a symmetric Dirichlet(alpha); the first token of a
-sequence is drawn from an initial distribution that is itself Dirichlet(alpha) over all V tokens. All
-sequences have the same length L. Because the chain is known, a model's validation bits-per-token can be
-compared with the exact entropy of the data (`sequence_entropy_per_token`), and generated samples can be
-scored by their exact log-likelihood (`log_prob`) and by how many forbidden transitions they contain.
-
-The corpus is built offline with tensorflow-datasets into `data_dir` as array_record files (no TensorFlow
-is needed: the builder is only ever read through `as_data_source`). Layout under `data_dir`:
+"""The tfds corpus of the embedded sparse Markov language (the chain itself is in `chain.py`): the builder
+`markov_language` with one `MarkovConfig` per setting, and `prepare_markov`, which builds a corpus offline
+into `data_dir` once, as array_record files read through `as_data_source` (no TensorFlow is needed), and
+opens it. The config name encodes (V, k, alpha, L, seed, num_train, num_eval), so different settings never
+share files. Layout under `data_dir`:
 
     markov_language/<config name>/1.0.0/markov_language-{train,validation}.array_record-*
     markov_language/<config name>/1.0.0/chain.npz     the chain of exactly this corpus
     chain.npz                                         a copy of the chain most recently prepared here
 
-The config name encodes (V, k, alpha, L, seed, num_train, num_eval), so different settings never share
-files. The per-config `chain.npz` is written inside tfds's temporary build directory and therefore
-appears atomically together with the data; `prepare_markov` returns its path and callers should use that
-path. The top-level `data_dir/chain.npz` is a convenience copy that is rewritten only when a different
-chain is prepared into the same `data_dir`, so it names the last prepared chain, not necessarily yours.
+The per-config `chain.npz` is written inside tfds's temporary build directory and therefore appears
+atomically together with the data; `prepare_markov` returns its path and callers should use that path.
+The top-level `data_dir/chain.npz` is rewritten only when a different chain is prepared into the same
+`data_dir`, so it names the last prepared chain, not necessarily yours.
 """
 
 from __future__ import annotations
@@ -29,32 +22,26 @@ import fcntl
 import glob
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from proseco_jax.errors import UsageError
+from proseco_jax.data.chain import MarkovChain, load_chain, make_chain, sample_sequences, save_chain
+from proseco_jax.data.errors import DataError, one_line
 
 CHAIN_FILENAME = "chain.npz"
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "validation"
-# Rows of a Dirichlet draw with small alpha can underflow to exactly 0; flooring keeps every one of the
-# k successors reachable, which the language promises.
-_MIN_SUCCESSOR_PROB = 1e-12
 # Independent random streams derived from the one data seed (the chain uses the seed itself).
 _TRAIN_STREAM = 1
 _EVAL_STREAM = 2
-
-
-class DataError(UsageError, ValueError):
-    """Data is missing, corrupt or cannot be written; the message is one line saying which and where.
-
-    A `UsageError`, so binaries report it as one line and exit with code 2.
-    """
+# The description in dataset_info.json: a constant, so that rewording the docs never changes the corpus.
+_DESCRIPTION = (
+    "The embedded sparse Markov language: a synthetic corpus whose true distribution is known exactly."
+)
 
 
 class RandomAccessSource(Protocol):
@@ -63,188 +50,6 @@ class RandomAccessSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Mapping[str, np.ndarray]: ...
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class MarkovChain:
-    """A first-order Markov chain over tokens 0..V-1.
-
-    Attributes:
-      initial: float64 [V], distribution of the first token.
-      transition: float64 [V, V], transition[a, b] = P(next = b | current = a); rows sum to 1.
-    """
-
-    initial: np.ndarray
-    transition: np.ndarray
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.initial.shape[0])
-
-
-def make_chain(vocab_size: int, successors: int, dirichlet_alpha: float, seed: int) -> MarkovChain:
-    """Draws a chain whose every row has exactly `successors` nonzero entries.
-
-    The draws happen in a fixed order from `np.random.default_rng(seed)`: the initial distribution, then
-    the successor sets (the first k of a random permutation per row), then the successor probabilities.
-    """
-    if vocab_size < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-    if not 1 <= successors <= vocab_size:
-        raise ValueError(f"successors must be in [1, vocab_size={vocab_size}], got {successors}")
-    if not dirichlet_alpha > 0:
-        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    rng = np.random.default_rng(seed)
-    initial = rng.dirichlet(np.full(vocab_size, float(dirichlet_alpha)))
-    # argsort of iid uniforms is a uniformly random permutation per row; its first k entries are k
-    # distinct successors.
-    succ = np.argsort(rng.random((vocab_size, vocab_size)), axis=1)[:, :successors]
-    probs = rng.dirichlet(np.full(successors, float(dirichlet_alpha)), size=vocab_size)
-    probs = np.maximum(probs, _MIN_SUCCESSOR_PROB)
-    probs /= probs.sum(axis=1, keepdims=True)
-    transition = np.zeros((vocab_size, vocab_size), np.float64)
-    np.put_along_axis(transition, succ, probs, axis=1)
-    return MarkovChain(initial=initial, transition=transition)
-
-
-def _inverse_cdf_table(transition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Compact per-row sampling tables: successor ids int64 [V, K] and their CDF float64 [V, K].
-
-    K is the largest number of nonzeros in a row. The CDF is +inf from each row's last real successor
-    onwards, so an inverse-CDF draw can neither land on padding nor run off the end through rounding.
-    """
-    nonzero = transition > 0
-    width = int(nonzero.sum(axis=1).max())
-    # A stable argsort of "is zero" puts each row's nonzero columns first, in index order.
-    succ = np.argsort(~nonzero, axis=1, kind="stable")[:, :width]
-    cdf = np.cumsum(np.take_along_axis(transition, succ, axis=1), axis=1)
-    last = nonzero.sum(axis=1) - 1
-    cdf[np.arange(width)[None, :] >= last[:, None]] = np.inf
-    return succ, cdf
-
-
-def sample_sequences(chain: MarkovChain, num: int, length: int, seed: int) -> np.ndarray:
-    """Draws `num` independent sequences of `length` tokens: int32 [num, length].
-
-    Vectorised over sequences (one numpy step per position): 100k x 64 takes about a second.
-    """
-    if num < 0 or length < 1:
-        raise ValueError(f"need num >= 0 and length >= 1, got num={num}, length={length}")
-    rng = np.random.default_rng(seed)
-    # All uniforms are drawn up front so that the stream does not depend on the chain's sparsity.
-    u = rng.random((num, length))
-    out = np.empty((num, length), np.int32)
-    first, first_cdf = _inverse_cdf_table(chain.initial[None, :])
-    out[:, 0] = first[0, (u[:, 0, None] >= first_cdf[0]).sum(axis=1)]
-    succ, cdf = _inverse_cdf_table(chain.transition)
-    for i in range(1, length):
-        prev = out[:, i - 1]
-        # Number of CDF entries <= u is the index of the drawn successor in the row's compact table.
-        j = (u[:, i, None] >= cdf[prev]).sum(axis=1)
-        out[:, i] = succ[prev, j]
-    return out
-
-
-def log_prob(chain: MarkovChain, tokens: np.ndarray) -> np.ndarray:
-    """Exact log-likelihood in nats of each sequence: tokens int [..., L] -> float64 [...].
-
-    Sequences that use a forbidden transition (or an impossible first token) get -inf.
-    """
-    tokens = np.asarray(tokens)
-    with np.errstate(divide="ignore"):
-        lp = np.log(chain.initial[tokens[..., 0]])
-        lp = lp + np.log(chain.transition[tokens[..., :-1], tokens[..., 1:]]).sum(axis=-1)
-    return lp
-
-
-def _entropy(p: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats over the last axis, with 0 log 0 = 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(p), 0.0)
-    return terms.sum(axis=-1)
-
-
-def stationary_distribution(chain: MarkovChain) -> np.ndarray:
-    """The long-run token distribution reached from `chain.initial`: float64 [V].
-
-    Computed as initial @ lim_n ((I + T) / 2)^n by repeated squaring. The lazy chain has the same
-    stationary distributions as T but is aperiodic, so the limit exists even for periodic chains, and
-    starting from `initial` picks the right one when the chain is reducible.
-    """
-    v = chain.vocab_size
-    m = 0.5 * (np.eye(v) + chain.transition)
-    for _ in range(64):  # (I + T)/2 raised to 2^64: converged for any chain of interest.
-        m = m @ m
-        m /= m.sum(axis=1, keepdims=True)  # Keeps rounding from drifting the rows off the simplex.
-    pi = chain.initial @ m
-    return pi / pi.sum()
-
-
-def entropy_rate(chain: MarkovChain) -> float:
-    """Entropy rate of the stationary chain in nats per token: sum_x pi(x) H(T[x])."""
-    return float(stationary_distribution(chain) @ _entropy(chain.transition))
-
-
-def sequence_entropy_per_token(chain: MarkovChain, length: int) -> float:
-    """Exact entropy per token, in nats, of length-`length` sequences started from `chain.initial`.
-
-    H(x_0..x_{L-1}) / L = (H(initial) + sum_{i=1}^{L-1} sum_x P(x_{i-1} = x) H(T[x])) / L. This is the
-    floor that a model's validation loss per token (nats; divide by ln 2 for bits) can reach.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    row_entropy = _entropy(chain.transition)
-    total = float(_entropy(chain.initial))
-    marginal = chain.initial
-    for _ in range(1, length):
-        total += float(marginal @ row_entropy)
-        marginal = marginal @ chain.transition
-    return total / length
-
-
-def save_chain(chain: MarkovChain, path: str) -> None:
-    """Writes `chain` to `path` as an .npz with arrays `initial` [V] and `transition` [V, V].
-
-    The file is written to a temporary name and renamed, so readers never see a half-written file.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".chain.", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, initial=chain.initial, transition=chain.transition)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError as e:
-        raise DataError(f"cannot write Markov chain to {path}: {e}") from e
-
-
-def load_chain(path: str) -> MarkovChain:
-    """Reads a chain written by `save_chain`, checking shapes and that it is a valid Markov chain."""
-    try:
-        with np.load(path) as f:
-            initial = np.asarray(f["initial"], np.float64)
-            transition = np.asarray(f["transition"], np.float64)
-    except FileNotFoundError as e:
-        raise DataError(f"Markov chain file {path} does not exist") from e
-    except Exception as e:  # A truncated or foreign file can fail in zipfile, pickle or KeyError.
-        raise DataError(f"Markov chain file {path} is unreadable: {_one_line(e)}") from e
-    v = initial.shape[0] if initial.ndim == 1 else -1
-    if initial.ndim != 1 or transition.shape != (v, v):
-        raise DataError(
-            f"Markov chain file {path} has initial {initial.shape} and transition {transition.shape}; "
-            "expected [V] and [V, V]"
-        )
-    ok_initial = np.all(initial >= 0) and abs(initial.sum() - 1.0) < 1e-6
-    ok_rows = np.all(transition >= 0) and np.allclose(transition.sum(axis=1), 1.0, atol=1e-6)
-    if not (ok_initial and ok_rows):
-        raise DataError(f"Markov chain file {path} does not hold probability distributions")
-    return MarkovChain(initial=initial, transition=transition)
 
 
 # ------------------------------------------------------------------------------------------ tfds builder
@@ -328,7 +133,7 @@ class MarkovLanguage(tfds.core.GeneratorBasedBuilder):
         cfg: MarkovConfig = self.builder_config
         return tfds.core.DatasetInfo(
             builder=self,
-            description=__doc__.splitlines()[0],
+            description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {"tokens": tfds.features.Tensor(shape=(cfg.length,), dtype=np.int32)}
             ),
@@ -356,12 +161,6 @@ class MarkovLanguage(tfds.core.GeneratorBasedBuilder):
 
 
 # ------------------------------------------------------------------------------------------ preparation
-
-
-def _one_line(e: BaseException) -> str:
-    """`Type: message` of an exception on one line (tfds and array_record errors span several)."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"
 
 
 def _data_config_value(data_config: Any, field: str) -> Any:
@@ -487,7 +286,7 @@ def prepare_markov(data_config: Any) -> tuple[dict[str, RandomAccessSource], str
     try:
         version_dir = os.fspath(MarkovLanguage(data_dir=data_dir, config=cfg).data_dir)
     except Exception as e:  # tfds reads dataset_info.json of an existing version directory here.
-        raise DataError(f"Markov corpus {cfg.name} under {data_dir} is corrupt: {_one_line(e)}") from e
+        raise DataError(f"Markov corpus {cfg.name} under {data_dir} is corrupt: {one_line(e)}") from e
     if not _is_prepared(version_dir):
         if os.path.isdir(version_dir):
             raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
@@ -509,7 +308,7 @@ def prepare_markov(data_config: Any) -> tuple[dict[str, RandomAccessSource], str
     except DataError as e:
         raise DataError(f"Markov corpus {cfg.name}: {e}; {hint}") from e
     except Exception as e:  # Missing or truncated array_record files fail inside tfds/array_record.
-        raise DataError(f"Markov corpus {cfg.name} is unreadable: {_one_line(e)}; {hint}") from e
+        raise DataError(f"Markov corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
 
     chain_path = os.path.join(version_dir, CHAIN_FILENAME)
     try:
@@ -520,9 +319,3 @@ def prepare_markov(data_config: Any) -> tuple[dict[str, RandomAccessSource], str
         raise DataError(f"{chain_path} has V={chain.vocab_size}, expected {cfg.vocab_size}; {hint}")
     _publish_chain(chain_path, chain, data_dir)
     return sources, chain_path
-
-
-def count_forbidden_transitions(chain: MarkovChain, tokens: Sequence[Sequence[int]] | np.ndarray) -> int:
-    """Number of adjacent pairs (a, b) in `tokens` int [..., L] with transition[a, b] == 0."""
-    tokens = np.asarray(tokens)
-    return int((chain.transition[tokens[..., :-1], tokens[..., 1:]] == 0).sum())
