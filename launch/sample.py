@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, inference
+from proseco_jax import cli, config_base, inference
 from proseco_jax.errors import UsageError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
@@ -45,7 +45,7 @@ def parse_prompt(text: str) -> np.ndarray | None:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.config_or_fail(_CONFIG)
+    config = config_base.resolve(cli.config_or_fail(_CONFIG))
     output = _OUTPUT.value
     try:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -57,9 +57,7 @@ def main(argv):
     prompt = parse_prompt(_PROMPT.value)
     start, written = time.time(), 0
     with handle:
-        for out in inference.sample_batches(
-            config, loaded, _NUM_SAMPLES.value, prompt=prompt, history=_HISTORY.value
-        ):
+        for out in inference.sample_batches(loaded, _NUM_SAMPLES.value, prompt=prompt, history=_HISTORY.value):
             for i in range(out["tokens"].shape[0]):
                 record = {
                     "tokens": out["tokens"][i].tolist(),

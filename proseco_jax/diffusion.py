@@ -18,63 +18,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from proseco_jax.config_base import Corrector, Diffusion
 from proseco_jax.schedules import Schedule
 
-# Large finite stand-in for -inf: keeps exp() at 0 and p * log p free of NaNs.
-NEG_INF = -1e6
+# log-probs use a true -inf for impossible tokens: exp gives exactly 0, and no arithmetic here or in the
+# sampler ever combines two infinities (the losses only gather possible tokens).
+NEG_INF = -jnp.inf
 
-# apply_fn(tokens [B, L] int32, sigma [B] float32, dropout_rng or None) -> logits [B, L, V+1] float32.
-ApplyFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+# apply_fn(params, tokens [B, L] int32, sigma [B] float32, dropout_rng=None) -> logits [B, L, >= V+1].
+# The one calling convention of models for losses, evaluation and samplers (`state.make_apply_fn`).
+ApplyFn = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Static options of the objective (mirrors `config.corrector` and `config.diffusion`)."""
+class Objective:
+    """What the loss reads from the config: the diffusion and corrector sections and the [MASK] id."""
 
+    diffusion: Diffusion
+    corrector: Corrector
     mask_id: int
-    schedule: Schedule
-    train_eps: float = 1e-3
-    antithetic: bool = True
-    parameterization: str = "subs"  # "subs" or "d3pm"
-    corrector_enabled: bool = True
-    corrector_start_step: int = 0
-    corrector_input: str = "masked"  # "all" or "masked"
-    use_argmax: bool = True
-    weighted: bool = True
-    upweight_errors: bool = False
-    mdm_weight: float = 1.0
-    corrector_weight: float = 1.0
 
-    def __post_init__(self):
-        if self.parameterization not in ("subs", "d3pm"):
-            raise ValueError(
-                f"diffusion.parameterization must be 'subs' or 'd3pm', got {self.parameterization!r}"
-            )
-        if self.corrector_input not in ("all", "masked"):
-            raise ValueError(f"corrector.input must be 'all' or 'masked', got {self.corrector_input!r}")
-
-    @classmethod
-    def from_config(cls, config, schedule: Schedule) -> LossConfig:
-        c, f = config.corrector, config.diffusion
-        return cls(
-            mask_id=config.data.vocab_size,
-            schedule=schedule,
-            train_eps=f.train_eps,
-            antithetic=f.antithetic,
-            parameterization=f.parameterization,
-            corrector_enabled=c.enabled,
-            corrector_start_step=c.start_step,
-            corrector_input=c.input,
-            use_argmax=c.use_argmax,
-            weighted=c.weighted,
-            upweight_errors=c.upweight_errors,
-            mdm_weight=c.mdm_weight,
-            corrector_weight=c.corrector_weight,
-        )
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.diffusion)
 
 
 def sample_times(rng: jax.Array, batch: int, eps: float, antithetic: bool) -> jax.Array:
@@ -91,16 +62,20 @@ def mask_tokens(rng: jax.Array, x: jax.Array, mask_prob: jax.Array, mask_id: int
     return jnp.where(masked, mask_id, x)
 
 
-def forbid_mask(logits: jax.Array, mask_id: int) -> jax.Array:
-    """log_softmax of logits [B, L, V+1] with the [MASK] logit sent to -inf."""
-    is_mask = jnp.arange(logits.shape[-1]) == mask_id
-    return jax.nn.log_softmax(jnp.where(is_mask, NEG_INF, logits.astype(jnp.float32)), axis=-1)
+def log_probs_without_mask(logits: jax.Array, mask_id: int, dtype: Any = jnp.float32) -> jax.Array:
+    """log_softmax over ids [0, V] in `dtype` with the [MASK] logit (id V = mask_id) sent to -inf.
+
+    logits [..., >= V+1]: columns past mask_id (vocabulary padding) are dropped. Losses and samplers share it.
+    """
+    logits = logits[..., : mask_id + 1].astype(dtype)
+    is_mask = jnp.arange(mask_id + 1) == mask_id
+    return jax.nn.log_softmax(jnp.where(is_mask, NEG_INF, logits), axis=-1)
 
 
 def subs_log_probs(logits: jax.Array, z: jax.Array, mask_id: int) -> jax.Array:
     """The subs parameterisation: [MASK] forbidden; visible tokens of z keep their token with prob 1."""
-    logp = forbid_mask(logits, mask_id)
-    onehot = jax.nn.one_hot(z, logits.shape[-1], dtype=jnp.bool_)
+    logp = log_probs_without_mask(logits, mask_id)
+    onehot = jax.nn.one_hot(z, mask_id + 1, dtype=jnp.bool_)
     copied = jnp.where(onehot, 0.0, NEG_INF)
     return jnp.where((z != mask_id)[..., None], copied, logp)
 
@@ -154,87 +129,101 @@ def _masked_mean(values: jax.Array, token_mask: jax.Array) -> jax.Array:
     return jnp.sum(values * token_mask) / jnp.maximum(jnp.sum(token_mask), 1.0)
 
 
+def draw_noise(rng: jax.Array, x: jax.Array, objective: Objective) -> tuple[jax.Array, jax.Array]:
+    """(t [B], z [B, L]): training times (antithetic if asked) and x masked at rate 1 - alpha(t)."""
+    rng_t, rng_mask = jax.random.split(rng)
+    d = objective.diffusion
+    t = sample_times(rng_t, x.shape[0], d.train_eps, d.antithetic)
+    return t, mask_tokens(rng_mask, x, objective.schedule.mask_prob(t), objective.mask_id)
+
+
 def proseco_loss(
     apply_fn: ApplyFn,
+    params: Any,
     x: jax.Array,
     rng: jax.Array,
     step: jax.Array,
-    cfg: LossConfig,
+    objective: Objective,
     token_mask: jax.Array | None = None,
+    *,
+    t: jax.Array | None = None,
+    z: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The two-pass objective on a clean batch x [B, L]; returns (scalar loss, metrics).
 
-    `apply_fn` closes over the parameters being differentiated. token_mask [B, L] marks real tokens
-    (1) and padding (0); losses are averaged over real tokens. Before `corrector_start_step` (or with
-    the corrector disabled) pass two is skipped and the loss is plain MDLM.
+    `params` are those being differentiated. token_mask [B, L] marks real tokens (1) and padding (0);
+    losses are averaged over real tokens. t [B] and z [B, L] (the masked input), when given, are used
+    instead of drawing them (`draw_noise`), so the loss can be compared term by term with another
+    implementation, and a batch split into micro-batches sees the noise of the whole batch. Before
+    `corrector.start_step` (or with the corrector disabled) pass two is skipped and the loss is plain MDLM.
     """
-    b = x.shape[0]
+    c, mask_id = objective.corrector, objective.mask_id
     token_mask = jnp.ones(x.shape, jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
-    rng_t, rng_mask, rng_y, rng_drop1, rng_drop2 = jax.random.split(rng, 5)
-    t = sample_times(rng_t, b, cfg.train_eps, cfg.antithetic)
-    schedule = cfg.schedule
+    rng_noise, rng_y, rng_drop1, rng_drop2 = jax.random.split(rng, 4)
+    if t is None or z is None:
+        t, z = draw_noise(rng_noise, x, objective)
+    schedule = objective.schedule
     sigma = schedule.sigma(t)
     weight = schedule.loss_weight(t)
-    z = mask_tokens(rng_mask, x, schedule.mask_prob(t), cfg.mask_id)
 
-    logits1 = apply_fn(z, sigma, rng_drop1)
-    if cfg.parameterization == "subs":
-        logp1 = subs_log_probs(logits1, z, cfg.mask_id)
+    logits1 = apply_fn(params, z, sigma, dropout_rng=rng_drop1)
+    if objective.diffusion.parameterization == "subs":
+        logp1 = subs_log_probs(logits1, z, mask_id)
     else:
-        logp1 = forbid_mask(logits1, cfg.mask_id)
-    l_mdm = mdm_loss(logp1, x, z, weight, cfg.mask_id)
-    mdm = _masked_mean(l_mdm, token_mask)
-    masked = (z == cfg.mask_id) * token_mask
+        logp1 = log_probs_without_mask(logits1, mask_id)
+    mdm = _masked_mean(mdm_loss(logp1, x, z, weight, mask_id), token_mask)
+    masked = (z == mask_id) * token_mask
     metrics = {
         "mdm_loss": mdm,
         "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(token_mask), 1.0),
     }
-    if not cfg.corrector_enabled:
-        zero = jnp.zeros((), jnp.float32)
+    zero = jnp.zeros((), jnp.float32)
+    if not c.enabled:
         metrics.update(corrector_loss=zero, corrector_accuracy=zero, corrector_input_accuracy=zero)
-        return cfg.mdm_weight * mdm, metrics
+        return c.mdm_weight * mdm, metrics
 
     def with_corrector(_):
-        y = corrector_input(rng_y, logp1, x, z, cfg.mask_id, cfg.corrector_input, cfg.use_argmax)
-        logp2 = forbid_mask(apply_fn(y, sigma, rng_drop2), cfg.mask_id)
-        sc_weight = weight if cfg.weighted else jnp.ones_like(weight)
-        sc = _masked_mean(corrector_loss(logp2, x, y, sc_weight, cfg.upweight_errors), token_mask)
+        y = corrector_input(rng_y, logp1, x, z, mask_id, c.input, c.use_argmax)
+        logp2 = log_probs_without_mask(apply_fn(params, y, sigma, dropout_rng=rng_drop2), mask_id)
+        sc_weight = weight if c.weighted else jnp.ones_like(weight)
+        sc = _masked_mean(corrector_loss(logp2, x, y, sc_weight, c.upweight_errors), token_mask)
         acc = _masked_mean((jnp.argmax(logp2, -1) == x).astype(jnp.float32), token_mask)
         in_acc = _masked_mean((y == x).astype(jnp.float32), token_mask)
         return sc, acc, in_acc
 
-    def without_corrector(_):
-        zero = jnp.zeros((), jnp.float32)
-        return zero, zero, zero
-
-    active = step >= cfg.corrector_start_step
-    if cfg.corrector_start_step <= 0:
+    active = step >= c.start_step
+    if c.start_step <= 0:
         sc, acc, in_acc = with_corrector(None)
     else:
-        sc, acc, in_acc = jax.lax.cond(active, with_corrector, without_corrector, None)
-    loss = cfg.mdm_weight * mdm + jnp.where(active, cfg.corrector_weight, 0.0) * sc
+        sc, acc, in_acc = jax.lax.cond(active, with_corrector, lambda _: (zero, zero, zero), None)
+    loss = c.mdm_weight * mdm + jnp.where(active, c.corrector_weight, 0.0) * sc
     metrics.update(corrector_loss=sc, corrector_accuracy=acc, corrector_input_accuracy=in_acc)
     return loss, metrics
 
 
 def nelbo(
     apply_fn: ApplyFn,
+    params: Any,
     x: jax.Array,
     rng: jax.Array,
     schedule: Schedule,
     mask_id: int,
     eps: float = 1e-3,
     token_mask: jax.Array | None = None,
+    *,
+    t: jax.Array | None = None,
+    z: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One-sample Monte Carlo estimate of the negative ELBO: (sum of nats, number of tokens).
 
-    Uses the subs parameterisation and antithetic times, as validation in MDLM; divide the first by the
-    second and by log 2 for bits per token.
+    Uses the subs parameterisation and antithetic times (or the given t [B] and z [B, L]), as validation
+    in MDLM; divide the first by the second and by log 2 for bits per token.
     """
     token_mask = jnp.ones(x.shape, jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
-    rng_t, rng_mask = jax.random.split(rng)
-    t = sample_times(rng_t, x.shape[0], eps, True)
-    z = mask_tokens(rng_mask, x, schedule.mask_prob(t), mask_id)
-    logp = subs_log_probs(apply_fn(z, schedule.sigma(t), None), z, mask_id)
+    if t is None or z is None:
+        rng_t, rng_mask = jax.random.split(rng)
+        t = sample_times(rng_t, x.shape[0], eps, True)
+        z = mask_tokens(rng_mask, x, schedule.mask_prob(t), mask_id)
+    logp = subs_log_probs(apply_fn(params, z, schedule.sigma(t)), z, mask_id)
     nats = mdm_loss(logp, x, z, schedule.loss_weight(t), mask_id)
     return jnp.sum(nats * token_mask), jnp.sum(token_mask)

@@ -15,33 +15,31 @@ import dataclasses
 
 import jax.numpy as jnp
 
-SCHEDULES = ("loglinear", "linear", "cosine", "polynomial")
+from proseco_jax.config_base import SCHEDULES, Diffusion
+
+__all__ = ["SCHEDULES", "Schedule", "from_config"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """A masking schedule.
+    """The masking schedule of a `config.diffusion` section (its schedule, schedule_eps, sigma_min,
+    sigma_max and poly_power fields):
 
-    Attributes:
-      kind: one of SCHEDULES.
         loglinear:  alpha = 1 - (1 - eps) t                    (MDLM's default)
         linear:     sigma = sigma_min + t (sigma_max - sigma_min)
         cosine:     alpha = eps + (1 - eps) cos(pi t / 2)
         polynomial: alpha = 1 - (1 - eps) t^power
-      eps: keeps alpha(1) = eps > 0 so that sigma stays finite.
-      sigma_min, sigma_max: endpoints of the linear schedule.
-      power: exponent of the polynomial schedule.
     """
 
-    kind: str = "loglinear"
-    eps: float = 1e-3
-    sigma_min: float = 0.0
-    sigma_max: float = 10.0
-    power: float = 2.0
+    diffusion: Diffusion = Diffusion()
 
-    def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.kind!r}; expected one of {SCHEDULES}")
+    @property
+    def kind(self) -> str:
+        return self.diffusion.schedule
+
+    @property
+    def eps(self) -> float:
+        return self.diffusion.schedule_eps
 
     def sigma(self, t):
         """Total noise sigma(t) = -log alpha(t)."""
@@ -49,11 +47,11 @@ class Schedule:
         if self.kind == "loglinear":
             return -jnp.log1p(-(1.0 - self.eps) * t)
         if self.kind == "linear":
-            return self.sigma_min + t * (self.sigma_max - self.sigma_min)
+            return self.diffusion.sigma_min + t * (self.diffusion.sigma_max - self.diffusion.sigma_min)
         if self.kind == "cosine":
             # 1 - cos(pi t / 2) = 2 sin^2(pi t / 4), without float32 cancellation at small t.
             return -jnp.log1p(-2.0 * (1.0 - self.eps) * jnp.sin(0.25 * jnp.pi * t) ** 2)
-        return -jnp.log1p(-(1.0 - self.eps) * t**self.power)
+        return -jnp.log1p(-(1.0 - self.eps) * t**self.diffusion.poly_power)
 
     def dsigma(self, t):
         """Rate d sigma / dt."""
@@ -61,13 +59,13 @@ class Schedule:
         if self.kind == "loglinear":
             return (1.0 - self.eps) / (1.0 - (1.0 - self.eps) * t)
         if self.kind == "linear":
-            return jnp.full_like(t, self.sigma_max - self.sigma_min)
+            return jnp.full_like(t, self.diffusion.sigma_max - self.diffusion.sigma_min)
         if self.kind == "cosine":
             cos = jnp.cos(0.5 * jnp.pi * t)
             sin = jnp.sin(0.5 * jnp.pi * t)
             return 0.5 * jnp.pi * (1.0 - self.eps) * sin / (self.eps + (1.0 - self.eps) * cos)
         return (
-            (1.0 - self.eps) * self.power * t ** (self.power - 1.0) / (1.0 - (1.0 - self.eps) * t**self.power)
+            (1.0 - self.eps) * self.diffusion.poly_power * t ** (self.diffusion.poly_power - 1.0) / (1.0 - (1.0 - self.eps) * t**self.diffusion.poly_power)
         )
 
     def alpha(self, t):
@@ -83,12 +81,6 @@ class Schedule:
         return self.dsigma(t) / jnp.expm1(self.sigma(t))
 
 
-def from_config(diffusion_config) -> Schedule:
-    """Builds the schedule named by `config.diffusion`."""
-    return Schedule(
-        kind=diffusion_config.schedule,
-        eps=diffusion_config.schedule_eps,
-        sigma_min=diffusion_config.sigma_min,
-        sigma_max=diffusion_config.sigma_max,
-        power=diffusion_config.poly_power,
-    )
+def from_config(diffusion: Diffusion) -> Schedule:
+    """The schedule of a `config.diffusion` section."""
+    return Schedule(diffusion)

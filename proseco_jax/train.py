@@ -14,61 +14,43 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from proseco_jax import diffusion, schedules, sharding
+from proseco_jax import config_base, diffusion, schedules, sharding
+from proseco_jax.config_base import Config
 from proseco_jax.errors import UsageError
-from proseco_jax.models.dit import DiT, DiTConfig
+from proseco_jax.state import ModelOnMesh, TrainState
 
 PyTree = Any
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step reads and writes. params and ema_params: the DiT's variables ('params' tree)."""
-
-    step: jax.Array  # int32 scalar: optimizer steps taken.
-    params: PyTree
-    ema_params: PyTree
-    opt_state: PyTree
-
-
-def learning_rate_schedule(train_config) -> optax.Schedule:
+def learning_rate_schedule(train: config_base.Train) -> optax.Schedule:
     """Linear warm-up to the peak, then constant or cosine decay to 0 at num_steps."""
-    peak, warmup = train_config.learning_rate, max(int(train_config.warmup_steps), 0)
-    if train_config.lr_schedule == "constant":
+    peak, warmup = train.learning_rate, train.warmup_steps
+    if train.lr_schedule == "constant":
         after = optax.constant_schedule(peak)
-    elif train_config.lr_schedule == "cosine":
-        after = optax.cosine_decay_schedule(peak, max(train_config.num_steps - warmup, 1))
     else:
-        raise ValueError(
-            f"train.lr_schedule must be 'constant' or 'cosine', got {train_config.lr_schedule!r}"
-        )
+        after = optax.cosine_decay_schedule(peak, max(train.num_steps - warmup, 1))
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
+def make_optimizer(train: config_base.Train) -> optax.GradientTransformation:
     """AdamW with the schedule above, after clipping gradients to `grad_clip` global norm."""
     adamw = optax.adamw(
-        learning_rate_schedule(train_config),
-        b1=train_config.b1,
-        b2=train_config.b2,
-        eps=train_config.adam_eps,
-        weight_decay=train_config.weight_decay,
+        learning_rate_schedule(train), b1=train.b1, b2=train.b2, eps=train.adam_eps,
+        weight_decay=train.weight_decay,
     )
-    if train_config.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), adamw)
+    if train.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw)
     return adamw
 
 
@@ -78,25 +60,49 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def make_apply_fn(model: DiT, params: PyTree, train: bool) -> diffusion.ApplyFn:
-    """Closes the model over params: (tokens [B, L], sigma [B], dropout_rng) -> logits [B, L, V+1]."""
-
-    def apply_fn(tokens, sigma, dropout_rng):
-        rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else {}
-        return model.apply(
-            {"params": params}, tokens, sigma, train=train and dropout_rng is not None, rngs=rngs
-        )
-
-    return apply_fn
+def split_micro_batches(x: jax.Array, m: int) -> jax.Array:
+    """[B, ...] -> [M, B/M, ...] taking every M-th row, so each device keeps its own rows."""
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape(b // m, m, *x.shape[1:]), 0, 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """Static settings of the train step."""
+def loss_and_grads(
+    params: PyTree,
+    tokens: jax.Array,
+    rng: jax.Array,
+    step: jax.Array,
+    *,
+    apply_fn: diffusion.ApplyFn,
+    objective: diffusion.Objective,
+    micro_batches: int = 1,
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], PyTree]:
+    """((loss, metrics), grads) of the global batch tokens [B, L], accumulated over micro-batches.
 
-    loss: diffusion.LossConfig
-    micro_batches: int = 1
-    ema_decay: float = 0.999
+    Times and masks are drawn once for the global batch and then split (every M-th row), so accumulating
+    over M micro-batches gives the loss and gradient of the full batch.
+    """
+    noise_rng, loss_rng = jax.random.split(rng)
+    t, z = diffusion.draw_noise(noise_rng, tokens, objective)
+
+    def loss_fn(p, micro_tokens, micro_t, micro_z, micro_rng):
+        return diffusion.proseco_loss(apply_fn, p, micro_tokens, micro_rng, step, objective, t=micro_t,
+                                      z=micro_z)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    m = micro_batches
+    if m == 1:
+        return grad_fn(params, tokens, t, z, loss_rng)
+    micro = tuple(split_micro_batches(a, m) for a in (tokens, t, z))
+
+    def accumulate(total, inputs):
+        i, micro_tokens, micro_t, micro_z = inputs
+        out = grad_fn(params, micro_tokens, micro_t, micro_z, jax.random.fold_in(loss_rng, i))
+        return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.eval_shape(grad_fn, params, *(a[0] for a in micro), loss_rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+    total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), *micro))
+    return jax.tree.map(lambda v: v / m, total)
 
 
 def train_step(
@@ -104,45 +110,18 @@ def train_step(
     tokens: jax.Array,
     rng: jax.Array,
     *,
-    model: DiT,
+    apply_fn: diffusion.ApplyFn,
     tx: optax.GradientTransformation,
-    cfg: StepConfig,
+    objective: diffusion.Objective,
+    micro_batches: int,
+    ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the global batch tokens [B, L]; rng is this step's key."""
-
-    def loss_fn(params, micro_tokens, micro_rng):
-        apply_fn = make_apply_fn(model, params, train=True)
-        return diffusion.proseco_loss(apply_fn, micro_tokens, micro_rng, state.step, cfg.loss)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    m = cfg.micro_batches
-    if m == 1:
-        (loss, metrics), grads = grad_fn(state.params, tokens, rng)
-    else:
-        b, length = tokens.shape
-        # [B, L] -> [M, B/M, L] taking every M-th row, so each device keeps its own rows.
-        micro = jnp.swapaxes(tokens.reshape(b // m, m, length), 0, 1)
-
-        def accumulate(carry, inputs):
-            i, micro_tokens = inputs
-            (micro_loss, mets), g = grad_fn(state.params, micro_tokens, jax.random.fold_in(rng, i))
-            acc_g, acc_loss, acc_m = carry
-            acc_g, acc_m = jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_m, mets)
-            return (acc_g, acc_loss + micro_loss, acc_m), None
-
-        zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-        _, zero_metrics = jax.eval_shape(loss_fn, state.params, micro[0], rng)
-        zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_metrics)
-        (grads, loss, metrics), _ = jax.lax.scan(
-            accumulate, (zeros_g, jnp.zeros(()), zeros_m), (jnp.arange(m), micro)
-        )
-        grads = jax.tree.map(lambda g: g / m, grads)
-        loss = loss / m
-        metrics = jax.tree.map(lambda v: v / m, metrics)
-
+    (loss, metrics), grads = loss_and_grads(state.params, tokens, rng, state.step, apply_fn=apply_fn,
+                                            objective=objective, micro_batches=micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay_at(state.step, cfg.ema_decay)
+    decay = ema_decay_at(state.step, ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
@@ -154,136 +133,69 @@ def eval_step(
     tokens: jax.Array,
     rng: jax.Array,
     *,
-    model: DiT,
+    apply_fn: diffusion.ApplyFn,
     schedule: schedules.Schedule,
     mask_id: int,
 ) -> tuple[jax.Array, jax.Array]:
     """Negative ELBO of a held-out batch: (sum of nats, number of tokens)."""
-    apply_fn = make_apply_fn(model, params, train=False)
-    return diffusion.nelbo(apply_fn, tokens, rng, schedule, mask_id)
+    return diffusion.nelbo(apply_fn, params, tokens, rng, schedule, mask_id)
 
 
 @dataclasses.dataclass
 class Compiled:
-    """A model with its sharded, jitted functions on one mesh."""
+    """A config's model on a mesh with its sharded, jitted init / train / eval functions."""
 
-    model: DiT
-    mesh: Mesh
-    rules: sharding.Rules
+    placed: ModelOnMesh
     state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs with shardings (for checkpoint restore).
     init: Callable[[jax.Array], TrainState]
     step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
     evaluate: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-    abstract_state: TrainState  # ShapeDtypeStructs with shardings (for checkpoint restore).
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.placed.mesh
 
 
-def build(config, mesh: Mesh) -> Compiled:
-    """Builds the model, optimizer and the jitted, sharded init / train / eval functions."""
-    model = DiT(DiTConfig.from_config(config))
+def build(config: Config, mesh: Mesh) -> Compiled:
+    """The optimizer and the jitted, sharded init / train / eval functions of `config` on `mesh`."""
+    config = config_base.resolve(config)
+    placed = ModelOnMesh.create(config, mesh)
     tx = make_optimizer(config.train)
-    schedule = schedules.from_config(config.diffusion)
-    step_cfg = StepConfig(
-        loss=diffusion.LossConfig.from_config(config, schedule),
-        micro_batches=config.train.micro_batches,
-        ema_decay=config.train.ema_decay,
-    )
-    rules = sharding.rules_from_config(config.mesh)
-    length = config.data.length
-
-    def init_boxed(rng):
-        dummy = jnp.zeros((1, length), jnp.int32)
-        params = model.init(rng, dummy, jnp.zeros((1,)))["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params)
-        )
-
-    with sharding.mesh_context(mesh, rules):
-        boxed = jax.eval_shape(init_boxed, jax.random.key(0))
-        shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), shardings
-    )
-    batch_sh = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
-
-    init = jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=shardings)
+    abstract, shardings, init = placed.train_state(tx)
+    objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id)
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     step = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, cfg=step_cfg),
+        functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,
+                          micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay),
         in_shardings=(shardings, batch_sh, repl),
         out_shardings=(shardings, repl),
         donate_argnums=(0,),
     )
     evaluate = jax.jit(
-        functools.partial(eval_step, model=model, schedule=schedule, mask_id=config.data.vocab_size),
+        functools.partial(eval_step, apply_fn=placed.apply_fn, schedule=objective.schedule,
+                          mask_id=config.mask_id),
         in_shardings=(shardings.params, batch_sh, repl),
         out_shardings=(repl, repl),
     )
-
-    def under_mesh(fn):
-        @functools.wraps(fn)
-        def wrapped(*args):
-            with sharding.mesh_context(mesh, rules):
-                return fn(*args)
-
-        return wrapped
-
-    return Compiled(
-        model=model,
-        mesh=mesh,
-        rules=rules,
-        state_shardings=shardings,
-        init=under_mesh(init),
-        step=under_mesh(step),
-        evaluate=under_mesh(evaluate),
-        abstract_state=abstract,
-    )
+    return Compiled(placed=placed, state_shardings=shardings, abstract_state=abstract, init=init,
+                    step=placed.under_mesh(step), evaluate=placed.under_mesh(evaluate))
 
 
-def check_config(config, mesh: Mesh) -> None:
-    """Raises UsageError (one line) for settings that cannot run on this mesh."""
-    m, t, d = config.model, config.train, config.data
+def check_mesh(config: Config, mesh: Mesh) -> None:
+    """Raises UsageError (one line) for settings that cannot run on this mesh and these processes."""
+    t = config.train
     dp = sharding.data_parallel_size(mesh)
-    if t.batch_size <= 0 or t.micro_batches <= 0:
-        raise UsageError("train.batch_size and train.micro_batches must be positive")
     if t.batch_size % (dp * t.micro_batches):
         raise UsageError(
             f"train.batch_size={t.batch_size} is not divisible by the data-parallel size "
             f"(mesh.data * mesh.fsdp = {dp}) times train.micro_batches={t.micro_batches}"
         )
     if t.batch_size % jax.process_count():
-        raise UsageError(
-            f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} processes"
-        )
-    if d.length > m.max_length:
-        raise UsageError(
-            f"sequence length data.length={d.length} is longer than model.max_length={m.max_length}"
-        )
-    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
-        raise UsageError(
-            f"model.hidden_size={m.hidden_size} must split into model.num_heads={m.num_heads} "
-            "heads of even width"
-        )
-    if m.num_heads % mesh.shape["tensor"]:
-        raise UsageError(
-            f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={mesh.shape['tensor']}"
-        )
-    if m.dtype not in ("float32", "bfloat16") or m.param_dtype not in ("float32", "bfloat16"):
-        raise UsageError("model.dtype and model.param_dtype must be 'float32' or 'bfloat16'")
-    if config.diffusion.schedule not in schedules.SCHEDULES:
-        raise UsageError(f"diffusion.schedule must be one of {schedules.SCHEDULES}")
-    if config.diffusion.parameterization not in ("subs", "d3pm"):
-        raise UsageError("diffusion.parameterization must be 'subs' or 'd3pm'")
-    if config.corrector.input not in ("all", "masked"):
-        raise UsageError("corrector.input must be 'all' or 'masked'")
-    if t.lr_schedule not in ("constant", "cosine"):
-        raise UsageError("train.lr_schedule must be 'constant' or 'cosine'")
-    if t.log_every <= 0 or t.checkpoint_every <= 0:
-        raise UsageError("train.log_every and train.checkpoint_every must be positive")
-    if d.name == "markov" and t.eval_every > 0 and t.eval_batches * t.batch_size > d.num_eval:
-        raise UsageError(
-            f"validation needs train.eval_batches * train.batch_size = "
-            f"{t.eval_batches * t.batch_size} held-out sequences, but data.num_eval={d.num_eval}"
-        )
+        raise UsageError(f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} processes")
+    heads = getattr(config.model, "num_heads", None)
+    if heads is not None and heads % mesh.shape["tensor"]:
+        raise UsageError(f"model.num_heads={heads} is not divisible by mesh.tensor={mesh.shape['tensor']}")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -312,7 +224,8 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches, rng: jax.Array) -> float:
+def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
+                            ) -> float:
     """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
@@ -323,108 +236,105 @@ def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches, rng: ja
     return nats / max(count, 1.0) / math.log(2.0)
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+class StepLog:
+    """Collects step metrics between log lines and turns them into one metrics.jsonl record."""
+
+    def __init__(self, config: Config, step: int):
+        self._tokens_per_step = config.train.batch_size * config.data.length
+        self._lr = learning_rate_schedule(config.train)
+        self._pending: list[dict[str, jax.Array]] = []
+        self._tick, self._tick_step = time.time(), step
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append(metrics)
+
+    def record(self, step: int) -> dict[str, float]:
+        """Means of the metrics since the last record, tokens/s and the learning rate of the last step."""
+        pending, self._pending = self._pending, []
+        means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]} if pending else {}
+        now = time.time()
+        means["tokens_per_sec"] = (step - self._tick_step) * self._tokens_per_step / max(now - self._tick, 1e-9)
+        means["learning_rate"] = float(self._lr(step - 1))
+        self._tick, self._tick_step = now, step
+        return means
+
+
+def _print_start(config: Config, state: TrainState, mesh: Mesh, entropy_bits: float | None) -> None:
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(f"model: {n_params / 1e6:.2f} M parameters | mesh {dict(mesh.shape)} | batch "
+          f"{config.train.batch_size} x {config.data.length} tokens", flush=True)
+    if entropy_bits is not None:
+        print(f"data entropy {entropy_bits:.4f} bits/token (uniform {math.log2(config.data.vocab_size):.4f})",
+              flush=True)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     """Trains the model of `config` in `workdir`, resuming from its latest checkpoint if any.
 
-    Returns the metrics of the last log line.
+    Returns the final train state and its step (less than train.num_steps after a preemption).
     """
     from proseco_jax import checkpoint
     from proseco_jax.data import datasets, pipeline
     from proseco_jax.metrics_writer import MetricsWriter
 
+    config = config_base.resolve(config)
     prepare_workdir(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    check_config(config, mesh)
+    check_mesh(config, mesh)
     data = datasets.load(config.data)
     compiled = build(config, mesh)
     t = config.train
     pid, nproc = jax.process_index(), jax.process_count()
     train_iter = pipeline.train_iterator(
-        data.sources["train"],
-        global_batch_size=t.batch_size,
-        seed=config.seed,
-        process_index=pid,
-        process_count=nproc,
-        worker_count=config.data.worker_count,
+        data.sources["train"], global_batch_size=t.batch_size, seed=config.seed, process_index=pid,
+        process_count=nproc, worker_count=config.data.worker_count,
     )
-
-    root = jax.random.key(config.seed)
-    init_rng, train_rng, eval_rng = jax.random.split(root, 3)
+    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     manager = checkpoint.make_manager(workdir, t.keep_checkpoints)
     if manager.latest_step() is not None:
         step, state = checkpoint.restore(manager, compiled.abstract_state, train_iter)
         if pid == 0:
-            print(
-                f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}",
-                flush=True,
-            )
+            print(f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}",
+                  flush=True)
     else:
         step, state = 0, compiled.init(init_rng)
     writer = MetricsWriter(workdir, resume_step=step, total_steps=t.num_steps, enabled=pid == 0)
     if pid == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    if step == 0 and pid == 0:
-        n_params = sum(x.size for x in jax.tree.leaves(state.params))
-        print(
-            f"model: {n_params / 1e6:.2f} M parameters | mesh {dict(mesh.shape)} | "
-            f"batch {t.batch_size} x {config.data.length} tokens",
-            flush=True,
-        )
-        if data.entropy_bits_per_token is not None:
-            print(
-                f"data entropy {data.entropy_bits_per_token:.4f} bits/token "
-                f"(uniform {math.log2(config.data.vocab_size):.4f})",
-                flush=True,
-            )
+        config_base.save_json(config, workdir)
+        if step == 0:
+            _print_start(config, state, mesh, data.entropy_bits_per_token)
 
-    lr_fn = learning_rate_schedule(t)
+    def validate(params) -> dict[str, float]:
+        batches = pipeline.eval_batches(data.sources["validation"], global_batch_size=t.batch_size,
+                                        num_batches=t.eval_batches, process_index=pid, process_count=nproc)
+        out = {"val_bits_per_token": evaluate_bits_per_token(compiled, params, batches, eval_rng)}
+        if data.entropy_bits_per_token is not None:
+            out["data_bits_per_token"] = data.entropy_bits_per_token
+        return out
+
+    log = StepLog(config, step)
     preemption = _Preemption()
-    pending: list[dict[str, jax.Array]] = []
-    last: dict[str, float] = {}
-    tick, tick_step = time.time(), step
     try:
         while step < t.num_steps and not preemption.requested:
-            batch = next(train_iter)["tokens"]
-            state, metrics = compiled.step(
-                state, sharding.global_batch(batch, mesh), jax.random.fold_in(train_rng, step)
-            )
-            pending.append(metrics)
+            batch = sharding.global_batch(next(train_iter)["tokens"], mesh)
+            state, metrics = compiled.step(state, batch, jax.random.fold_in(train_rng, step))
+            log.add(metrics)
             step += 1
-            evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or step == t.num_steps)
-            if step % t.log_every == 0 or evaluate_now or step == t.num_steps:
-                means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]}
-                now = time.time()
-                means["tokens_per_sec"] = (
-                    (step - tick_step) * t.batch_size * config.data.length / (now - tick)
-                )
-                means["learning_rate"] = float(lr_fn(step - 1))
+            last = step == t.num_steps
+            evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
+            if step % t.log_every == 0 or evaluate_now or last:
+                record = log.record(step)
                 if evaluate_now:
-                    batches = pipeline.eval_batches(
-                        data.sources["validation"],
-                        global_batch_size=t.batch_size,
-                        num_batches=t.eval_batches,
-                        process_index=pid,
-                        process_count=nproc,
-                    )
-                    means["val_bits_per_token"] = evaluate_bits_per_token(
-                        compiled, state.ema_params, batches, eval_rng
-                    )
-                    if data.entropy_bits_per_token is not None:
-                        means["data_bits_per_token"] = data.entropy_bits_per_token
-                writer.write(step, means)
-                writer.progress(step, means)
-                last, pending = means, []
-                tick, tick_step = time.time(), step
-            if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
+                    record.update(validate(state.ema_params))
+                writer.write(step, record)
+                writer.progress(step, record)
+            if step % t.checkpoint_every == 0 or last or preemption.requested:
                 checkpoint.save(manager, step, state, train_iter)
         if preemption.requested and pid == 0:
-            print(
-                f"SIGTERM: saved the checkpoint at step {step}; rerun the same command to resume", flush=True
-            )
+            print(f"SIGTERM: saved the checkpoint at step {step}; rerun the same command to resume", flush=True)
     finally:
         preemption.restore()
         manager.wait_until_finished()
         manager.close()
         writer.close()
-    return last
+    return state, step

@@ -6,15 +6,15 @@ with, so the two-pass structure of `proseco_loss` is checked term by term.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proseco_jax import diffusion
-from proseco_jax.diffusion import LossConfig
+from proseco_jax import config_base, diffusion
+from proseco_jax.configlib import ConfigError
+from proseco_jax.diffusion import Objective
 from proseco_jax.schedules import Schedule
 
 V = 7  # real tokens
@@ -44,9 +44,25 @@ def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, idx[..., None], axis=-1)[..., 0]
 
 
-def _config(**overrides) -> LossConfig:
-    base = LossConfig(mask_id=MASK, schedule=Schedule("loglinear", eps=EPS), train_eps=EPS)
-    return dataclasses.replace(base, **overrides)
+# Flat option names of the tests -> (section, field) of the config tree.
+_OPTIONS = {
+    "parameterization": ("diffusion", "parameterization"),
+    "antithetic": ("diffusion", "antithetic"),
+    "train_eps": ("diffusion", "train_eps"),
+    "corrector_enabled": ("corrector", "enabled"),
+    "corrector_start_step": ("corrector", "start_step"),
+    "corrector_input": ("corrector", "input"),
+}
+DIFFUSION = config_base.Diffusion(schedule="loglinear", schedule_eps=EPS, train_eps=EPS)
+
+
+def _config(**overrides) -> Objective:
+    sections = {"diffusion": {}, "corrector": {}}
+    for name, value in overrides.items():
+        section, field = _OPTIONS.get(name, ("corrector", name))
+        sections[section][field] = value
+    return Objective(DIFFUSION.replace(**sections["diffusion"]),
+                     config_base.Corrector(**sections["corrector"]), MASK)
 
 
 def _tokens(seed: int = 1) -> jax.Array:
@@ -70,7 +86,7 @@ def _fake_apply(tables, record: list | None = None) -> diffusion.ApplyFn:
     """
     calls = []
 
-    def apply_fn(tokens, sigma, dropout_rng):
+    def apply_fn(params, tokens, sigma, dropout_rng=None):
         table = tables[min(len(calls), len(tables) - 1)]
         calls.append(None)
         if record is not None:
@@ -122,7 +138,7 @@ def test_mask_tokens_keeps_the_clean_token_wherever_it_does_not_mask():
 def test_forbid_mask_gives_mask_zero_probability_and_normalised_rows():
     logits = _normal(0) * 3.0
     logits = logits.at[..., MASK].set(20.0)  # even a dominant [MASK] logit is removed
-    probs = np.exp(np.asarray(diffusion.forbid_mask(logits, MASK), np.float64))
+    probs = np.exp(np.asarray(diffusion.log_probs_without_mask(logits, MASK), np.float64))
     assert np.all(probs[..., MASK] == 0.0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
     np.testing.assert_allclose(probs[..., :V], np.exp(_log_softmax(np.asarray(logits)[..., :V])), atol=1e-6)
@@ -130,7 +146,7 @@ def test_forbid_mask_gives_mask_zero_probability_and_normalised_rows():
 
 def test_forbid_mask_computes_in_float32_from_bfloat16_logits():
     logits = _normal(1).astype(jnp.bfloat16)
-    logp = diffusion.forbid_mask(logits, MASK)
+    logp = diffusion.log_probs_without_mask(logits, MASK)
     assert logp.dtype == jnp.float32
     np.testing.assert_allclose(np.exp(np.asarray(logp)).sum(-1), 1.0, atol=1e-6)
 
@@ -151,19 +167,26 @@ def test_subs_log_probs_copies_visible_tokens_and_forbids_mask():
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
 
 
-def test_subs_log_probs_are_finite_so_products_with_zero_probabilities_do_not_nan():
-    logits = _normal(2)
-    z = jnp.asarray(np.where(np.arange(L) % 2, MASK, np.asarray(_tokens())), jnp.int32)
-    logp = diffusion.subs_log_probs(logits, z, MASK)
-    assert np.all(np.isfinite(np.asarray(logp)))
-    assert np.all(np.isfinite(np.asarray(jnp.sum(jnp.exp(logp) * logp, -1))))
+def test_losses_and_gradients_stay_finite_with_minus_inf_log_probs():
+    """Impossible tokens get a true -inf (one policy for losses and sampler); the losses only ever gather
+    possible tokens, so values and gradients stay finite under every parameterisation."""
+    x = _tokens()
+    z = jnp.asarray(np.where(np.arange(L) % 2, MASK, np.asarray(x)), jnp.int32)
+    assert np.isneginf(np.asarray(diffusion.subs_log_probs(_normal(2), z, MASK))).any()
+    w = jnp.full((B,), 3.0)
+    for fn in (lambda lg: diffusion.subs_log_probs(lg, z, MASK),
+               lambda lg: diffusion.log_probs_without_mask(lg, MASK)):
+        value, grad = jax.value_and_grad(lambda lg, fn=fn: jnp.sum(diffusion.mdm_loss(fn(lg), x, z, w, MASK)
+                                                                   + diffusion.corrector_loss(fn(lg), x, x, w,
+                                                                                              True)))(_normal(2))
+        assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
 
 
 # ------------------------------------------------------------------------------------- loss terms
 
 
 def test_mdm_loss_is_zero_at_visible_positions_and_minus_w_logp_at_masked_ones():
-    logp = diffusion.forbid_mask(_normal(6), MASK)
+    logp = diffusion.log_probs_without_mask(_normal(6), MASK)
     x = _tokens()
     z = diffusion.mask_tokens(jax.random.key(7), x, jnp.full((B,), 0.5), MASK)
     weight = jnp.asarray([1.0, 2.0, 0.5, 10.0])
@@ -176,7 +199,7 @@ def test_mdm_loss_is_zero_at_visible_positions_and_minus_w_logp_at_masked_ones()
 
 
 def test_corrector_loss_weighted_is_w_times_unweighted_at_every_position():
-    logp2 = diffusion.forbid_mask(_normal(8), MASK)
+    logp2 = diffusion.log_probs_without_mask(_normal(8), MASK)
     x, y = _tokens(1), _tokens(2)
     weight = jnp.asarray([1.0, 2.0, 0.5, 10.0])
     weighted = np.asarray(diffusion.corrector_loss(logp2, x, y, weight, False))
@@ -187,7 +210,7 @@ def test_corrector_loss_weighted_is_w_times_unweighted_at_every_position():
 
 
 def test_corrector_loss_upweight_errors_uses_probability_where_input_was_right():
-    logp2 = diffusion.forbid_mask(_normal(9), MASK)
+    logp2 = diffusion.log_probs_without_mask(_normal(9), MASK)
     x = np.asarray(_tokens(1))
     y = x.copy()
     y[:, ::3] = (y[:, ::3] + 1) % V  # every third input token is wrong
@@ -209,7 +232,7 @@ def test_corrector_loss_upweight_errors_uses_probability_where_input_was_right()
 def _masked_batch():
     x = _tokens()
     z = diffusion.mask_tokens(jax.random.key(11), x, jnp.full((B,), 0.5), MASK)
-    logp1 = diffusion.forbid_mask(_normal(12) * 3.0, MASK)
+    logp1 = diffusion.log_probs_without_mask(_normal(12) * 3.0, MASK)
     return x, z, logp1
 
 
@@ -297,7 +320,7 @@ def test_independent_times_are_not_stratified():
 # ------------------------------------------------------------------------------- the full objective
 
 
-def _reference(x, token_mask, record, table1, table2, cfg: LossConfig):
+def _reference(x, token_mask, record, table1, table2, cfg: Objective):
     """numpy ProSeCo loss from the recorded calls: (loss, mdm, sc, expected y)."""
     (z, sigma1), calls = record[0], len(record)
     x, table1 = np.asarray(x), np.asarray(table1, np.float64)
@@ -305,26 +328,26 @@ def _reference(x, token_mask, record, table1, table2, cfg: LossConfig):
     w = _weight_from_sigma(sigma1)
     pos = np.asarray(POSITION, np.float64)[: x.shape[1]]
     logp1 = _forbid_mask_np(table1[z] + pos)
-    if cfg.parameterization == "subs":
+    if cfg.diffusion.parameterization == "subs":
         copied = np.where(np.eye(K)[z] > 0, 0.0, -np.inf)
         logp1 = np.where((z != MASK)[..., None], copied, logp1)
     masked = z == MASK
     l_mdm = np.where(masked, -w[:, None] * _gather(logp1, x), 0.0)
     mdm = (l_mdm * mask).sum() / mask.sum()
     if calls == 1:
-        return cfg.mdm_weight * mdm, mdm, 0.0, None
+        return cfg.corrector.mdm_weight * mdm, mdm, 0.0, None
     y_expected = logp1.argmax(-1)
-    if cfg.corrector_input == "masked":
+    if cfg.corrector.input == "masked":
         y_expected = np.where(masked, y_expected, x)
     y, sigma2 = record[1]
     np.testing.assert_array_equal(sigma2, sigma1)
     logp2 = _forbid_mask_np(np.asarray(table2, np.float64)[y] + pos)
     lp = _gather(logp2, x)
-    if cfg.upweight_errors:
+    if cfg.corrector.upweight_errors:
         lp = np.where(y != x, lp, np.exp(lp))
-    sc_weight = w if cfg.weighted else np.ones_like(w)
+    sc_weight = w if cfg.corrector.weighted else np.ones_like(w)
     sc = (-sc_weight[:, None] * lp * mask).sum() / mask.sum()
-    return cfg.mdm_weight * mdm + cfg.corrector_weight * sc, mdm, sc, y_expected
+    return cfg.corrector.mdm_weight * mdm + cfg.corrector.corrector_weight * sc, mdm, sc, y_expected
 
 
 def _option_id(options: dict) -> str:
@@ -349,7 +372,7 @@ def test_proseco_loss_matches_a_numpy_reference_of_both_passes(options):
     table1, table2 = _table(20), _table(21)
     x = _tokens()
     record = []
-    loss, metrics = diffusion.proseco_loss(_fake_apply([table1, table2], record), x, jax.random.key(3),
+    loss, metrics = diffusion.proseco_loss(_fake_apply([table1, table2], record), None, x, jax.random.key(3),
                                            jnp.asarray(0), cfg)
     assert len(record) == 2
     expected, mdm, sc, y_expected = _reference(x, None, record, table1, table2, cfg)
@@ -373,7 +396,7 @@ def test_proseco_loss_pass_one_sees_the_masked_sequence_at_the_schedule_rate():
     masked, expected, variance = 0.0, 0.0, 0.0
     for seed in range(8):
         record = []
-        diffusion.proseco_loss(_fake_apply([_table(0)], record), x, jax.random.key(seed), jnp.asarray(0), cfg)
+        diffusion.proseco_loss(_fake_apply([_table(0)], record), None, x, jax.random.key(seed), jnp.asarray(0), cfg)
         z, sigma = record[0]
         np.testing.assert_array_equal(z[z != MASK], np.asarray(x)[z != MASK])
         t = -np.expm1(-sigma) / (1 - EPS)
@@ -385,12 +408,12 @@ def test_proseco_loss_pass_one_sees_the_masked_sequence_at_the_schedule_rate():
     assert abs(masked - expected) < 4 * np.sqrt(variance)
 
 
-def _grads(term: str, cfg: LossConfig, step: int = 0):
+def _grads(term: str, cfg: Objective, step: int = 0):
     """Gradients of one output (loss or a metric) wrt the pass-one table and the pass-two table."""
     x = _tokens()
 
     def f(tables):
-        loss, metrics = diffusion.proseco_loss(_fake_apply(tables), x, jax.random.key(3), jnp.asarray(step),
+        loss, metrics = diffusion.proseco_loss(_fake_apply(tables), None, x, jax.random.key(3), jnp.asarray(step),
                                                cfg)
         return loss if term == "loss" else metrics[term]
 
@@ -438,7 +461,7 @@ def test_corrector_gradient_with_shared_parameters_treats_the_corrector_input_as
     x = _tokens()
     table = _table(20)
     record = []
-    diffusion.proseco_loss(_fake_apply([table], record), x, jax.random.key(3), jnp.asarray(0), cfg)
+    diffusion.proseco_loss(_fake_apply([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
     y, sigma = jnp.asarray(record[1][0]), record[1][1]
     w = jnp.asarray(_weight_from_sigma(sigma), jnp.float32)
 
@@ -448,32 +471,32 @@ def test_corrector_gradient_with_shared_parameters_treats_the_corrector_input_as
         return jnp.mean(-w[:, None] * jnp.take_along_axis(logp, x[..., None], -1)[..., 0])
 
     def library_sc(tab):
-        _, metrics = diffusion.proseco_loss(_fake_apply([tab]), x, jax.random.key(3), jnp.asarray(0), cfg)
+        _, metrics = diffusion.proseco_loss(_fake_apply([tab]), None, x, jax.random.key(3), jnp.asarray(0), cfg)
         return metrics["corrector_loss"]
 
     np.testing.assert_allclose(jax.grad(library_sc)(table), jax.grad(fixed_input_sc)(table),
                                rtol=1e-5, atol=1e-7)
 
 
-def _loss_and_grad(cfg: LossConfig, step: int = 0, token_mask=None, x=None):
+def _loss_and_grad(cfg: Objective, step: int = 0, token_mask=None, x=None):
     x = _tokens() if x is None else x
 
     def f(table):
-        return diffusion.proseco_loss(_fake_apply([table]), x, jax.random.key(3), jnp.asarray(step), cfg,
+        return diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), jnp.asarray(step), cfg,
                                       token_mask=token_mask)
 
     (loss, metrics), grad = jax.value_and_grad(f, has_aux=True)(_table(20))
     return float(loss), metrics, np.asarray(grad)
 
 
-def _mdm_only_loss_and_grad(cfg: LossConfig, step: int = 0):
+def _mdm_only_loss_and_grad(cfg: Objective, step: int = 0):
     """Value and gradient of mdm_weight * L_MDM alone, through the library's mdm_loss metric."""
     x = _tokens()
 
     def f(table):
-        _, metrics = diffusion.proseco_loss(_fake_apply([table]), x, jax.random.key(3), jnp.asarray(step),
+        _, metrics = diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), jnp.asarray(step),
                                             cfg)
-        return cfg.mdm_weight * metrics["mdm_loss"]
+        return cfg.corrector.mdm_weight * metrics["mdm_loss"]
 
     loss, grad = jax.value_and_grad(f)(_table(20))
     return float(loss), np.asarray(grad)
@@ -483,7 +506,7 @@ def test_disabled_corrector_gives_the_weighted_mdlm_loss_and_gradient():
     cfg = _config(corrector_enabled=False, mdm_weight=0.6)
     record = []
     x = _tokens()
-    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), x, jax.random.key(3),
+    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), None, x, jax.random.key(3),
                                            jnp.asarray(0), cfg)
     assert len(record) == 1  # pass two is skipped
     expected, mdm, _, _ = _reference(x, None, record, _table(20), None, cfg)
@@ -527,7 +550,7 @@ def test_corrector_start_step_works_with_a_traced_step_under_jit():
 
     @jax.jit
     def f(step):
-        return diffusion.proseco_loss(_fake_apply([table]), x, jax.random.key(3), step, cfg)[0]
+        return diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), step, cfg)[0]
 
     mdlm, _, _ = _loss_and_grad(_config(corrector_enabled=False))
     full, _, _ = _loss_and_grad(_config())
@@ -545,7 +568,7 @@ def test_d3pm_lets_the_corrector_input_differ_from_x_at_visible_positions():
     for parameterization in ("subs", "d3pm"):
         record = []
         cfg = _config(parameterization=parameterization, corrector_input="all")
-        diffusion.proseco_loss(_fake_apply([table], record), x, jax.random.key(3), jnp.asarray(0), cfg)
+        diffusion.proseco_loss(_fake_apply([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
         (z, _), (y, _) = record
         visible = z != MASK
         assert 0 < visible.sum() < visible.size
@@ -569,7 +592,7 @@ def test_token_mask_averages_only_over_real_tokens():
     token_mask[:, L - 4:] = 0.0
     token_mask[0, 2:] = 0.0
     record = []
-    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), jnp.asarray(x),
+    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), None, jnp.asarray(x),
                                            jax.random.key(3), jnp.asarray(0), cfg,
                                            token_mask=jnp.asarray(token_mask))
     expected, mdm, sc, _ = _reference(x, token_mask, record, _table(20), _table(20), cfg)
@@ -582,32 +605,33 @@ def test_token_mask_averages_only_over_real_tokens():
     # Padding content is irrelevant: the fake denoiser is per-position, so only real tokens count.
     padded = x.copy()
     padded[token_mask == 0] = (padded[token_mask == 0] + 3) % V
-    other, _ = diffusion.proseco_loss(_fake_apply([_table(20)]), jnp.asarray(padded), jax.random.key(3),
+    other, _ = diffusion.proseco_loss(_fake_apply([_table(20)]), None, jnp.asarray(padded), jax.random.key(3),
                                       jnp.asarray(0), cfg, token_mask=jnp.asarray(token_mask))
     np.testing.assert_allclose(float(other), float(loss), rtol=1e-6)
 
 
 def test_nelbo_returns_the_sum_over_real_tokens_and_their_count():
-    schedule = Schedule("loglinear", eps=EPS)
+    schedule = Schedule(DIFFUSION)
     x = _tokens()
     token_mask = np.ones((B, L), np.float32)
     token_mask[:, 9:] = 0.0
     record = []
-    total, count = diffusion.nelbo(_fake_apply([_table(20)], record), x, jax.random.key(5), schedule, MASK,
+    total, count = diffusion.nelbo(_fake_apply([_table(20)], record), None, x, jax.random.key(5), schedule, MASK,
                                    eps=EPS, token_mask=jnp.asarray(token_mask))
     assert float(count) == token_mask.sum() == B * 9
     z, sigma = record[0]
     logp = _forbid_mask_np(np.asarray(_table(20), np.float64)[z] + np.asarray(POSITION, np.float64)[:L])
     nats = np.where(z == MASK, -_weight_from_sigma(sigma)[:, None] * _gather(logp, np.asarray(x)), 0.0)
     np.testing.assert_allclose(float(total), (nats * token_mask).sum(), rtol=1e-5)
-    full_total, full_count = diffusion.nelbo(_fake_apply([_table(20)]), x, jax.random.key(5), schedule, MASK,
+    full_total, full_count = diffusion.nelbo(_fake_apply([_table(20)]), None, x, jax.random.key(5), schedule, MASK,
                                              eps=EPS)
     assert float(full_count) == B * L
     assert float(full_total) >= float(total)
 
 
-def test_loss_config_rejects_unknown_options():
-    with pytest.raises(ValueError, match="parameterization"):
+def test_objective_sections_reject_unknown_options_in_one_line():
+    with pytest.raises(ConfigError, match="diffusion.parameterization") as info:
         _config(parameterization="sedd")
-    with pytest.raises(ValueError, match="corrector.input"):
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="corrector.input"):
         _config(corrector_input="visible")

@@ -7,7 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proseco_jax.schedules import SCHEDULES, Schedule
+from proseco_jax.config_base import Diffusion
+from proseco_jax.configlib import ConfigError
+from proseco_jax.schedules import SCHEDULES
+from proseco_jax.schedules import Schedule as _Schedule
+
+_FIELDS = {"kind": "schedule", "eps": "schedule_eps", "power": "poly_power"}
+
+
+def Schedule(**fields) -> _Schedule:  # noqa: N802 - reads like the class it builds
+    """The schedule of a diffusion section given in the schedule's own words (kind, eps, power)."""
+    return _Schedule(Diffusion(**{_FIELDS.get(k, k): v for k, v in fields.items()}))
 
 # Interior grid: away from t = 0, where w(t) ~ 1/t is ill-conditioned in float32.
 INTERIOR = np.linspace(0.05, 0.95, 19, dtype=np.float32)
@@ -17,16 +27,16 @@ def _schedule(kind: str) -> Schedule:
     return Schedule(kind=kind)
 
 
-def _reference_alpha(schedule: Schedule, t: np.ndarray) -> np.ndarray:
+def _reference_alpha(schedule: _Schedule, t: np.ndarray) -> np.ndarray:
     """alpha(t) in float64 from the closed forms documented on `Schedule`."""
     t, eps = np.asarray(t, np.float64), schedule.eps
     if schedule.kind == "loglinear":
         return 1.0 - (1.0 - eps) * t
     if schedule.kind == "linear":
-        return np.exp(-(schedule.sigma_min + t * (schedule.sigma_max - schedule.sigma_min)))
+        return np.exp(-(schedule.diffusion.sigma_min + t * (schedule.diffusion.sigma_max - schedule.diffusion.sigma_min)))
     if schedule.kind == "cosine":
         return eps + (1.0 - eps) * np.cos(0.5 * np.pi * t)
-    return 1.0 - (1.0 - eps) * t**schedule.power
+    return 1.0 - (1.0 - eps) * t**schedule.diffusion.poly_power
 
 
 def _alpha_grad(schedule: Schedule, t: np.ndarray) -> np.ndarray:
@@ -156,6 +166,7 @@ def test_schedule_works_on_arrays_of_any_shape():
         assert schedule.dsigma(t).shape == (2, 3)
 
 
-def test_unknown_schedule_kind_raises_value_error():
-    with pytest.raises(ValueError, match="unknown schedule"):
+def test_unknown_schedule_kind_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match="diffusion.schedule must be one of") as info:
         Schedule(kind="sqrt")
+    assert "\n" not in str(info.value)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from proseco_jax import config_base, diffusion, schedules, sharding, train
+from proseco_jax import config_base, diffusion, sharding, train
 from proseco_jax.errors import UsageError
 
 VOCAB, LENGTH, BATCH = 15, 16, 8
@@ -251,33 +251,32 @@ def test_micro_batches_keep_the_params_structure_and_give_finite_loss(base, micr
     assert max(jax.tree.leaves(moved)) > 1e-4
 
 
-def test_micro_batch_loss_is_the_mean_of_each_micro_batch_loss(base, micro):
-    """Micro-batch i takes rows i::M and the key fold_in(rng, i); the step reports their mean loss."""
-    compiled, _, metrics = micro
-    config = base["config"]
-    model = compiled.model
-    loss_cfg = diffusion.LossConfig.from_config(config, schedules.from_config(config.diffusion))
-    params = base["init"].params
-    tokens, rng = _tokens(), jax.random.key(100)
-
-    def micro_loss(rows, key):
-        apply_fn = train.make_apply_fn(model, params, train=True)
-        return diffusion.proseco_loss(apply_fn, rows, key, jnp.asarray(0), loss_cfg)
-
-    rows = [jnp.asarray(tokens[i::2]) for i in range(2)]
-    micro_loss = jax.jit(micro_loss)
-    parts = [micro_loss(rows[i], jax.random.fold_in(rng, i)) for i in range(2)]
-    expected_loss = np.mean([float(loss) for loss, _ in parts])
-    np.testing.assert_allclose(metrics[0]["loss"], expected_loss, rtol=1e-5)
-    expected_mdm = np.mean([float(mets["mdm_loss"]) for _, mets in parts])
-    np.testing.assert_allclose(metrics[0]["mdm_loss"], expected_mdm, rtol=1e-5)
-    # Not compared with micro_batches=1: each micro-batch draws its own times and masks, and with
-    # B/M = 4 rows and w(t) = 1/t the one-sample loss varies by tens of percent between draws.
+def test_micro_batch_accumulation_equals_the_full_batch_loss_and_gradient(base, micro):
+    """Times and masks are drawn for the global batch and split, so M = 2 and M = 1 agree to rounding."""
+    config = config_base.resolve(base["config"])
+    placed = base["compiled"].placed
+    objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id)
+    params = jax.tree.map(jnp.asarray, base["init"].params)
+    tokens, rng = jnp.asarray(_tokens()), jax.random.key(100)
+    results = {}
+    for m in (1, 2):
+        fn = jax.jit(lambda p, x, k, m=m: train.loss_and_grads(
+            p, x, k, jnp.asarray(0), apply_fn=placed.apply_fn, objective=objective, micro_batches=m))
+        results[m] = fn(params, tokens, rng)
+    (loss1, metrics1), grads1 = results[1]
+    (loss2, metrics2), grads2 = results[2]
+    np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-5)
+    for key in ("mdm_loss", "corrector_loss"):
+        np.testing.assert_allclose(float(metrics2[key]), float(metrics1[key]), rtol=1e-5, err_msg=key)
+    _assert_trees_close(grads2, grads1, atol=1e-5)
+    # The compiled step with micro_batches=2 reports this same loss for its first step.
+    np.testing.assert_allclose(micro[2][0]["loss"], float(loss1), rtol=1e-5)
+    np.testing.assert_allclose(base["metrics"][0]["loss"], float(loss1), rtol=1e-5)
 
 
 def test_remat_gives_the_same_loss_and_params_as_no_remat(base, sharded):
     """The sharded run has remat on and the 1-device run off (see the `sharded` fixture)."""
-    assert sharded["compiled"].model.cfg.remat and not base["compiled"].model.cfg.remat
+    assert sharded["compiled"].placed.model.cfg.remat and not base["compiled"].placed.model.cfg.remat
     for key in ("loss", "mdm_loss", "corrector_loss", "grad_norm"):
         np.testing.assert_allclose(sharded["metrics"][0][key], base["metrics"][0][key], rtol=1e-5,
                                    err_msg=key)
@@ -300,43 +299,42 @@ def test_bfloat16_compute_gives_a_finite_loss_close_to_float32(base):
 # ------------------------------------------------------------------------------------ config checks
 
 
-def test_check_config_accepts_the_tiny_config_on_a_full_mesh():
+def _check(config, mesh=None):
+    """Resolves the config (its own checks) and checks it against the mesh, as train_and_evaluate does."""
+    typed = config_base.resolve(config)
+    train.check_mesh(typed, mesh if mesh is not None else one_device_mesh(config))
+
+
+def test_check_mesh_accepts_the_tiny_config_on_a_full_mesh():
     config = tiny_config(data=2, fsdp=2, tensor=2)
-    train.check_config(config, sharding.make_mesh(config.mesh))
+    _check(config, sharding.make_mesh(config.mesh))
 
 
-def test_check_config_rejects_a_batch_not_divisible_by_the_data_parallel_size():
+def test_check_mesh_rejects_a_batch_not_divisible_by_the_data_parallel_size():
     config = tiny_config(data=4, fsdp=2, tensor=1)
     mesh = sharding.make_mesh(config.mesh)
     config.train.batch_size = 12
     with pytest.raises(UsageError, match="data-parallel"):
-        train.check_config(config, mesh)
+        _check(config, mesh)
     config.train.batch_size = 8
     config.train.micro_batches = 2  # 8 rows over 8 data-parallel devices leaves none for a 2nd micro-batch
     with pytest.raises(UsageError, match="micro_batches"):
-        train.check_config(config, mesh)
+        _check(config, mesh)
 
 
-def test_check_config_rejects_a_sequence_longer_than_the_model():
+def test_config_rejects_a_sequence_longer_than_the_model():
     config = tiny_config()
     config.data.length = LENGTH + 1
-    with pytest.raises(UsageError, match="max_length"):
-        train.check_config(config, one_device_mesh(config))
+    with pytest.raises(UsageError, match="max_length") as info:
+        _check(config)
+    assert "\n" not in str(info.value)
 
 
-def test_check_config_rejects_heads_not_divisible_by_the_tensor_axis():
+def test_check_mesh_rejects_heads_not_divisible_by_the_tensor_axis():
     config = tiny_config(data=2, fsdp=1, tensor=4)
     config.model.hidden_size, config.model.num_heads = 48, 6
     with pytest.raises(UsageError, match="num_heads"):
-        train.check_config(config, sharding.make_mesh(config.mesh))
-
-
-def test_usage_error_messages_are_one_line():
-    config = tiny_config()
-    config.data.length = LENGTH + 1
-    with pytest.raises(UsageError) as info:
-        train.check_config(config, one_device_mesh(config))
-    assert "\n" not in str(info.value)
+        _check(config, sharding.make_mesh(config.mesh))
 
 
 # ---------------------------------------------------------------------------------------------- mesh

@@ -15,56 +15,82 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from proseco_jax.configlib import ConfigError, Section, at_least, between, field, one_of
 from proseco_jax.models import layers
 
 
+# Size presets: (num_layers, hidden_size, num_heads, cond_dim). `small` is the paper's DiT-small.
+PRESETS = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=4, cond_dim=64),
+    "small": dict(num_layers=12, hidden_size=768, num_heads=12, cond_dim=128),
+    "medium": dict(num_layers=24, hidden_size=1024, num_heads=16, cond_dim=128),
+}
+# Width of the sinusoidal features of sigma that feed the time-embedding MLP.
+TIME_FREQUENCY_DIM = 256
+DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
-    """Static shape and numerics of the denoiser (see `config.model` for each field's meaning)."""
+class DiTConfig(Section):
+    """The `model` section of the DiT family: shape and numerics of the denoiser."""
 
-    vocab_size: int  # Model vocabulary, [MASK] included.
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    cond_dim: int
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-    max_length: int = 1024
-    vocab_multiple: int = 8
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: bool = False
+    NAME = "model"
+    name: str = field("dit", "Model family (models/registry.py); this section holds the DiT's fields.",
+                      one_of("dit"))
+    preset: str = field("tiny", "Size preset the four shape fields below were filled from (tiny, small, "
+                        "medium).", one_of(*PRESETS))
+    num_layers: int = field(2, "DiT blocks.", at_least(1))
+    hidden_size: int = field(128, "Residual width d.", at_least(2))
+    num_heads: int = field(4, "Attention heads (d must split into heads of even width).", at_least(1))
+    cond_dim: int = field(64, "Width of the time embedding feeding adaLN.", at_least(1))
+    mlp_ratio: int = field(4, "MLP hidden width = mlp_ratio * d.", at_least(1))
+    dropout: float = field(0.0, "Dropout on attention and MLP outputs (MDLM uses 0.1 on OpenWebText).",
+                           between(0, 1, open_high=True))
+    time_conditioning: bool = field(False, "False feeds sigma = 0 to adaLN, as in the paper's runs.")
+    max_length: int = field(64, "Longest sequence the model accepts (rotary tables are built up to it).",
+                            at_least(1))
+    vocab_multiple: int = field(8, "Embedding/output tables are padded to a multiple of this (tensor "
+                                "sharding).", at_least(1))
+    dtype: str = field("float32", "Compute dtype of matmuls: 'float32' or 'bfloat16'. Norms and softmax "
+                       "stay fp32.", one_of(*DTYPES))
+    param_dtype: str = field("float32", "Storage dtype of parameters.", one_of(*DTYPES))
+    remat: bool = field(False, "Rematerialise each block in the backward pass (saves memory, costs "
+                        "compute).")
 
-    @property
-    def padded_vocab_size(self) -> int:
+    def validate(self):
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(f"model.hidden_size={self.hidden_size} must split into "
+                              f"model.num_heads={self.num_heads} heads of even width")
+
+    def padded_vocab_size(self, vocab_size: int) -> int:
+        """vocab_size rounded up to a multiple of vocab_multiple."""
         m = self.vocab_multiple
-        return -(-self.vocab_size // m) * m
+        return -(-vocab_size // m) * m
 
-    @classmethod
-    def from_config(cls, config) -> DiTConfig:
-        """Builds the model config from the top-level config (data + model sections)."""
-        m = config.model
-        return cls(
-            vocab_size=config.data.vocab_size + 1,
-            num_layers=m.num_layers,
-            hidden_size=m.hidden_size,
-            num_heads=m.num_heads,
-            cond_dim=m.cond_dim,
-            mlp_ratio=m.mlp_ratio,
-            dropout=m.dropout,
-            max_length=m.max_length,
-            vocab_multiple=m.vocab_multiple,
-            dtype=m.dtype,
-            param_dtype=m.param_dtype,
-            remat=m.remat,
-        )
+
+def forward_flops(cfg: DiTConfig, vocab_size: int, length: int) -> float:
+    """Matmul FLOPs of one forward pass of one sequence of `length` tokens.
+
+    With d = hidden, r = mlp_ratio, c = cond_dim, V = padded vocabulary, L = length, N = layers:
+        per token:    N * [2 * (4 d^2 + 2 r d^2)   (q, k, v, out; MLP in and out)
+                           + 2 * 2 * L * d]        (scores q k^T and the weighted sum of v)
+                      + 2 * d * V                  (output layer)
+        per sequence: N * 2 * c * 6 d + 2 * c * 2 d (adaLN of the blocks and of the final layer)
+                      + 2 * (F c + c^2)            (time embedding MLP, F sinusoidal features)
+    The embedding lookup, norms and softmax are not matmuls and are not counted.
+    """
+    d, r, c, n = cfg.hidden_size, cfg.mlp_ratio, cfg.cond_dim, cfg.num_layers
+    vocab = cfg.padded_vocab_size(vocab_size)
+    per_token = n * (2 * (4 * d * d + 2 * r * d * d) + 2 * 2 * length * d) + 2 * d * vocab
+    per_sequence = n * 2 * c * 6 * d + 2 * c * 2 * d + 2 * (TIME_FREQUENCY_DIM * c + c * c)
+    return float(length * per_token + per_sequence)
 
 
 class TimeEmbedding(nn.Module):
     """sigma [B] -> SiLU(MLP(sinusoidal(sigma))) [B, cond_dim]."""
 
     cfg: DiTConfig
-    frequency_dim: int = 256
+    frequency_dim: int = TIME_FREQUENCY_DIM
 
     @nn.compact
     def __call__(self, sigma: jax.Array) -> jax.Array:
@@ -137,9 +163,13 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Denoiser: tokens [B, L] int32, sigma [B] -> logits [B, L, vocab_size] float32."""
+    """Denoiser: tokens [B, L] int32, sigma [B] -> logits [B, L, vocab_size] float32.
+
+    vocab_size is the model's vocabulary, [MASK] included.
+    """
 
     cfg: DiTConfig
+    vocab_size: int
 
     @nn.compact
     def __call__(self, tokens: jax.Array, sigma: jax.Array, *, train: bool = False) -> jax.Array:
@@ -149,7 +179,7 @@ class DiT(nn.Module):
         embed = self.param(
             "embedding",
             nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
-            (cfg.padded_vocab_size, cfg.hidden_size),
+            (cfg.padded_vocab_size(self.vocab_size), cfg.hidden_size),
             pdt,
         )
         # FSDP-style: gather the table's width before the lookup, so the rows come out batch-sharded.
@@ -175,7 +205,7 @@ class DiT(nn.Module):
         mod = nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
         y = layers.modulate(layers.LayerNorm(pdt, name="final_norm")(x), mod[:, 0], mod[:, 1])
         logits = layers.dense(
-            cfg.padded_vocab_size,
+            cfg.padded_vocab_size(self.vocab_size),
             ("embed", "vocab"),
             dtype=jnp.dtype(cfg.dtype),
             param_dtype=pdt,
@@ -184,4 +214,4 @@ class DiT(nn.Module):
             name="output",
         )(y.astype(jnp.dtype(cfg.dtype)))
         logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
-        return logits[..., : cfg.vocab_size]
+        return logits[..., : self.vocab_size]

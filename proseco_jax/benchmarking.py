@@ -1,0 +1,233 @@
+"""Timing on a shared machine: programs compared side by side in one run, never against stored figures.
+
+`time_programs` compiles each program once (the first call, reported as its compile time), warms each up,
+then alternates timed calls between the programs so that a busy spell of the machine slows them alike, and
+reports the median of each. `CpuMeter` records how many cores other processes kept busy meanwhile; MFU is a
+model's matmul FLOP/s over XLA's fp32 matmul rate measured in the same run. Two benchmarks use it: the
+ProSeCo train step against an MDLM-only step (`bench_train_step`), and the on-device scan sampler against a
+Python loop over the same jitted step (`bench_sample`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proseco_jax import sampling, schedules, sharding, train
+from proseco_jax.config_base import Config
+from proseco_jax.models import registry
+from proseco_jax.state import ModelOnMesh
+
+MATMUL_SIZE = 2048
+
+
+class CpuMeter:
+    """Cores kept busy by other processes while timing (from /proc/stat, minus this process's CPU)."""
+
+    def __init__(self):
+        self.other_sec = self.wall_sec = 0.0
+        self._start = None
+
+    @staticmethod
+    def _read() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            # user nice system idle iowait irq softirq steal (guest time is already in user).
+            fields = [float(v) for v in f.readline().split()[1:9]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # Steal counts as busy.
+        return busy, time.process_time(), time.perf_counter()
+
+    def __enter__(self):
+        try:
+            self._start = self._read()
+        except (OSError, ValueError, IndexError):
+            self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._start is not None:
+            busy, own, wall = (b - a for a, b in zip(self._start, self._read()))
+            self.other_sec += max(busy - own, 0.0)
+            self.wall_sec += wall
+
+    @property
+    def other_cores_busy(self) -> float | None:
+        return round(self.other_sec / self.wall_sec, 2) if self.wall_sec > 0 else None
+
+
+def timed(fn: Callable[..., Any], *args) -> tuple[float, Any]:
+    """(seconds, result) of fn(*args), waiting until every array of the result is computed."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start, out
+
+
+@dataclasses.dataclass
+class Timings:
+    """What `time_programs` measured, per program name."""
+
+    compile_sec: dict[str, float]
+    median_sec: dict[str, float]
+    min_sec: dict[str, float]
+    outputs: dict[str, Any]  # The last output of each program.
+    other_cores_busy: float | None
+
+
+def time_programs(programs: dict[str, Callable[[Any, int], Any]], state: dict[str, Any], *, steps: int,
+                  warmup: int) -> Timings:
+    """Times `program(state, i) -> (state, output)` for each named program, alternating between them.
+
+    Call 0 compiles (timed as compile_sec), calls 1..warmup are untimed, the next `steps` are timed.
+    """
+    compile_sec, outputs = {}, {}
+    for name, fn in programs.items():
+        compile_sec[name], (state[name], outputs[name]) = timed(fn, state[name], 0)
+    for i in range(1, 1 + warmup):
+        for name, fn in programs.items():
+            state[name], outputs[name] = jax.block_until_ready(fn(state[name], i))
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    meter = CpuMeter()
+    for i in range(1 + warmup, 1 + warmup + steps):
+        for name, fn in programs.items():
+            with meter:
+                sec, (state[name], outputs[name]) = timed(fn, state[name], i)
+            times[name].append(sec)
+    return Timings(compile_sec, {n: statistics.median(t) for n, t in times.items()},
+                   {n: min(t) for n, t in times.items()}, outputs, meter.other_cores_busy)
+
+
+def matmul_flops_per_sec(runs: int = 5, warmup: int = 2) -> float:
+    """Best FLOP/s of a jitted fp32 (2048 x 2048) @ (2048 x 2048) over `runs` timed calls."""
+    a, b = (jax.random.normal(k, (MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
+            for k in jax.random.split(jax.random.key(0), 2))
+    dot = jax.jit(jnp.dot)
+    for _ in range(warmup):
+        timed(dot, a, b)
+    best = min(timed(dot, a, b)[0] for _ in range(runs))
+    return 2.0 * MATMUL_SIZE**3 / best
+
+
+def train_step_flops(config: Config, passes: int) -> float:
+    """Matmul FLOPs of one train step: forward + backward (3x forward) of `passes` backbone passes (2 for
+    ProSeCo, 1 for MDLM) over the global batch; the model family counts its own forward FLOPs."""
+    per_sequence = registry.forward_flops(config.model, config.mask_id + 1, config.data.length)
+    return 3.0 * passes * config.train.batch_size * per_sequence
+
+
+def bench_train_step(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
+    """ProSeCo (corrector on from step 0) and MDLM-only (corrector off) train steps from the same initial
+    state on one fixed random batch (no data pipeline): figures keyed by program."""
+    programs_cfg = {
+        "proseco": config.replace(corrector=config.corrector.replace(enabled=True, start_step=0)),
+        "mdlm": config.replace(corrector=config.corrector.replace(enabled=False)),
+    }
+    batch, length = config.train.batch_size, config.data.length
+    data_key, init_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
+    tokens = jax.device_put(jax.random.randint(data_key, (batch, length), 0, config.data.vocab_size),
+                            sharding.batch_sharding(mesh))
+    programs, states, initial = {}, {}, None
+    for name, cfg in programs_cfg.items():
+        compiled = train.build(cfg, mesh)
+        initial = jax.block_until_ready(compiled.init(init_key) if initial is None else initial)
+        states[name] = jax.tree.map(jnp.copy, initial)  # A step donates its state: each program its own.
+        programs[name] = (lambda step: lambda st, i: step(st, tokens, jax.random.fold_in(step_key, i)))(
+            compiled.step)
+    del initial
+    timings = time_programs(programs, states, steps=steps, warmup=warmup)
+    flops = {name: train_step_flops(cfg, 2 if name == "proseco" else 1) for name, cfg in programs_cfg.items()}
+    sec = timings.median_sec
+    return {
+        "proseco_tokens_per_sec": batch * length / sec["proseco"],
+        "mdlm_tokens_per_sec": batch * length / sec["mdlm"],
+        "proseco_over_mdlm_time": sec["proseco"] / sec["mdlm"],
+        "model_gflops_per_sec": flops["proseco"] / sec["proseco"] / 1e9,
+        "mdlm_model_gflops_per_sec": flops["mdlm"] / sec["mdlm"] / 1e9,
+        "model_gflops_per_step": flops["proseco"] / 1e9,
+        "mdlm_model_gflops_per_step": flops["mdlm"] / 1e9,
+        "proseco_step_sec": sec["proseco"],
+        "mdlm_step_sec": sec["mdlm"],
+        "proseco_step_sec_min": timings.min_sec["proseco"],
+        "mdlm_step_sec_min": timings.min_sec["mdlm"],
+        "compile_sec": timings.compile_sec["proseco"],
+        "mdlm_compile_sec": timings.compile_sec["mdlm"],
+        "other_cores_busy": timings.other_cores_busy,
+    }
+
+
+def random_params(placed: ModelOnMesh, key: jax.Array, scale: float = 0.05) -> Any:
+    """Initial parameters plus Gaussian noise: the zero-initialised adaLN and output layers of a fresh DiT
+    would make every prediction uniform, so the corrector would stop after one call and NFE would not be
+    that of a trained model."""
+    params = placed.init_params(key)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
+    """The on-device scan sampler against a Python loop over the same jitted step, same model (random
+    weights), settings (`config.sampling`) and batch; each timed unit is one sampling run."""
+    placed = ModelOnMesh.create(config, mesh)
+    params = random_params(placed, jax.random.key(config.seed))
+    settings = config.sampler_settings
+    batch = settings.batch_size
+    keys = jax.random.split(jax.random.key(config.seed + 1), 1 + warmup + steps)
+    kwargs = dict(schedule=schedules.Schedule(config.diffusion), mask_id=config.mask_id, batch_size=batch,
+                  length=config.data.length, mesh=mesh)
+
+    def program(fn):
+        run = placed.under_mesh(fn)
+        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], **kwargs))
+
+    timings = time_programs({"scan": program(sampling.sample), "hostloop": program(sampling.sample_hostloop)},
+                            {"scan": None, "hostloop": None}, steps=steps, warmup=warmup)
+    out, sec = timings.outputs["scan"], timings.median_sec
+    calls = int(out.model_calls)
+    forward = train_step_flops(config.replace(train=config.train.replace(batch_size=batch)), passes=1) / 3.0
+    return {
+        "scan_samples_per_sec": batch / sec["scan"],
+        "hostloop_samples_per_sec": batch / sec["hostloop"],
+        "scan_over_hostloop": sec["hostloop"] / sec["scan"],
+        "compile_sec": timings.compile_sec["scan"],
+        "hostloop_compile_sec": timings.compile_sec["hostloop"],
+        "scan_run_sec": sec["scan"],
+        "hostloop_run_sec": sec["hostloop"],
+        "nfe": float(np.mean(np.asarray(out.nfe))),
+        "predictor_nfe": float(np.mean(np.asarray(out.predictor_nfe))),
+        "corrector_nfe": float(np.mean(np.asarray(out.corrector_nfe))),
+        "model_calls": calls,
+        "hostloop_model_calls": int(timings.outputs["hostloop"].model_calls),
+        "scan_sec_per_model_call": sec["scan"] / max(calls, 1),
+        "model_gflops_per_sec": forward * calls / sec["scan"] / 1e9,
+        "sampler": settings.sampler,
+        "sampling_steps": settings.steps,
+        "corrector_steps": settings.num_corrector_steps,
+        "corrector_every": settings.corrector_every,
+        "sample_batch": batch,
+        "other_cores_busy": timings.other_cores_busy,
+    }
+
+
+BENCHMARKS = {"train_step": bench_train_step, "sample": bench_sample}
+
+
+def run(what: str, config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
+    """One benchmark with the machine's matmul rate measured before and after it, and MFU figures."""
+    matmul_before = matmul_flops_per_sec()
+    figures = BENCHMARKS[what](config, mesh, steps=steps, warmup=warmup)
+    # The best of both measurements is the machine's rate; a busy spell only lowers it.
+    matmul_gflops = max(matmul_before, matmul_flops_per_sec()) / 1e9
+    mfu = {key.removesuffix("model_gflops_per_sec") + "mfu": value / matmul_gflops
+           for key, value in figures.items() if key.endswith("model_gflops_per_sec")}
+    return {"what": what, **figures, **mfu, "matmul_gflops": matmul_gflops, "devices": mesh.devices.size,
+            "mesh": dict(mesh.shape), "platform": jax.devices()[0].platform, "jax_version": jax.__version__,
+            "load_avg_1min": os.getloadavg()[0]}
+
