@@ -75,7 +75,7 @@ def main(argv):
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
-    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}), flush=True)
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

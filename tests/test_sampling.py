@@ -3,27 +3,17 @@
 Two fakes: `table_model`, whose logits come from a fixed random table indexed by position and the left,
 right and own tokens (so the corrector has something to fix), and `stable_model`, whose argmax is a fixed
 function of the position with near-one-hot probabilities (so every draw is predictable and the corrector
-reaches its fixed point after one call). Runs are module-scoped fixtures so each program compiles once.
+reaches its fixed point after one call). Both take the one calling convention (params, tokens, sigma) and
+ignore params. Runs are module-scoped fixtures so each program compiles once.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from proseco_jax.config_base import get_config
-from proseco_jax.sampling import (
-    PRESETS,
-    SamplerSettings,
-    ops,
-    sample,
-    sample_hostloop,
-    sample_sharded,
-    settings_from_config,
-)
+from proseco_jax.config_base import Sampling
+from proseco_jax.sampling import hostloop, ops, sample, sample_hostloop
 from proseco_jax.sampling.corrector import Corrector
 from proseco_jax.sampling.loop import _sample_jit
 from proseco_jax.sampling.unmasking import ConfidenceOrdered, StepContext
@@ -36,8 +26,8 @@ RNG = jax.random.PRNGKey(0)
 _TABLE = jnp.asarray(np.random.default_rng(0).normal(size=(3, L, V + 1, V + 1)).astype(np.float32) * 2.0)
 
 
-def table_model(tokens, sigma):
-    del sigma
+def table_model(params, tokens, sigma):
+    del params, sigma
     left = jnp.pad(tokens, ((0, 0), (1, 0)), constant_values=MASK)[:, :-1]
     right = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=MASK)[:, 1:]
     position = jnp.arange(tokens.shape[1])
@@ -54,9 +44,9 @@ def _count_call():
 STABLE_TARGET = (np.arange(L) * 3) % V
 
 
-def stable_model(tokens, sigma):
+def stable_model(params, tokens, sigma):
     """Counts its executions; p(STABLE_TARGET[l]) = 1 - O(e^-1000) at every position l, whatever the input."""
-    del sigma
+    del params, sigma
     jax.debug.callback(_count_call)
     logits = 1e3 * jax.nn.one_hot(jnp.asarray(STABLE_TARGET), V + 1)
     return jnp.broadcast_to(logits, tokens.shape + (V + 1,))
@@ -80,14 +70,15 @@ INFILL_KEEP[:, [7, 12]] = True
 INFILL_KEEP[::2, 14] = True
 INFILL_TOKENS = np.where(INFILL_KEEP, (np.arange(B)[:, None] + np.arange(L)[None]) % V, MASK).astype(np.int32)
 # The conditioned run uses the top_k rule (the argmax rule is exercised by the NFE and block tests).
-PROSECO = SamplerSettings(sampler="proseco", steps=8, corrector_steps=2, corrector_rule="top_k",
-                          corrector_top_k=2)
+PROSECO = Sampling(sampler="proseco", steps=8, corrector_steps=2, corrector_rule="top_k", corrector_top_k=2)
+CONDITIONS = dict(prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
 
 
-def run(settings, model=table_model, **kwargs):
+def run(settings, model=table_model, params=None, sampler=sample, **kwargs):
     kwargs.setdefault("batch_size", B)
     kwargs.setdefault("length", L)
-    return sample(model, settings, SCHEDULE, RNG, mask_id=MASK, return_history=True, **kwargs)
+    return sampler(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True,
+                   **kwargs)
 
 
 def changed_rows(history, start):
@@ -99,24 +90,23 @@ def changed_rows(history, start):
 @pytest.fixture(scope="module")
 def conditioned():
     """ProSeCo with a prompt and infill positions: the run several tests inspect."""
-    return run(PROSECO, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
+    return run(PROSECO, **CONDITIONS)
 
 
 @pytest.fixture(scope="module")
 def mdlm():
-    return run(SamplerSettings(sampler="mdlm", steps=8))
+    return run(Sampling(sampler="mdlm", steps=8))
 
 
 def test_proseco_with_zero_corrector_steps_equals_mdlm_bit_for_bit(mdlm):
-    out = run(dataclasses.replace(PROSECO, corrector_steps=0))
+    out = run(PROSECO.replace(corrector_steps=0))
     np.testing.assert_array_equal(out.tokens, mdlm.tokens)
     np.testing.assert_array_equal(out.predictor_nfe, mdlm.predictor_nfe)
     assert int(out.corrector_nfe.sum()) == 0
 
 
 def test_remdm_with_zero_eta_equals_mdlm_bit_for_bit(mdlm):
-    settings = SamplerSettings(sampler="remdm", steps=8, corrector_steps=0, remdm_strategy="cap",
-                               remdm_eta=0.0)
+    settings = Sampling(sampler="remdm", steps=8, corrector_steps=0, remdm_strategy="cap", remdm_eta=0.0)
     out = run(settings)
     np.testing.assert_array_equal(out.tokens, mdlm.tokens)
     np.testing.assert_array_equal(out.nfe, mdlm.nfe)
@@ -124,8 +114,8 @@ def test_remdm_with_zero_eta_equals_mdlm_bit_for_bit(mdlm):
 
 @pytest.mark.parametrize("strategy,eta", [("rescale", 0.9), ("conf", 0.0), ("loop", 0.5)])
 def test_remdm_remasks_decoded_tokens_and_leaves_no_mask(strategy, eta):
-    settings = SamplerSettings(sampler="remdm", steps=16, corrector_steps=0, remdm_strategy=strategy,
-                               remdm_eta=eta, remdm_t_on=0.7, remdm_t_off=0.2, remdm_alpha_on=0.5)
+    settings = Sampling(sampler="remdm", steps=16, corrector_steps=0, remdm_strategy=strategy, remdm_eta=eta,
+                        remdm_t_on=0.7, remdm_t_off=0.2, remdm_alpha_on=0.5)
     out = run(settings)
     history = np.asarray(out.history)
     remasked = (history[:-1] != MASK) & (history[1:] == MASK)
@@ -148,21 +138,25 @@ def test_corrector_changes_decoded_tokens_but_never_prompt_or_infill_and_top_k_b
     assert not (np.asarray(conditioned.tokens) == MASK).any()
 
 
-def test_sharded_sampling_on_eight_devices_equals_one_device(conditioned):
+@pytest.mark.parametrize("shape,axes", [((8,), ("data",)), ((2, 2, 2), ("data", "fsdp", "tensor"))])
+def test_sampling_on_a_mesh_of_eight_devices_equals_sampling_without_one(conditioned, shape, axes):
     assert jax.device_count() == 8
-    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"),
-                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    out = sample_sharded(table_model, PROSECO, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK, mesh=mesh,
-                         prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(shape), axes,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+    out = run(PROSECO, mesh=mesh, **CONDITIONS)
     assert len(out.tokens.sharding.device_set) == 8 and not out.tokens.sharding.is_fully_replicated
     np.testing.assert_array_equal(out.tokens, conditioned.tokens)
     np.testing.assert_array_equal(out.nfe, conditioned.nfe)
     np.testing.assert_array_equal(out.history, conditioned.history)
 
 
-def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan(conditioned):
-    out = sample_hostloop(table_model, PROSECO, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK,
-                          prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan_for_proseco_with_s2(conditioned):
+    assert PROSECO.sampler == "proseco" and PROSECO.corrector_steps == 2
+    compiled = hostloop._step_jit._cache_size()
+    out = run(PROSECO, sampler=sample_hostloop, **CONDITIONS)
+    assert hostloop._step_jit._cache_size() <= compiled + 1, "the host loop's step compiled more than once"
+    assert int(conditioned.corrector_nfe.min()) > 0, "the corrector never ran: the test proves little"
+    np.testing.assert_array_equal(out.tokens, conditioned.tokens)
     np.testing.assert_array_equal(out.history, conditioned.history)
     np.testing.assert_array_equal(out.predictor_nfe, conditioned.predictor_nfe)
     np.testing.assert_array_equal(out.corrector_nfe, conditioned.corrector_nfe)
@@ -171,18 +165,29 @@ def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan(conditioned):
 
 def test_second_call_reuses_the_compiled_program(conditioned):
     size = _sample_jit._cache_size()
-    again = run(PROSECO, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
-    other = sample(table_model, PROSECO, SCHEDULE, jax.random.PRNGKey(1), batch_size=B, length=L,
-                   mask_id=MASK, prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP), return_history=True)
+    again = run(PROSECO, **CONDITIONS)
+    other = sample(table_model, None, PROSECO, jax.random.PRNGKey(1), schedule=SCHEDULE, batch_size=B,
+                   length=L, mask_id=MASK, return_history=True, **CONDITIONS)
     assert _sample_jit._cache_size() == size
     np.testing.assert_array_equal(again.tokens, conditioned.tokens)
     assert (np.asarray(other.tokens) != np.asarray(conditioned.tokens)).any()
 
 
+def test_preset_and_empty_parameterization_resolve_to_the_same_program(conditioned):
+    # "fast" is (T, omega, S) = (8, 1, 2), PROSECO's; "" follows training ("subs" by default), and the
+    # section's batch_size is not the run's, so none of them may cost a compile or change a token.
+    settings = Sampling(preset="fast", steps=99, corrector_steps=0, corrector_rule="top_k", corrector_top_k=2,
+                        parameterization="", batch_size=3)
+    size = _sample_jit._cache_size()
+    out = run(settings, **CONDITIONS)
+    assert _sample_jit._cache_size() == size
+    np.testing.assert_array_equal(out.tokens, conditioned.tokens)
+    np.testing.assert_array_equal(out.nfe, conditioned.nfe)
+
+
 def test_nfe_counts_are_exact_and_cached_steps_are_free():
     # T = 24 > L = 16 steps, so some steps unmask nothing; the corrector runs after steps 4, 6, ..., 24.
-    settings = SamplerSettings(sampler="proseco", steps=24, corrector_steps=3, corrector_every=2,
-                               corrector_start=4)
+    settings = Sampling(sampler="proseco", steps=24, corrector_steps=3, corrector_every=2, corrector_start=4)
     _CALLS["n"] = 0
     out = run(settings, model=stable_model)
     jax.effects_barrier()
@@ -222,7 +227,7 @@ def test_top_k_rule_changes_exactly_the_k_most_confident_positions_per_iteration
 
 
 def test_confidence_sampler_commits_an_even_split_of_the_most_confident_tokens():
-    settings = SamplerSettings(sampler="confidence", steps=5, corrector_steps=1)
+    settings = Sampling(sampler="confidence", steps=5, corrector_steps=1)
     out = run(settings)
     history = np.asarray(out.history)
     masked = np.concatenate([np.full((1, B), L), (history == MASK).sum(-1)])
@@ -247,8 +252,7 @@ def test_confidence_sampler_commits_an_even_split_of_the_most_confident_tokens()
 
 def test_block_sampler_fills_blocks_in_order_and_stops_at_eos():
     length = BLOCK_PROMPT + 4 * BLOCK_LEN
-    settings = SamplerSettings(sampler="llada_block", steps=8, block_length=BLOCK_LEN, eos_id=EOS,
-                               corrector_steps=1)
+    settings = Sampling(sampler="llada_block", steps=8, block_length=BLOCK_LEN, eos_id=EOS, corrector_steps=1)
     out = run(settings, model=eos_model, length=length, prompt=np.array([3, 4], np.int32),
               params={"scale": jnp.float32(1e3)})
     history = np.asarray(out.history)
@@ -267,8 +271,8 @@ def test_block_sampler_fills_blocks_in_order_and_stops_at_eos():
 
 
 def test_float64_sampling_with_the_sample_rule_and_nucleus():
-    settings = SamplerSettings(sampler="proseco", steps=6, corrector_steps=3, corrector_rule="sample",
-                               corrector_prior="sample", nucleus_p=0.9, precision="float64")
+    settings = Sampling(sampler="proseco", steps=6, corrector_steps=3, corrector_rule="sample",
+                        corrector_prior="sample", nucleus_p=0.9, precision="float64")
     with jax.enable_x64(True):
         out = run(settings)
     tokens = np.asarray(out.tokens)
@@ -305,27 +309,6 @@ def test_nucleus_keeps_the_smallest_top_set_within_p_and_renormalises():
     np.testing.assert_allclose(top1, [[0.0, 1.0, 0.0, 0.0, 0.0]])
 
 
-def test_settings_from_the_base_config_match_its_sampling_section():
-    config = get_config()
-    settings = settings_from_config(config.sampling, parameterization=config.diffusion.parameterization)
-    for field in dataclasses.fields(SamplerSettings):
-        if field.name in config.sampling:
-            assert getattr(settings, field.name) == config.sampling[field.name], field.name
-
-
-def test_settings_from_config_applies_presets():
-    config = ml_collections.ConfigDict(dict(sampler="proseco", preset="fast", steps=99, corrector_steps=0,
-                                            corrector_every=5, nucleus_p=0.9))
-    settings = settings_from_config(config, parameterization="d3pm")
-    assert (settings.steps, settings.corrector_every, settings.corrector_steps) == PRESETS["fast"]
-    assert settings.nucleus_p == 0.9 and settings.parameterization == "d3pm"
-    config.preset = ""
-    assert settings_from_config(config).steps == 99
-    config.preset = "huge"
-    with pytest.raises(ValueError, match="preset"):
-        settings_from_config(config)
-
-
 @pytest.mark.parametrize("fields,match", [
     (dict(corrector_steps=-1), "corrector_steps"),
     (dict(steps=0), "steps"),
@@ -341,7 +324,7 @@ def test_settings_from_config_applies_presets():
 ])
 def test_bad_settings_raise_value_error(fields, match):
     with pytest.raises(ValueError, match=match):
-        SamplerSettings(**fields)
+        Sampling(**fields)
 
 
 BAD_INFILL_TOKENS = INFILL_TOKENS.copy()
@@ -355,22 +338,25 @@ BAD_INFILL_TOKENS[0, 7] = V  # the mask id is not a real token
     (PROSECO, dict(prompt=np.zeros((3, 2), np.int32)), "prompt must have shape"),
     (PROSECO, dict(infill=(BAD_INFILL_TOKENS, INFILL_KEEP)), "outside the real tokens"),
     (PROSECO, dict(infill=(INFILL_TOKENS[:, :4], INFILL_KEEP)), "infill tokens must have shape"),
-    (SamplerSettings(sampler="confidence", steps=L + 1), {}, "exceeds"),
-    (SamplerSettings(sampler="llada_block", steps=8, block_length=4), dict(prompt=np.array([1, 2, 3])),
+    (Sampling(sampler="confidence", steps=L + 1), {}, "exceeds"),
+    (Sampling(sampler="llada_block", steps=8, block_length=4), dict(prompt=np.array([1, 2, 3])),
      "must divide"),
-    (SamplerSettings(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
-    (SamplerSettings(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
-    (SamplerSettings(precision="float64"), {}, "x64"),
+    (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
+    (Sampling(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
+    (Sampling(precision="float64"), {}, "x64"),
 ])
 def test_bad_inputs_raise_value_error(settings, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sample(table_model, settings, SCHEDULE, RNG, batch_size=B, length=L, mask_id=MASK, **kwargs)
+        sample(table_model, None, settings, RNG, schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK,
+               **kwargs)
 
 
 def test_wrong_logit_shape_and_unshardable_batch_raise_value_error():
     with pytest.raises(ValueError, match="logits of shape"):
-        sample(lambda tokens, sigma: jnp.zeros(tokens.shape + (V,)), SamplerSettings(steps=2), SCHEDULE, RNG,
-               batch_size=B, length=L, mask_id=MASK)
+        sample(lambda params, tokens, sigma: jnp.zeros(tokens.shape + (V,)), None, Sampling(steps=2), RNG,
+               schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK)
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
-    with pytest.raises(ValueError, match="not divisible"):
-        sample_sharded(table_model, PROSECO, SCHEDULE, RNG, batch_size=4, length=L, mask_id=MASK, mesh=mesh)
+    for sampler in (sample, sample_hostloop):
+        with pytest.raises(ValueError, match="not divisible"):
+            sampler(table_model, None, PROSECO, RNG, schedule=SCHEDULE, batch_size=4, length=L, mask_id=MASK,
+                    mesh=mesh)

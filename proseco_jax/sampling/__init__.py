@@ -1,28 +1,19 @@
 """Sampling from masked diffusion LMs: MDLM, ProSeCo (unmask, then correct), ReMDM, confidence-ordered, LLaDA.
 
-`sample` runs one jitted `lax.scan`; `sample_sharded` shards its batch over a mesh; `sample_hostloop` is the
-same sampler driven from Python (a benchmark baseline). Settings come from `settings_from_config`.
+`sample(apply_fn, params, settings, rng, ...)` runs one jitted `lax.scan` of the sampler step, its batch
+sharded over a mesh when given one; `sample_hostloop` dispatches the same jitted step from a Python loop (a
+benchmark baseline). `settings` is the typed `config_base.Sampling` section; the model is always called as
+apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1].
 """
 
 from proseco_jax.sampling.hostloop import sample_hostloop
-from proseco_jax.sampling.loop import SampleOutput, SamplerState, sample, sample_sharded
-from proseco_jax.sampling.settings import (
-    PRESETS,
-    SAMPLERS,
-    SamplerSettings,
-    SamplingError,
-    settings_from_config,
-)
+from proseco_jax.sampling.loop import SampleOutput, SamplerState, sample
+from proseco_jax.sampling.settings import SamplingError
 
 __all__ = [
-    "PRESETS",
-    "SAMPLERS",
     "SampleOutput",
-    "SamplerSettings",
     "SamplerState",
     "SamplingError",
     "sample",
     "sample_hostloop",
-    "sample_sharded",
-    "settings_from_config",
 ]

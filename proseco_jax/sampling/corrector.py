@@ -8,7 +8,7 @@ too), then for j = 0 .. S-1
               where argmax c_j != y_j moved to the argmax ("top_k")
 stopping once y no longer changes (a deterministic rule has reached its fixed point). Decoded tokens of z
 take their value from y (masked positions stay masked) and c drives the next unmasking. This module holds
-the pure pieces; the loops (on device and host-driven) live in loop.py and hostloop.py.
+the pure pieces; the loop that drives them is `_correct` in loop.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from proseco_jax.sampling import ops
 
 @dataclasses.dataclass(frozen=True)
 class Corrector:
-    """The corrector's static options (see `SamplerSettings`)."""
+    """The corrector's static options (the corrector_* fields of `config_base.Sampling`)."""
 
     mask_id: int
     steps: int

@@ -1,16 +1,18 @@
-"""The sampler: one `lax.scan` over T steps of "predict, maybe correct, unmask", compiled once per setting.
+"""The sampler: one `lax.scan` over T steps of "predict, maybe correct, unmask", compiled once per plan.
 
 Per step i, with times = linspace(1, eps, T + 1), t = times[i] and s = times[i+1]:
     logp = log p_theta(. | z, sigma(t))    cached: the model runs only for samples whose z changed
     if S > 0 and (i+1) % omega == 0 and i+1 >= start:
         y = corrector fixed point from logp (corrector.py);  z = where(z != MASK, y, z);  logp = c
     z = unmask(z, logp)                     (unmasking.py: MDLM, ReMDM, confidence-ordered, LLaDA blocks)
-The batch runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean),
-and a sample whose input did not change keeps its cached log-probs, so every sample follows the trajectory
-it would follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor
-NFE per call on a changed z, one corrector NFE per call on a changed y (always for the first corrector
-iteration of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given
-`rng` and independent of how the batch is sharded (jax's partitionable threefry).
+`make_plan` validates the inputs and builds the unmasking and corrector strategies once from the settings;
+`sampler_step` is that one step, which the scan here and the Python loop of hostloop.py both run. The batch
+runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean), and a sample
+whose input did not change keeps its cached log-probs, so every sample follows the trajectory it would
+follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor NFE per
+call on a changed z, one corrector NFE per call on a changed y (always for the first corrector iteration
+of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given `rng`
+and independent of how the batch is sharded over a mesh (jax's partitionable threefry).
 """
 
 from __future__ import annotations
@@ -26,25 +28,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from proseco_jax.config_base import Sampling
 from proseco_jax.sampling import ops
 from proseco_jax.sampling.corrector import Corrector
-from proseco_jax.sampling.settings import SamplerSettings, SamplingError, check_inputs
-from proseco_jax.sampling.unmasking import (
-    ConfidenceOrdered,
-    Remasking,
-    StepContext,
-    stop_at_eos,
-)
+from proseco_jax.sampling.settings import SamplingError, check_inputs
+from proseco_jax.sampling.unmasking import ConfidenceOrdered, Remasking, StepContext, stop_at_eos
 from proseco_jax.schedules import Schedule
 
-# apply_fn(tokens int32 [B, L], sigma float32 [B]) -> logits float32 [B, L, V+1], or with `params`
-# given: apply_fn(params, tokens, sigma), so that parameters are jit arguments rather than constants.
-ApplyFn = Callable[..., jax.Array]
+# apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1]. params is a traced
+# argument of the compiled sampler; apply_fn is part of its cache key, so keep the same object across calls.
+ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+Unmasker = Remasking | ConfidenceOrdered
+
+# Mesh axes the batch is split over (those of them a mesh has); other axes (tensor) see the whole batch.
+BATCH_AXES = ("data", "fsdp")
 
 
 @flax.struct.dataclass
 class SamplerState:
-    """The scan carry."""
+    """The carry of one step."""
 
     tokens: jax.Array  # int32 [B, L]: z
     rng: jax.Array  # PRNG key, split once per step
@@ -69,56 +71,30 @@ class SampleOutput:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Static description of one run: settings, shapes and the strategies built from them."""
+    """Static description of one run (a jit cache key): resolved settings, shapes and the strategies."""
 
-    settings: SamplerSettings
+    settings: Sampling
     schedule: Schedule
     batch_size: int
     length: int
     mask_id: int
     prompt_len: int
+    unmasker: Unmasker
+    corrector: Corrector | None
+    block_length: int  # tokens per block; the whole generated region unless the block sampler splits it
+    eos_id: int  # a sample stops once a just-closed block ends in this id (-1: never)
+    batch_sharding: NamedSharding | None  # the batch split over a mesh's BATCH_AXES (None: unsharded)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return jnp.float64 if self.settings.precision == "float64" else jnp.float32
 
     @property
-    def block_length(self) -> int:
-        s = self.settings
-        return s.block_length if s.sampler == "llada_block" else self.length - self.prompt_len
-
-    @property
     def steps_per_block(self) -> int:
-        if not self.settings.confidence_ordered:
-            return self.settings.steps
         return self.settings.steps // ((self.length - self.prompt_len) // self.block_length)
 
-    @property
-    def stops_at_eos(self) -> bool:
-        return self.settings.sampler == "llada_block" and self.settings.eos_id >= 0
-
-    @property
-    def keep_visible(self) -> bool:
-        # Confidence-ordered samplers restore committed tokens in the corrector's start, as LLaDA does.
-        return self.settings.parameterization == "subs" or self.settings.confidence_ordered
-
-    def unmasker(self) -> Remasking | ConfidenceOrdered:
-        s = self.settings
-        if s.confidence_ordered:
-            return ConfidenceOrdered(self.mask_id, s.temperature, s.nucleus_p)
-        strategy = s.remdm_strategy if s.sampler == "remdm" else "none"
-        return Remasking(self.schedule, self.mask_id, strategy, s.remdm_eta, s.remdm_t_on, s.remdm_t_off,
-                         s.remdm_alpha_on, s.nucleus_p)
-
-    def corrector(self) -> Corrector | None:
-        s = self.settings
-        if s.num_corrector_steps == 0:
-            return None
-        return Corrector(self.mask_id, s.num_corrector_steps, s.corrector_rule, s.corrector_top_k,
-                         s.corrector_prior, s.nucleus_p, self.keep_visible)
-
     def times(self) -> np.ndarray:
-        """float32 [T + 1]; a host constant, so both loops index the same values."""
+        """float32 [T + 1]: a host constant, so every step indexes the same values."""
         return np.linspace(1.0, self.settings.eps, self.settings.steps + 1).astype(np.float32)
 
     def context(self, step: jax.Array | int) -> StepContext:
@@ -127,7 +103,7 @@ class Plan:
         times = jnp.asarray(self.times())
         per_block = self.steps_per_block
         in_block = step % per_block
-        run = (s.num_corrector_steps > 0) & ((in_block + 1) % s.corrector_every == 0)
+        run = (self.corrector is not None) & ((in_block + 1) % s.corrector_every == 0)
         return StepContext(
             step=step,
             t=times[step],
@@ -145,15 +121,12 @@ class Plan:
 
     def corrector_sigma(self, j: jax.Array | int) -> jax.Array:
         """float32 [B]: iteration j is conditioned on linspace(1, eps, S + 1)[j], as the reference does."""
-        taus = np.linspace(1.0, self.settings.eps, self.settings.num_corrector_steps + 1).astype(np.float32)
+        taus = np.linspace(1.0, self.settings.eps, self.corrector.steps + 1).astype(np.float32)
         return self.sigma(jnp.asarray(taus)[j])
 
     def movable(self, fixed: jax.Array, ctx: StepContext) -> jax.Array:
         """bool [B, L]: positions the corrector may change (LLaDA: the generated part up to this block)."""
         return ~fixed & (jnp.arange(self.length) < ctx.block_end)
-
-    def log_probs(self, logits: jax.Array) -> jax.Array:
-        return ops.model_log_probs(logits, self.mask_id, self.dtype)
 
     def initial(self, rng: jax.Array, prompt: jax.Array | None,
                 infill: tuple[jax.Array, jax.Array] | None) -> tuple[SamplerState, jax.Array]:
@@ -182,11 +155,6 @@ class Plan:
         )
         return state, fixed
 
-    def step_keys(self, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """(next rng, prior key, corrector key, unmasking key): the same split in both loops."""
-        rng, prior_key, corrector_key, unmask_key = jax.random.split(rng, 4)
-        return rng, prior_key, corrector_key, unmask_key
-
     def finish_step(self, state: SamplerState, before: jax.Array, after: jax.Array, conf: jax.Array,
                     ctx: StepContext) -> SamplerState:
         """Applies the unmasking result (active samples only), the cache flag and the end-of-sequence stop."""
@@ -194,40 +162,68 @@ class Plan:
         after = jnp.where(active[:, None], after, before)
         conf = jnp.where(active[:, None], conf, state.conf)
         valid = jnp.all(after == before, axis=-1)
-        if self.stops_at_eos:
-            after, active = stop_at_eos(after, active, ctx, self.settings.eos_id, self.mask_id)
+        if self.eos_id >= 0:
+            after, active = stop_at_eos(after, active, ctx, self.eos_id, self.mask_id)
         return state.replace(tokens=after, conf=conf, logp_valid=valid, active=active)
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelCall:
-    """Calls apply_fn (with or without params) and checks the logits' shape while tracing."""
+def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length: int, mask_id: int,
+              mesh: Mesh | None = None, prompt: Any = None, infill: Any = None) -> Plan:
+    """Validates the inputs (raising SamplingError, a ValueError), builds the strategies once and lays the
+    batch over the mesh's BATCH_AXES. This is the one place that turns `settings.sampler` into behaviour."""
+    s = settings.resolved()
+    blocked = s.sampler == "llada_block"
+    prompt_len = check_inputs(s, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
+                              infill=infill, block_length=s.block_length if blocked else None)
+    if s.confidence_ordered:
+        unmasker = ConfidenceOrdered(mask_id, s.temperature, s.nucleus_p)
+    else:
+        strategy = s.remdm_strategy if s.sampler == "remdm" else "none"
+        unmasker = Remasking(schedule, mask_id, strategy, s.remdm_eta, s.remdm_t_on, s.remdm_t_off,
+                             s.remdm_alpha_on, s.nucleus_p)
+    corrector = None
+    if s.num_corrector_steps > 0:
+        # Confidence-ordered samplers restore committed tokens in the corrector's start, as LLaDA does.
+        keep_visible = s.parameterization == "subs" or s.confidence_ordered
+        corrector = Corrector(mask_id, s.num_corrector_steps, s.corrector_rule, s.corrector_top_k,
+                              s.corrector_prior, s.nucleus_p, keep_visible)
+    return Plan(
+        # The batch size is the argument's; the section's own would only split the compilation cache.
+        settings=s.replace(batch_size=int(batch_size)),
+        schedule=schedule,
+        batch_size=int(batch_size),
+        length=int(length),
+        mask_id=int(mask_id),
+        prompt_len=prompt_len,
+        unmasker=unmasker,
+        corrector=corrector,
+        block_length=s.block_length if blocked else int(length) - prompt_len,
+        eos_id=s.eos_id if blocked else -1,
+        batch_sharding=_batch_sharding(mesh, int(batch_size)),
+    )
 
-    apply_fn: ApplyFn
-    with_params: bool
-    plan: Plan
 
-    def __call__(self, params: Any, tokens: jax.Array, sigma: jax.Array) -> jax.Array:
-        logits = self.apply_fn(params, tokens, sigma) if self.with_params else self.apply_fn(tokens, sigma)
-        p = self.plan
-        if logits.shape[:2] != tokens.shape or logits.ndim != 3 or logits.shape[-1] < p.mask_id + 1:
-            raise SamplingError(f"apply_fn returned logits of shape {list(logits.shape)}; expected "
-                                f"[{tokens.shape[0]}, {tokens.shape[1]}, {p.mask_id + 1}] "
-                                "(V real tokens + [MASK])")
-        return logits
+def _log_probs(apply_fn: ApplyFn, plan: Plan, params: Any, tokens: jax.Array, sigma: jax.Array) -> jax.Array:
+    """[B, L, V+1] log-probs of the model at tokens [B, L]; checks the logits' shape while tracing."""
+    logits = apply_fn(params, tokens, sigma)
+    if logits.ndim != 3 or logits.shape[:2] != tokens.shape or logits.shape[-1] < plan.mask_id + 1:
+        raise SamplingError(f"apply_fn returned logits of shape {list(logits.shape)}; expected "
+                            f"[{tokens.shape[0]}, {tokens.shape[1]}, {plan.mask_id + 1}] "
+                            "(V real tokens + [MASK])")
+    return ops.log_probs_without_mask(logits, plan.mask_id, plan.dtype)
 
 
-def _device_step(plan: Plan, model: ModelCall, params: Any, fixed: jax.Array, state: SamplerState,
-                 step: jax.Array, return_history: bool) -> tuple[SamplerState, jax.Array | None]:
-    """One scan step; every decision is a device boolean."""
+def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
+          step: jax.Array) -> SamplerState:
+    """Unmasking step `step` (int32 []); every decision is a device boolean, so one trace serves all T."""
     ctx = plan.context(step)
-    rng, prior_key, corrector_key, unmask_key = plan.step_keys(state.rng)
+    rng, prior_key, corrector_key, unmask_key = jax.random.split(state.rng, 4)
     tokens = state.tokens
 
     need = ~state.logp_valid & state.active
     fresh = jax.lax.cond(
         jnp.any(need),
-        lambda: plan.log_probs(model(params, tokens, plan.sigma(ctx.t))),
+        lambda: _log_probs(apply_fn, plan, params, tokens, plan.sigma(ctx.t)),
         lambda: state.logp,
     )
     state = state.replace(
@@ -236,26 +232,22 @@ def _device_step(plan: Plan, model: ModelCall, params: Any, fixed: jax.Array, st
         predictor_nfe=state.predictor_nfe + need,
         model_calls=state.model_calls + jnp.any(need),
     )
-
-    corrector = plan.corrector()
-    if corrector is not None:
+    if plan.corrector is not None:
         state = jax.lax.cond(
             ctx.run_corrector & jnp.any(state.active),
-            lambda st: _device_correct(plan, corrector, model, params, fixed, st, ctx, prior_key,
-                                       corrector_key),
+            lambda st: _correct(apply_fn, plan, params, fixed, st, ctx, prior_key, corrector_key),
             lambda st: st,
             state,
         )
     before = state.tokens
-    after, conf = plan.unmasker()(unmask_key, before, state.logp, state.conf, fixed, ctx)
-    state = plan.finish_step(state, before, after, conf, ctx)
-    return state, (state.tokens if return_history else None)
+    after, conf = plan.unmasker(unmask_key, before, state.logp, state.conf, fixed, ctx)
+    return plan.finish_step(state, before, after, conf, ctx)
 
 
-def _device_correct(plan: Plan, corrector: Corrector, model: ModelCall, params: Any, fixed: jax.Array,
-                    state: SamplerState, ctx: StepContext, prior_key: jax.Array,
-                    corrector_key: jax.Array) -> SamplerState:
+def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
+             ctx: StepContext, prior_key: jax.Array, corrector_key: jax.Array) -> SamplerState:
     """The corrector's fixed-point loop as a `lax.while_loop` of at most S iterations."""
+    corrector = plan.corrector
     active = state.active
     movable = plan.movable(fixed, ctx)
     y0 = corrector.initial(prior_key, state.tokens, state.logp, fixed)
@@ -264,7 +256,7 @@ def _device_correct(plan: Plan, corrector: Corrector, model: ModelCall, params: 
         j, y, c, need, nfe, calls = carry
         fresh = jax.lax.cond(
             jnp.any(need),
-            lambda: plan.log_probs(model(params, y, plan.corrector_sigma(j))),
+            lambda: _log_probs(apply_fn, plan, params, y, plan.corrector_sigma(j)),
             lambda: c,
         )
         c = jnp.where(need[:, None, None], fresh, c)
@@ -287,26 +279,39 @@ def _device_correct(plan: Plan, corrector: Corrector, model: ModelCall, params: 
     )
 
 
-def _constrain(x: jax.Array, batch_sharding: NamedSharding | None) -> jax.Array:
-    if batch_sharding is None:
+def _batch_sharding(mesh: Mesh | None, batch_size: int) -> NamedSharding | None:
+    if mesh is None:
+        return None
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % shards:
+        raise SamplingError(f"batch_size={batch_size} is not divisible by the {shards} shards of mesh "
+                            f"axes {axes}")
+    return NamedSharding(mesh, PartitionSpec(axes if axes else None))
+
+
+def _constrain(x: jax.Array, plan: Plan) -> jax.Array:
+    """x [B, ...] laid out over the plan's batch sharding along B."""
+    if plan.batch_sharding is None:
         return x
-    spec = PartitionSpec(*batch_sharding.spec, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(batch_sharding.mesh, spec))
+    spec = PartitionSpec(*plan.batch_sharding.spec, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(plan.batch_sharding.mesh, spec))
 
 
-def _sample_core(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan, with_params: bool,
-                 return_history: bool, batch_sharding: NamedSharding | None) -> SampleOutput:
-    model = ModelCall(apply_fn, with_params, plan)
+def initial_state(plan: Plan, rng: jax.Array, prompt: jax.Array | None,
+                  infill: tuple[jax.Array, jax.Array] | None) -> tuple[SamplerState, jax.Array]:
+    """The state before step 0 and the fixed mask bool [B, L], laid out over the batch sharding."""
     state, fixed = plan.initial(rng, prompt, infill)
-    state = state.replace(**{name: _constrain(getattr(state, name), batch_sharding)
-                             for name in ("tokens", "logp", "logp_valid", "active", "conf")})
-    fixed = _constrain(fixed, batch_sharding)
-    state, history = jax.lax.scan(
-        lambda st, i: _device_step(plan, model, params, fixed, st, i, return_history),
-        state,
-        jnp.arange(plan.settings.steps, dtype=jnp.int32),
-    )
-    out = SampleOutput(
+    # Every per-sample field, so that a step's inputs are laid out as its outputs and the jitted step of
+    # the host loop compiles once.
+    per_sample = ("tokens", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe")
+    state = state.replace(**{name: _constrain(getattr(state, name), plan) for name in per_sample})
+    return state, _constrain(fixed, plan)
+
+
+def sample_output(state: SamplerState, history: jax.Array | None) -> SampleOutput:
+    """The result of the state after step T - 1 (and history int32 [T, B, L] when kept)."""
+    return SampleOutput(
         tokens=state.tokens,
         nfe=state.predictor_nfe + state.corrector_nfe,
         predictor_nfe=state.predictor_nfe,
@@ -314,91 +319,56 @@ def _sample_core(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan, 
         model_calls=state.model_calls,
         history=history,
     )
-    if batch_sharding is not None:
-        out = out.replace(tokens=_constrain(out.tokens, batch_sharding),
-                          nfe=_constrain(out.nfe, batch_sharding))
-    return out
 
 
-_sample_jit = jax.jit(
-    _sample_core, static_argnames=("apply_fn", "plan", "with_params", "return_history", "batch_sharding")
-)
+def _scan(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan,
+          return_history: bool) -> SampleOutput:
+    state, fixed = initial_state(plan, rng, prompt, infill)
+
+    def body(st, i):
+        st = sampler_step(apply_fn, plan, params, fixed, st, i)
+        return st, (st.tokens if return_history else None)
+
+    state, history = jax.lax.scan(body, state, jnp.arange(plan.settings.steps, dtype=jnp.int32))
+    out = sample_output(state, history)
+    return out.replace(tokens=_constrain(out.tokens, plan), nfe=_constrain(out.nfe, plan))
 
 
-def make_plan(settings: SamplerSettings, schedule: Schedule, *, batch_size: int, length: int, mask_id: int,
-              prompt: Any = None, infill: Any = None) -> Plan:
-    """Validates the inputs (raising SamplingError, a ValueError) and returns the static plan."""
-    prompt_len = check_inputs(settings, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
-                              infill=infill)
-    return Plan(settings, schedule, int(batch_size), int(length), int(mask_id), prompt_len)
+_sample_jit = jax.jit(_scan, static_argnames=("apply_fn", "plan", "return_history"))
 
 
 def sample(
     apply_fn: ApplyFn,
-    settings: SamplerSettings,
-    schedule: Schedule,
+    params: Any,
+    settings: Sampling,
     rng: jax.Array,
     *,
+    schedule: Schedule,
+    mask_id: int,
     batch_size: int,
     length: int,
-    mask_id: int,
+    mesh: Mesh | None = None,
     prompt: jax.Array | None = None,
     infill: tuple[jax.Array, jax.Array] | None = None,
-    params: Any = None,
     return_history: bool = False,
 ) -> SampleOutput:
-    """Draws batch_size sequences of `length` tokens; see the module docstring.
+    """Draws batch_size sequences of `length` tokens in one compiled program; see the module docstring.
 
     Args:
-      apply_fn: the model; `apply_fn(tokens, sigma)`, or `apply_fn(params, tokens, sigma)` when params is
-        given. Keep the same function object across calls: it is part of the compilation cache key.
-      settings: static sampler settings (`settings_from_config`).
-      schedule: the masking schedule the model was trained with.
+      apply_fn: the model, apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1].
+      params: its parameters (any pytree, None for a model without), a traced argument.
+      settings: the `sampling` config section; its preset and an empty parameterization ("subs") are
+        resolved here.
       rng: PRNG key.
+      schedule: the masking schedule the model was trained with.
       mask_id: the [MASK] id, equal to V, the number of real tokens.
+      mesh: shard the batch over its ("data", "fsdp") axes; the tokens equal those drawn without a mesh. A
+        model that places logical sharding constraints may need the caller's mesh/rules context around this.
       prompt: int32 [P] or [B, P]: a fixed prefix.
       infill: (tokens int32 [B, L], keep_mask bool [B, L]): positions that keep the given tokens.
-      params: optional model parameters, passed to apply_fn as a traced argument.
       return_history: also return z after every step, int32 [T, B, L].
     """
-    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
-                     infill=infill)
-    return _sample_jit(rng, prompt, _infill_pair(infill), params, apply_fn=apply_fn, plan=plan,
-                       with_params=params is not None, return_history=return_history, batch_sharding=None)
-
-
-def sample_sharded(
-    apply_fn: ApplyFn,
-    settings: SamplerSettings,
-    schedule: Schedule,
-    rng: jax.Array,
-    *,
-    batch_size: int,
-    length: int,
-    mask_id: int,
-    mesh: Mesh,
-    data_axes: tuple[str, ...] = ("data", "fsdp"),
-    prompt: jax.Array | None = None,
-    infill: tuple[jax.Array, jax.Array] | None = None,
-    params: Any = None,
-    return_history: bool = False,
-) -> SampleOutput:
-    """`sample` with the batch sharded over the mesh axes in data_axes (those the mesh has).
-
-    The tokens equal those of `sample` for the same rng: random draws do not depend on the sharding.
-    A model that places logical sharding constraints may need the caller's mesh/rules context around this.
-    """
-    axes = tuple(a for a in data_axes if a in mesh.axis_names)
-    shards = math.prod(mesh.shape[a] for a in axes)
-    if batch_size % shards:
-        raise SamplingError(f"batch_size={batch_size} is not divisible by the {shards} shards of mesh "
-                            f"axes {axes}")
-    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
-                     infill=infill)
-    sharding = NamedSharding(mesh, PartitionSpec(axes if axes else None))
-    return _sample_jit(rng, prompt, _infill_pair(infill), params, apply_fn=apply_fn, plan=plan,
-                       with_params=params is not None, return_history=return_history, batch_sharding=sharding)
-
-
-def _infill_pair(infill: Any) -> tuple[jax.Array, jax.Array] | None:
-    return None if infill is None else (infill[0], infill[1])
+    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
+                     prompt=prompt, infill=infill)
+    return _sample_jit(rng, prompt, infill, params, apply_fn=apply_fn, plan=plan,
+                       return_history=return_history)

@@ -13,26 +13,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from proseco_jax.diffusion import token_log_prob  # noqa: F401  (one gather, shared with the losses)
+from proseco_jax import diffusion
 
-# Log-probs use a true -inf: exp gives exactly 0, and no arithmetic here ever combines two infinities.
-NEG_INF = -jnp.inf
-
-
-def model_log_probs(logits: jax.Array, mask_id: int, dtype) -> jax.Array:
-    """log softmax over [0, V] with the [MASK] logit removed.
-
-    Args:
-      logits: [B, L, >= V+1] model output; columns past mask_id (vocabulary padding) are dropped.
-    Returns:
-      [B, L, V+1] log-probs in `dtype`, -inf at the [MASK] column.
-
-    MDLM's "subs" copy-over of visible tokens is not applied here: the unmasking steps never read the
-    log-probs of visible positions, and the corrector's start keeps visible tokens itself.
-    """
-    logits = logits[..., : mask_id + 1].astype(dtype)
-    column = jnp.arange(mask_id + 1)
-    return jax.nn.log_softmax(jnp.where(column == mask_id, NEG_INF, logits), axis=-1)
+# The losses' log-softmax (vocabulary padding dropped, [MASK] at a true -inf) and gather: the sampler reads
+# the model exactly as training scored it. A true -inf is safe here: exp gives exactly 0, and no arithmetic
+# in the sampler ever combines two infinities.
+NEG_INF = diffusion.NEG_INF
+log_probs_without_mask = diffusion.log_probs_without_mask
+token_log_prob = diffusion.token_log_prob
 
 
 def nucleus_log_probs(logp: jax.Array, p: float) -> jax.Array:
