@@ -183,12 +183,13 @@ def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup:
     kwargs = dict(schedule=schedules.Schedule(config.diffusion), mask_id=config.mask_id, batch_size=batch,
                   length=config.data.length, mesh=mesh)
 
-    def program(fn):
-        run = placed.under_mesh(fn)
-        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], **kwargs))
+    run = placed.under_mesh(sampling.sample)
 
-    timings = time_programs({"scan": program(sampling.sample), "hostloop": program(sampling.sample_hostloop)},
-                            {"scan": None, "hostloop": None}, steps=steps, warmup=warmup)
+    def program(host_loop: bool):
+        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], host_loop=host_loop, **kwargs))
+
+    timings = time_programs({"scan": program(False), "hostloop": program(True)}, {"scan": None, "hostloop": None},
+                            steps=steps, warmup=warmup)
     out, sec = timings.outputs["scan"], timings.median_sec
     calls = int(out.model_calls)
     forward = train_step_flops(config.replace(train=config.train.replace(batch_size=batch)), passes=1) / 3.0

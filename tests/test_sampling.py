@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from proseco_jax.config_base import Sampling
-from proseco_jax.sampling import hostloop, ops, sample, sample_hostloop
+from proseco_jax.sampling import loop, ops, sample
 from proseco_jax.sampling.corrector import Corrector
 from proseco_jax.sampling.loop import _sample_jit
 from proseco_jax.sampling.unmasking import ConfidenceOrdered, StepContext
@@ -74,11 +74,10 @@ PROSECO = Sampling(sampler="proseco", steps=8, corrector_steps=2, corrector_rule
 CONDITIONS = dict(prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
 
 
-def run(settings, model=table_model, params=None, sampler=sample, **kwargs):
+def run(settings, model=table_model, params=None, **kwargs):
     kwargs.setdefault("batch_size", B)
     kwargs.setdefault("length", L)
-    return sampler(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True,
-                   **kwargs)
+    return sample(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True, **kwargs)
 
 
 def changed_rows(history, start):
@@ -152,9 +151,9 @@ def test_sampling_on_a_mesh_of_eight_devices_equals_sampling_without_one(conditi
 
 def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan_for_proseco_with_s2(conditioned):
     assert PROSECO.sampler == "proseco" and PROSECO.corrector_steps == 2
-    compiled = hostloop._step_jit._cache_size()
-    out = run(PROSECO, sampler=sample_hostloop, **CONDITIONS)
-    assert hostloop._step_jit._cache_size() <= compiled + 1, "the host loop's step compiled more than once"
+    compiled = loop._step_jit._cache_size()
+    out = run(PROSECO, host_loop=True, **CONDITIONS)
+    assert loop._step_jit._cache_size() <= compiled + 1, "the host loop's step compiled more than once"
     assert int(conditioned.corrector_nfe.min()) > 0, "the corrector never ran: the test proves little"
     np.testing.assert_array_equal(out.tokens, conditioned.tokens)
     np.testing.assert_array_equal(out.history, conditioned.history)
@@ -356,7 +355,7 @@ def test_wrong_logit_shape_and_unshardable_batch_raise_value_error():
         sample(lambda params, tokens, sigma: jnp.zeros(tokens.shape + (V,)), None, Sampling(steps=2), RNG,
                schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK)
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
-    for sampler in (sample, sample_hostloop):
+    for host_loop in (False, True):
         with pytest.raises(ValueError, match="not divisible"):
-            sampler(table_model, None, PROSECO, RNG, schedule=SCHEDULE, batch_size=4, length=L, mask_id=MASK,
-                    mesh=mesh)
+            sample(table_model, None, PROSECO, RNG, schedule=SCHEDULE, batch_size=4, length=L, mask_id=MASK,
+                   mesh=mesh, host_loop=host_loop)

@@ -6,7 +6,7 @@ Per step i, with times = linspace(1, eps, T + 1), t = times[i] and s = times[i+1
         y = corrector fixed point from logp (corrector.py);  z = where(z != MASK, y, z);  logp = c
     z = unmask(z, logp)                     (unmasking.py: MDLM, ReMDM, confidence-ordered, LLaDA blocks)
 `make_plan` validates the inputs and builds the unmasking and corrector strategies once from the settings;
-`sampler_step` is that one step, which the scan here and the Python loop of hostloop.py both run. The batch
+`sampler_step` is that one step, which both the scan and the optional Python loop (`host_loop=True`) run. The batch
 runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean), and a sample
 whose input did not change keeps its cached log-probs, so every sample follows the trajectory it would
 follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor NFE per
@@ -351,6 +351,7 @@ def sample(
     prompt: jax.Array | None = None,
     infill: tuple[jax.Array, jax.Array] | None = None,
     return_history: bool = False,
+    host_loop: bool = False,
 ) -> SampleOutput:
     """Draws batch_size sequences of `length` tokens in one compiled program; see the module docstring.
 
@@ -367,8 +368,29 @@ def sample(
       prompt: int32 [P] or [B, P]: a fixed prefix.
       infill: (tokens int32 [B, L], keep_mask bool [B, L]): positions that keep the given tokens.
       return_history: also return z after every step, int32 [T, B, L].
+      host_loop: dispatch the same jitted step T times from Python instead of fusing the steps in one
+        `lax.scan`, the way a direct port of the PyTorch reference steps its sampler (the benchmark's
+        baseline for what the scan buys). Same tokens, NFE counts, model calls and history.
     """
     plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
                      prompt=prompt, infill=infill)
+    if host_loop:
+        return _host_loop(apply_fn, plan, params, rng, prompt, infill, return_history)
     return _sample_jit(rng, prompt, infill, params, apply_fn=apply_fn, plan=plan,
                        return_history=return_history)
+
+
+_initial_jit = jax.jit(initial_state, static_argnames=("plan",))
+_step_jit = jax.jit(sampler_step, static_argnames=("apply_fn", "plan"))
+
+
+def _host_loop(apply_fn: ApplyFn, plan: Plan, params: Any, rng: jax.Array, prompt: Any, infill: Any,
+               return_history: bool) -> SampleOutput:
+    state, fixed = _initial_jit(plan, rng, prompt, infill)
+    history = []
+    for step in range(plan.settings.steps):
+        # An int32 array, not a Python int: one trace serves every step.
+        state = _step_jit(apply_fn, plan, params, fixed, state, jnp.asarray(step, jnp.int32))
+        if return_history:
+            history.append(state.tokens)
+    return sample_output(state, jnp.stack(history) if return_history else None)
