@@ -6,31 +6,39 @@
 Loads the EMA parameters of the latest checkpoint in --workdir and writes one JSON object per sample:
 `tokens`, `text`, `nfe`, `predictor_nfe`, `corrector_nfe` (and `history`, every iterate, with --history).
 The whole unmask-then-correct schedule runs on device in one compiled `lax.scan`, the batch sharded over
-the mesh's data axes.
+the mesh's data axes. Each finished batch is appended to --output at once: Ctrl-C (or SIGTERM) stops after
+the current batch, and rerunning the same command continues the file (--noresume starts it over).
 """
 
-import json
-import os
 import time
 
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference
+from proseco_jax import cli, config_base, inference, samples_io
 from proseco_jax.errors import UsageError
+from proseco_jax.stopping import StopRequest
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL file to write, one sample per line.", required=True)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples to draw.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the file should hold.", lower_bound=1)
 _HISTORY = flags.DEFINE_bool("history", False, "Also write every iterate z_t of each sample ('history').")
 _PROMPT = flags.DEFINE_string("prompt", "", "Comma-separated token ids of a fixed prefix, e.g. '3,17,5'.")
+_RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 
 
-def detokenize(tokens: np.ndarray) -> str:
-    """Text of a sample. The Markov language has no surface form, so its tokens are written as 'tN'."""
-    return " ".join(f"t{int(t)}" for t in tokens)
+def records(out: dict[str, np.ndarray]) -> list[dict]:
+    """One JSON record per sample of a batch. The Markov language has no surface form: text is 'tN ...'."""
+    rows = []
+    for i, tokens in enumerate(out["tokens"]):
+        row = {"tokens": tokens.tolist(), "text": " ".join(f"t{int(t)}" for t in tokens),
+               **{key: int(out[key][i]) for key in ("nfe", "predictor_nfe", "corrector_nfe")}}
+        if "history" in out:
+            row["history"] = out["history"][:, i].tolist()
+        rows.append(row)
+    return rows
 
 
 def parse_prompt(text: str) -> np.ndarray | None:
@@ -46,39 +54,31 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_base.resolve(cli.config_or_fail(_CONFIG))
-    output = _OUTPUT.value
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        partial = output + ".partial"
-        handle = open(partial, "w", encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot write --output {output}: {e.strerror or e}") from None
-    loaded = inference.load_model(config, _WORKDIR.value)
+    output, total = _OUTPUT.value, _NUM_SAMPLES.value
     prompt = parse_prompt(_PROMPT.value)
-    start, written = time.time(), 0
-    with handle:
-        for out in inference.sample_batches(loaded, _NUM_SAMPLES.value, prompt=prompt, history=_HISTORY.value):
-            for i in range(out["tokens"].shape[0]):
-                record = {
-                    "tokens": out["tokens"][i].tolist(),
-                    "text": detokenize(out["tokens"][i]),
-                    "nfe": int(out["nfe"][i]),
-                    "predictor_nfe": int(out["predictor_nfe"][i]),
-                    "corrector_nfe": int(out["corrector_nfe"][i]),
-                }
-                if "history" in out:
-                    record["history"] = out["history"][:, i].tolist()
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            written += out["tokens"].shape[0]
-            rate = written / (time.time() - start)
-            print(
-                f"{written}/{_NUM_SAMPLES.value} samples | {rate:.2f} samples/s | "
-                f"mean NFE {np.mean(out['nfe']):.1f}",
-                flush=True,
-            )
-    os.replace(partial, output)
-    print(f"wrote {written} samples (checkpoint step {loaded.step}) to {output}", flush=True)
+    inference.check_workdir_config(config, _WORKDIR.value)
+    done = samples_io.prepare_output(output, resume=_RESUME.value)
+    if done >= total:
+        print(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
+        return
+    loaded = inference.load_model(config, _WORKDIR.value)
+    settings = config.sampler_settings
+    print(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
+          f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
+          f"{settings.batch_size}", flush=True)
+    start, first = time.time(), done
+    with StopRequest("the current batch") as stop:
+        for out in inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value):
+            samples_io.append(output, records(out))
+            done += out["tokens"].shape[0]
+            rate = (done - first) / (time.time() - start)
+            print(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "
+                  f"ETA {(total - done) / max(rate, 1e-9):.0f} s", flush=True)
+            if stop.requested and done < total:
+                print(f"{stop.signal_name}: {done} of {total} samples are in {output}; rerun the same command "
+                      "to continue", flush=True)
+                return
+    print(f"wrote {done} samples (checkpoint step {loaded.step}) to {output}", flush=True)
 
 
 if __name__ == "__main__":

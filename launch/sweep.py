@@ -13,13 +13,12 @@ entropy at the max preset). --mdlm_workdir adds the MDLM rows of a model trained
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli
-from proseco_jax.errors import UsageError
+from proseco_jax import cli, config_base
 from proseco_jax.evaluation import sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir holding checkpoints/.", required=True)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 128, "Samples drawn per row.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 128, "Samples drawn per row.", lower_bound=1)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results.json and the PNG go (default: workdir).")
 _MDLM_WORKDIR = flags.DEFINE_string("mdlm_workdir", None, "Workdir of the same model trained as plain MDLM "
                                     "(corrector.enabled=False): adds its MDLM rows.")
@@ -29,15 +28,12 @@ _QUICK = flags.DEFINE_bool("quick", False, "A few rows only (MDLM and ProSeCo at
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = cli.config_or_fail(_CONFIG)
-    if config.data.name != "markov":
-        raise UsageError("the sweep scores samples against the Markov chain (data.name='markov'), got "
-                         f"{config.data.name!r}")
-    if _NUM_SAMPLES.value < 1:
-        raise UsageError(f"--num_samples must be positive, got {_NUM_SAMPLES.value}")
+    config_dict = cli.config_or_fail(_CONFIG)
+    sweep.check_request(config_dict, _NUM_SAMPLES.value)
     if "sampling.batch_size" not in config_flags.get_override_values(flags.FLAGS["config"]):
-        config.sampling.batch_size = _NUM_SAMPLES.value  # one compiled call per row
-    sweep.sweep_workdirs(config, _WORKDIR.value, _OUTPUT_DIR.value or _WORKDIR.value,
+        config_dict.sampling.batch_size = _NUM_SAMPLES.value  # one compiled call per row
+    output_dir = _OUTPUT_DIR.value or _WORKDIR.value
+    sweep.sweep_workdirs(config_base.resolve(config_dict), _WORKDIR.value, output_dir,
                          num_samples=_NUM_SAMPLES.value, quick=_QUICK.value, mdlm_workdir=_MDLM_WORKDIR.value)
 
 

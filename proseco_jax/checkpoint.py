@@ -2,13 +2,19 @@
 
 Both items are saved under one step directory, so a resumed run continues with exactly the batches an
 uninterrupted run would have seen. Orbax writes each step to a temporary directory and renames it when
-complete, so a run killed mid-save resumes from the last complete checkpoint. Every leaf of the state is a
-global array; on restore, leaves come back with the shardings of the current mesh.
+complete, so a run killed mid-save resumes from the last complete checkpoint. Restoring walks back from the
+newest step to the newest one that restores completely: a damaged step (unreadable metadata, a truncated
+array file, a broken iterator file) is moved aside to `checkpoints/corrupt-STEP`, never deleted, with one
+line saying why. A checkpoint whose parameters do not have the config's shapes is not damaged: that is a
+`UsageError` naming the fields, and nothing is moved. Every leaf of the state is a global array; on
+restore, leaves come back with the shardings of the current mesh.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,10 +24,24 @@ from proseco_jax.errors import UsageError
 
 STATE = "state"
 DATA_ITER = "data_iter"
+CORRUPT_PREFIX = "corrupt-"
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def check_writable(workdir: str) -> None:
+    """Raises UsageError now, before any training, if checkpoints could not be written under workdir."""
+    directory = checkpoint_dir(workdir)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"checkpoints cannot be written to {directory}: {e.strerror or e}") from None
 
 
 def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -45,6 +65,17 @@ def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.Che
     )
 
 
+def latest_step(workdir: str) -> int | None:
+    """The newest step directory of workdir's checkpoints (None if there is none)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return None
+    manager = make_manager(workdir, 1, read_only=True)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None) -> None:
     """Starts an async save of (state, data iterator) at `step`; returns before it is on disk."""
     from grain.checkpoint import CheckpointSave
@@ -55,53 +86,127 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any |
     manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore(
-    manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None, step: int | None = None
-) -> tuple[int, Any]:
-    """Restores (step, state) from the latest (or given) step; the data iterator is restored in place."""
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:160]}"
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{'block_0/qkv/kernel': shape} of a params tree (arrays, ShapeDtypeStructs or orbax metadata)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _check_shapes(saved: Any, wanted: Any, step: int, directory: str) -> None:
+    """UsageError naming the parameters whose saved shapes differ from the config's (or that are missing)."""
+    have, want = _param_shapes(saved), _param_shapes(wanted)
+    problems = [f"{k} {list(have[k])} in the checkpoint vs {list(v)} in the config"
+                for k, v in want.items() if k in have and have[k] != v]
+    problems += [f"{k} missing from the checkpoint" for k in want if k not in have]
+    problems += [f"{k} not in the config's model" for k in have if k not in want]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UsageError(f"the checkpoint at step {step} in {directory} does not fit the config's model: "
+                         f"{'; '.join(problems[:3])}{more}; use the model settings it was trained with "
+                         "(its config.json) or another workdir")
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int, reason: str, log: Callable[[str], None]) -> None:
+    """Moves a damaged step aside (never deletes it) and tells the manager."""
+    directory = str(manager.directory)
+    source = os.path.join(directory, str(step))
+    target = os.path.join(directory, f"{CORRUPT_PREFIX}{step}")
+    suffix = 1
+    while os.path.exists(target):
+        target = os.path.join(directory, f"{CORRUPT_PREFIX}{step}.{suffix}")
+        suffix += 1
+    try:
+        os.rename(source, target)
+        log(f"checkpoint step {step} is damaged ({reason}); moved it to {target}")
+    except OSError as e:
+        log(f"checkpoint step {step} is damaged ({reason}); skipped it (could not move it: {e.strerror})")
+    manager.reload()
+
+
+def _walk_back(manager: ocp.CheckpointManager, wanted_params: Any, attempt: Callable[[int], Any],
+               log: Callable[[str], None], move_aside: bool) -> tuple[int, Any] | None:
+    """attempt(step) from the newest step down, past damaged steps (moved aside if asked, else skipped);
+    None when no step restores."""
+    directory = str(manager.directory)
+
+    def damaged(step: int, reason: str) -> None:
+        if move_aside:
+            _quarantine(manager, step, reason, log)
+        else:
+            log(f"checkpoint step {step} is damaged ({reason}); trying an older one")
+
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = manager.item_metadata(step)[STATE]
+            saved = saved.tree if hasattr(saved, "tree") else saved
+            saved_params = saved["params"]
+        except Exception as e:  # noqa: BLE001 - any failure to read a step's metadata means it is damaged.
+            damaged(step, f"unreadable metadata: {_short(e)}")
+            continue
+        _check_shapes(saved_params, wanted_params, step, directory)
+        try:
+            return step, attempt(step)
+        except Exception as e:  # noqa: BLE001 - shapes fit, so a failed read is damage on disk ...
+            if "structures do not match" in str(e):  # ... unless the rest of the state has another layout.
+                raise UsageError(f"the checkpoint at step {step} in {directory} holds another optimizer state "
+                                 "than the config's (was an optimizer setting such as train.grad_clip changed?); "
+                                 "use the settings it was trained with (its config.json) or another workdir"
+                                 ) from None
+            damaged(step, _short(e))
+    return None
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any | None, *,
+            log: Callable[[str], None] = _log) -> tuple[int, Any] | None:
+    """(step, state) of the newest intact checkpoint (its data iterator restored in place), or None when
+    no step restores; damaged steps are moved aside on the way."""
     from grain.checkpoint import CheckpointRestore
 
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise UsageError(f"no checkpoint found under {manager.directory}")
-    items = {STATE: ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        items[DATA_ITER] = CheckpointRestore(data_iter)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return step, restored[STATE]
+    def attempt(step: int) -> Any:
+        items = {STATE: ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items[DATA_ITER] = CheckpointRestore(data_iter)
+        return manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+
+    return _walk_back(manager, abstract_state.params, attempt, log, move_aside=True)
 
 
-def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool = True) -> tuple[int, Any]:
-    """Loads only the (EMA) parameters of the latest checkpoint, for sampling and evaluation.
+def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool = True,
+                   log: Callable[[str], None] = _log) -> tuple[int, Any]:
+    """Loads only the (EMA) parameters of the newest intact checkpoint, for sampling and evaluation.
 
-    abstract_params: ShapeDtypeStructs (with shardings) of the params tree.
+    abstract_params: ShapeDtypeStructs (with shardings) of the params tree. Damaged steps are skipped
+    (left where they are: training moves them aside).
     """
     if not os.path.isdir(checkpoint_dir(workdir)):
         raise UsageError(f"no checkpoint found: {checkpoint_dir(workdir)} does not exist")
     manager = make_manager(workdir, keep=1, read_only=True)
-    step = manager.latest_step()
-    if step is None:
-        raise UsageError(f"no checkpoint found under {checkpoint_dir(workdir)}")
     key = "ema_params" if use_ema else "params"
     # Restore just one subtree: orbax's partial restore takes a tree with the wanted leaves only.
     target = {key: abstract_params}
+
+    def attempt(step: int) -> Any:
+        args = ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(_restore_args, target),
+                                      partial_restore=True)
+        return manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE][key]
+
     try:
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE: ocp.args.PyTreeRestore(
-                        item=target, restore_args=jax.tree.map(_restore_args, target), partial_restore=True
-                    )
-                }
-            ),
-        )
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise UsageError(
-            f"checkpoint at step {step} under {checkpoint_dir(workdir)} does not match the "
-            f"config's model: {str(e).splitlines()[0][:200]}"
-        ) from None
-    return step, restored[STATE][key]
+        found = _walk_back(manager, abstract_params, attempt, log, move_aside=False)
+    finally:
+        manager.close()
+    if found is None:
+        raise UsageError(f"no intact checkpoint found under {checkpoint_dir(workdir)}")
+    return found
 
 
 def _restore_args(leaf: jax.ShapeDtypeStruct) -> ocp.ArrayRestoreArgs:

@@ -1,5 +1,5 @@
 """Shared plumbing of the absl binaries in launch/: flag errors and `UsageError`s become one line on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2 (a `Halted` run: exit code 1), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from collections.abc import Callable
 import jax
 from absl import app, flags, logging
 
-from proseco_jax.errors import UsageError
+from proseco_jax.errors import Halted, UsageError
 
 # Where binaries cache compiled XLA programs unless JAX_COMPILATION_CACHE_DIR says otherwise.
 DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "proseco_jax", "xla")
 
 
-def fail(message: str) -> None:
-    """Prints `error: message` (first line only) and exits with code 2."""
+def fail(message: str, code: int = 2) -> None:
+    """Prints `error: message` (first line only) and exits with `code` (2: bad input)."""
     print(
         f"error: {str(message).strip().splitlines()[0] if str(message).strip() else 'bad input'}",
         file=sys.stderr,
         flush=True,
     )
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -34,12 +34,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(str(e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections override errors.
         fail(f"bad config override: {e}")
+    except Exception as e:  # noqa: BLE001 - config files are user code, run while flags are parsed.
+        fail(f"cannot load the config: {type(e).__name__}: {e}")
+
+
+def _quiet_closed_event_loop(unraisable) -> None:
+    """Drops 'Event loop is closed' from array-store callbacks that finish after a failed checkpoint read
+    has already been reported (and skipped) in one line; anything else goes to Python's default hook."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with bad input reported as one line and exit code 2."""
 
     def guarded(argv):
+        sys.unraisablehook = _quiet_closed_event_loop
         # Library chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)
@@ -50,6 +62,8 @@ def run(main: Callable[[list[str]], None]) -> None:
             main(argv)
         except UsageError as e:
             fail(str(e))
+        except Halted as e:
+            fail(str(e), code=1)
 
     app.run(guarded, flags_parser=_parse_flags)
 

@@ -5,6 +5,8 @@ workdir, placed on a mesh, and the pure `apply_fn(params, tokens, sigma) -> logi
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from proseco_jax import config_base, sampling, schedules
+from proseco_jax import config_base, configlib, sampling, schedules
 from proseco_jax.config_base import Config
 from proseco_jax.errors import UsageError
 from proseco_jax.state import ModelOnMesh
@@ -48,19 +50,46 @@ def load_model(config: Any, workdir: str, *, mesh: Mesh | None = None, use_ema: 
     """
     placed = ModelOnMesh.create(config_base.resolve(config), mesh)
     step, params = placed.restore_params(workdir, use_ema=use_ema)
+    if not all(bool(jax.numpy.all(jax.numpy.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
+        raise UsageError(f"the checkpoint at step {step} in {workdir} has non-finite parameters: the run "
+                         "diverged; sample from an earlier checkpoint")
     return LoadedModel(placed=placed, params=params, step=step)
+
+
+def check_workdir_config(config: Config, workdir: str) -> None:
+    """UsageError naming the fields where `config` differs from the model recorded in workdir/config.json
+    (its `model` section, data.vocab_size and data.length), so a sampler never runs a model on shapes it
+    was not trained for. Nothing is checked when the workdir has no config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = config_base.resolve(json.load(f))
+    except (OSError, ValueError, UsageError) as e:
+        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    fields = [f"model.{k}" for k in configlib.to_dict(config.model) if k not in ("preset", "dropout", "remat")]
+    fields += ["data.vocab_size", "data.length"]
+    differ = [f"{name}={configlib.get(config, name)!r} (trained with {configlib.get(recorded, name)!r})"
+              for name in fields if configlib.get(config, name) != configlib.get(recorded, name)]
+    if differ:
+        raise UsageError(f"the config does not match the model trained in {workdir}: {'; '.join(differ[:4])}")
 
 
 def sample_batches(
     loaded: LoadedModel,
     num_samples: int,
     *,
+    start: int = 0,
     settings: config_base.Sampling | None = None,
     prompt: np.ndarray | None = None,
     history: bool = False,
     seed: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Draws num_samples sequences, batch by batch (`settings.batch_size` each).
+    """Draws samples start..num_samples-1, batch by batch (`settings.batch_size` each).
+
+    Batch k draws with the key fold_in(rng, index of its first sample), so a run resumed at `start` (a
+    multiple of the batch size) continues exactly as the uninterrupted run would have.
 
     settings: the sampler (default: the loaded config's `sampling` section, preset applied).
     Yields numpy dicts: tokens [b, L], nfe / predictor_nfe / corrector_nfe [b], history [T, b, L] if asked.
@@ -73,7 +102,7 @@ def sample_batches(
     schedule = schedules.Schedule(config.diffusion)
     rng = jax.random.key(config.seed if seed is None else seed)
     sample = loaded.placed.under_mesh(sampling.sample)
-    done = 0
+    done = start
     while done < num_samples:
         out = sample(loaded.apply_fn, loaded.params, settings, jax.random.fold_in(rng, done),
                      schedule=schedule, mask_id=config.mask_id, batch_size=settings.batch_size,

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,8 +24,9 @@ from jax.sharding import Mesh
 
 from proseco_jax import config_base, diffusion, schedules, sharding
 from proseco_jax.config_base import Config
-from proseco_jax.errors import UsageError
+from proseco_jax.errors import Halted, UsageError
 from proseco_jax.state import ModelOnMesh, TrainState
+from proseco_jax.stopping import StopRequest
 
 PyTree = Any
 
@@ -123,9 +123,19 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
-    return new_state, metrics
+    grad_norm = optax.tree.norm(grads)
+    # Divergence guard: a step whose loss, gradient or new parameters are not finite leaves the state as it
+    # was (only the step counter moves), so no checkpoint can ever hold non-finite parameters.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             TrainState(step=state.step, params=params, ema_params=ema_params, opt_state=opt_state),
+                             state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
+    return new_state.replace(step=state.step + 1), metrics
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def eval_step(
@@ -183,8 +193,11 @@ def build(config: Config, mesh: Mesh) -> Compiled:
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
-    """Raises UsageError (one line) for settings that cannot run on this mesh and these processes."""
-    t = config.train
+    """Raises UsageError (one line) for training settings that cannot run on this mesh and these processes."""
+    t, d = config.train, config.data
+    if d.name == "markov" and t.eval_every > 0 and t.eval_batches * t.batch_size > d.num_eval:
+        raise UsageError(f"validation needs train.eval_batches * train.batch_size = "
+                         f"{t.eval_batches * t.batch_size} held-out sequences, but data.num_eval={d.num_eval}")
     dp = sharding.data_parallel_size(mesh)
     if t.batch_size % (dp * t.micro_batches):
         raise UsageError(
@@ -208,20 +221,6 @@ def prepare_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise UsageError(f"workdir {workdir} cannot be written: {e.strerror or e}") from None
-
-
-class _Preemption:
-    """Records SIGTERM so the loop can checkpoint at the next step boundary and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
@@ -268,6 +267,18 @@ def _print_start(config: Config, state: TrainState, mesh: Mesh, entropy_bits: fl
               flush=True)
 
 
+def _divergence_message(config: Config, step: int, skipped: int, manager, workdir: str) -> str:
+    from proseco_jax import checkpoint
+
+    manager.wait_until_finished()
+    good = manager.latest_step()
+    where = (f"the last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}" if good is not None
+             else "no checkpoint was written yet")
+    return (f"training halted at step {step}: {skipped} step(s) in a row had a non-finite loss, gradient or "
+            f"update (not applied); {where}; lower train.learning_rate={config.train.learning_rate:g} or set "
+            "train.nonfinite=skip")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     """Trains the model of `config` in `workdir`, resuming from its latest checkpoint if any.
 
@@ -285,19 +296,24 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     compiled = build(config, mesh)
     t = config.train
     pid, nproc = jax.process_index(), jax.process_count()
-    train_iter = pipeline.train_iterator(
-        data.sources["train"], global_batch_size=t.batch_size, seed=config.seed, process_index=pid,
-        process_count=nproc, worker_count=config.data.worker_count,
-    )
+
+    def data_iterator():
+        return pipeline.train_iterator(data.sources["train"], global_batch_size=t.batch_size, seed=config.seed,
+                                       process_index=pid, process_count=nproc,
+                                       worker_count=config.data.worker_count)
+
+    train_iter = data_iterator()
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
+    checkpoint.check_writable(workdir)
     manager = checkpoint.make_manager(workdir, t.keep_checkpoints)
-    if manager.latest_step() is not None:
-        step, state = checkpoint.restore(manager, compiled.abstract_state, train_iter)
+    restored = checkpoint.restore(manager, compiled.abstract_state, train_iter)
+    if restored is not None:
+        step, state = restored
         if pid == 0:
             print(f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}",
                   flush=True)
-    else:
-        step, state = 0, compiled.init(init_rng)
+    else:  # A fresh start, also after every step proved damaged (an attempt may have moved the iterator).
+        step, state, train_iter = 0, compiled.init(init_rng), data_iterator()
     writer = MetricsWriter(workdir, resume_step=step, total_steps=t.num_steps, enabled=pid == 0)
     if pid == 0:
         config_base.save_json(config, workdir)
@@ -313,28 +329,32 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
         return out
 
     log = StepLog(config, step)
-    preemption = _Preemption()
-    try:
-        while step < t.num_steps and not preemption.requested:
-            batch = sharding.global_batch(next(train_iter)["tokens"], mesh)
-            state, metrics = compiled.step(state, batch, jax.random.fold_in(train_rng, step))
-            log.add(metrics)
-            step += 1
-            last = step == t.num_steps
-            evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
-            if step % t.log_every == 0 or evaluate_now or last:
-                record = log.record(step)
-                if evaluate_now:
-                    record.update(validate(state.ema_params))
-                writer.write(step, record)
-                writer.progress(step, record)
-            if step % t.checkpoint_every == 0 or last or preemption.requested:
-                checkpoint.save(manager, step, state, train_iter)
-        if preemption.requested and pid == 0:
-            print(f"SIGTERM: saved the checkpoint at step {step}; rerun the same command to resume", flush=True)
-    finally:
-        preemption.restore()
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+    skipped = 0
+    with StopRequest("the current step") as stop:
+        try:
+            while step < t.num_steps and not stop.requested:
+                batch = sharding.global_batch(next(train_iter)["tokens"], mesh)
+                state, metrics = compiled.step(state, batch, jax.random.fold_in(train_rng, step))
+                log.add(metrics)
+                step += 1
+                skipped = skipped + 1 if float(metrics["nonfinite"]) else 0
+                if skipped and (t.nonfinite == "halt" or skipped >= t.max_skips):
+                    raise Halted(_divergence_message(config, step, skipped, manager, workdir))
+                last = step == t.num_steps
+                evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
+                if step % t.log_every == 0 or evaluate_now or last:
+                    record = log.record(step)
+                    if evaluate_now:
+                        record.update(validate(state.ema_params))
+                    writer.write(step, record)
+                    writer.progress(step, record)
+                if step % t.checkpoint_every == 0 or last or stop.requested:
+                    checkpoint.save(manager, step, state, train_iter)
+            if stop.requested and pid == 0:
+                print(f"{stop.signal_name}: saved the checkpoint at step {step}; rerun the same command to "
+                      "resume", flush=True)
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
     return state, step

@@ -1,198 +1,43 @@
-"""The evaluation and demo layer: `launch/evaluate.py` on a tiny trained run (metrics JSON, bad input is
-one line and exit code 2), `launch/demo.py --quick` (results.json and the PNG), the notebook, and the
-pure pieces of `evaluation/sweep.py` (the headline, the corrections read from a history)."""
+"""The sweep and the demo: `launch/demo.py --quick` end to end (results.json and the PNG), the notebook,
+the one-line errors of the demo and sweep binaries, and the pure pieces the sweep is made of: the grid of
+settings, the headline claims, the corrections read from a history and the report."""
 
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import (
+    CONFIG,
+    REPO,
+    TINY_OVERRIDES,
+    assert_usage_error,
+    override_values,
+    run_binary,
+    tiny_config,
+)
 
-from proseco_jax.evaluation import sweep
+from proseco_jax import config_base
+from proseco_jax.data import chain as markov_chain
+from proseco_jax.errors import UsageError
+from proseco_jax.evaluation import grid, headline, report, scoring, sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "synthetic.py")
-VOCAB, LENGTH = 16, 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTRACT_ROW_KEYS = {"sampler", "steps", "corrector_steps", "corrector_every", "nfe", "transition_error",
                      "validity", "chain_nll", "entropy"}
 
-SHARED = [
-    "--config.model.num_layers=1",
-    "--config.model.hidden_size=64",
-    "--config.model.num_heads=4",
-    "--config.model.cond_dim=32",
-    f"--config.model.max_length={LENGTH}",
-    f"--config.data.vocab_size={VOCAB}",
-    f"--config.data.length={LENGTH}",
-    "--config.data.num_train=1000",
-    "--config.data.num_eval=128",
-]
 
-
-def env(devices: int = 1):
-    e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    e["JAX_PLATFORMS"] = "cpu"
-    return e
-
-
-def launch(script, *args, timeout=600):
-    cmd = [sys.executable, os.path.join(REPO, "launch", script), *args]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_exit_2(proc, message):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny model trained for 4 steps and 6 ProSeCo samples of it: (workdir, data_dir, samples)."""
-    root = tmp_path_factory.mktemp("evaluate_e2e")
-    workdir, data_dir, samples = str(root / "work"), str(root / "data"), str(root / "samples.jsonl")
-    data = f"--config.data.data_dir={data_dir}"
-    proc = launch("train.py", f"--config={CONFIG}", f"--workdir={workdir}", data, *SHARED,
-                  "--config.train.num_steps=4", "--config.train.batch_size=8", "--config.train.eval_every=0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = launch("sample.py", f"--config={CONFIG}", f"--workdir={workdir}", data, *SHARED,
-                  f"--output={samples}", "--num_samples=6", "--config.sampling.batch_size=6",
-                  "--config.sampling.steps=8")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, data_dir, samples
-
-
-def evaluate(run, *args, samples=None):
-    workdir, data_dir, default_samples = run
-    return launch("evaluate.py", f"--config={CONFIG}", f"--workdir={workdir}",
-                  f"--config.data.data_dir={data_dir}", *SHARED, f"--samples={samples or default_samples}",
-                  *args)
-
-
-def test_evaluate_writes_markov_metrics_and_the_data_reference(run, tmp_path):
-    output = tmp_path / "metrics.json"
-    proc = evaluate(run, f"--output={output}", "--num_data=64")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads(output.read_text())
-    records = [json.loads(line) for line in open(run[2])]
-    assert metrics["num_samples"] == len(records) == 6
-    assert metrics["nfe"] == pytest.approx(np.mean([r["nfe"] for r in records]))
-    assert metrics["corrector_nfe"] == pytest.approx(np.mean([r["corrector_nfe"] for r in records]))
-    assert 0.0 <= metrics["transition_error"] <= 1.0 and 0.0 <= metrics["validity"] <= 1.0
-    assert metrics["chain_ppl"] == pytest.approx(math.exp(metrics["chain_nll"]))
-    data = metrics["data"]
-    assert data["num_samples"] == 64
-    assert data["transition_error"] == 0.0 and data["validity"] == 1.0
-    assert 0.0 < data["entropy"] <= math.log(VOCAB)
-    assert data["chain_nll"] == pytest.approx(data["chain_entropy_nats_per_token"], rel=0.1)
-
-
-def test_evaluate_scores_against_an_explicit_chain(run, tmp_path):
-    _, data_dir, _ = run
-    output = tmp_path / "metrics.json"
-    proc = evaluate(run, f"--output={output}", f"--chain={os.path.join(data_dir, 'chain.npz')}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(json.loads(output.read_text())) >= {"transition_error", "validity", "chain_nll", "entropy"}
-
-
-def _write_samples(path, token_rows):
-    with open(path, "w") as f:
-        for tokens in token_rows:
-            f.write(json.dumps({"tokens": tokens, "nfe": 1, "predictor_nfe": 1, "corrector_nfe": 0}) + "\n")
-    return str(path)
-
-
-@pytest.mark.parametrize(
-    "case, message",
-    [
-        ("ragged", "has 31 tokens"),
-        ("too_long", f"expected data.length={LENGTH}"),
-        ("id_outside_vocab", "outside the vocabulary"),
-        ("not_json", "not JSON"),
-        ("missing_samples", "samples file not found"),
-        ("missing_chain", "chain file not found"),
-    ],
-)
-def test_bad_evaluate_input_is_one_line_and_exit_code_2(run, tmp_path, case, message):
-    good = [[0] * LENGTH, [1] * LENGTH]
-    samples, extra = None, []
-    if case == "ragged":
-        samples = _write_samples(tmp_path / "s.jsonl", [good[0], [0] * (LENGTH - 1)])
-    elif case == "too_long":
-        samples = _write_samples(tmp_path / "s.jsonl", [[0] * (LENGTH + 1)] * 2)
-    elif case == "id_outside_vocab":
-        samples = _write_samples(tmp_path / "s.jsonl", [good[0], [0] * (LENGTH - 1) + [VOCAB]])
-    elif case == "not_json":
-        samples = str(tmp_path / "s.jsonl")
-        with open(samples, "w") as f:
-            f.write('{"tokens": [1, 2\n')
-    elif case == "missing_samples":
-        samples = str(tmp_path / "absent.jsonl")
-    elif case == "missing_chain":
-        samples = _write_samples(tmp_path / "s.jsonl", good)
-        extra = [f"--chain={tmp_path / 'absent' / 'chain.npz'}"]
-    proc = evaluate(run, f"--output={tmp_path / 'm.json'}", *extra, samples=samples)
-    assert_one_line_exit_2(proc, message)
-    assert not (tmp_path / "m.json").exists()
-
-
-def _tiny_gpt2(directory):
-    """A randomly initialised 1-layer GPT-2 in Hugging Face layout (config.json + model.safetensors)."""
-    from safetensors.numpy import save_file
-
-    vocab, dim, positions = 64, 16, 32
-    rng = np.random.default_rng(0)
-    arrays = {"wte.weight": 0.1 * rng.normal(size=(vocab, dim)),
-              "wpe.weight": 0.1 * rng.normal(size=(positions, dim)),
-              "ln_f.weight": np.ones(dim), "ln_f.bias": np.zeros(dim)}
-    shapes = {"ln_1.weight": (dim,), "ln_1.bias": (dim,), "ln_2.weight": (dim,), "ln_2.bias": (dim,),
-              "attn.c_attn.weight": (dim, 3 * dim), "attn.c_attn.bias": (3 * dim,),
-              "attn.c_proj.weight": (dim, dim), "attn.c_proj.bias": (dim,),
-              "mlp.c_fc.weight": (dim, 4 * dim), "mlp.c_fc.bias": (4 * dim,),
-              "mlp.c_proj.weight": (4 * dim, dim), "mlp.c_proj.bias": (dim,)}
-    for name, shape in shapes.items():
-        arrays[f"h.0.{name}"] = 0.02 * rng.normal(size=shape)
-    os.makedirs(directory)
-    arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
-    save_file(arrays, os.path.join(directory, "model.safetensors"))
-    config = {"model_type": "gpt2", "vocab_size": vocab, "n_positions": positions, "n_embd": dim,
-              "n_layer": 1, "n_head": 2, "eos_token_id": vocab - 1}
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f)
-
-
-def test_evaluate_text_gives_gen_ppl_and_needs_an_evaluator(tmp_path):
-    pytest.importorskip("safetensors")
-    evaluator = str(tmp_path / "gpt2")
-    _tiny_gpt2(evaluator)
-    samples = _write_samples(tmp_path / "s.jsonl", [[3, 5, 7, 9, 11, 2], [1, 2, 3, 4, 5, 6]])
-    args = [f"--config={CONFIG}", "--config.data.name=owt", f"--samples={samples}"]
-    output = tmp_path / "text.json"
-    proc = launch("evaluate.py", *args, f"--output={output}", f"--evaluator_dir={evaluator}",
-                  f"--reference={samples}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads(output.read_text())
-    assert 1.0 < metrics["gen_ppl"] < 1000.0 and metrics["scored_tokens"] == 10
-    assert metrics["data"]["gen_ppl"] == pytest.approx(metrics["gen_ppl"])
-    missing = launch("evaluate.py", *args, f"--output={output}", f"--evaluator_dir={tmp_path / 'absent'}")
-    assert_one_line_exit_2(missing, "not found")
-    assert_one_line_exit_2(launch("evaluate.py", *args, f"--output={output}"), "--evaluator_dir")
-
-
+@pytest.mark.slow
 def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
     workdir = tmp_path / "demo"
-    proc = launch("demo.py", f"--workdir={workdir}", "--quick", "--compare_training",
-                  f"--config.data.data_dir={tmp_path / 'data'}", *SHARED, "--config.train.batch_size=8",
-                  "--config.train.num_steps=20", "--config.train.eval_every=20", "--num_samples=8",
-                  "--show=2", timeout=900)
+    proc = run_binary("demo.py", f"--workdir={workdir}", "--quick", "--compare_training",
+                      f"--config.data.data_dir={tmp_path / 'data'}", *TINY_OVERRIDES,
+                      "--config.train.num_steps=20",
+                      "--config.train.eval_every=20", "--num_samples=8", "--show=2", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
+    assert results["model"]["step"] == 20  # the command line's num_steps, not --quick's 60
     samplers = {row["sampler"] for row in results["rows"]}
     assert samplers == {"mdlm", "proseco", "mdlm (MDLM-trained)"}
     assert (workdir / "mdlm" / "checkpoints").is_dir()
@@ -201,8 +46,9 @@ def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
         assert CONTRACT_ROW_KEYS <= set(row), row
         assert row["num_samples"] == 8
         assert row["nfe"] == pytest.approx(row["predictor_nfe"] + row["corrector_nfe"])
-        if row["sampler"] == "mdlm":
+        if row["sampler"] != "proseco":
             assert row["corrector_nfe"] == 0 and row["rewritten"] == 0
+    assert [r["steps"] for r in results["rows"] if r["preset"] == "max"] == [64]
     assert results["data"]["transition_error"] == 0.0
     headline_keys = {"baseline_best", "nfe_ratio", "max_error_ratio", "max_entropy_relative"}
     assert headline_keys <= set(results["headline"])
@@ -210,6 +56,7 @@ def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
     assert "bits/token" in proc.stdout and "tokens rewritten" in proc.stdout
 
 
+@pytest.mark.slow
 def test_notebook_executes_with_tiny_settings(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -217,18 +64,64 @@ def test_notebook_executes_with_tiny_settings(tmp_path, monkeypatch):
     notebook = nbformat.read(os.path.join(REPO, "launch", "demo.ipynb"), as_version=4)
     cells = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1, "the notebook needs exactly one cell tagged 'parameters'"
-    overrides = {"data.data_dir": str(tmp_path / "data"), "train.batch_size": 8, "train.num_steps": 6,
-                 **{flag.split("=")[0].removeprefix("--config."): int(flag.split("=")[1])
-                    if flag.split("=")[1].isdigit() else flag.split("=")[1] for flag in SHARED}}
+    overrides = override_values(*TINY_OVERRIDES, f"--config.data.data_dir={tmp_path / 'data'}",
+                                "--config.train.num_steps=6")
     cells[0].source += f"\nQUICK = True\nWORKDIR = {str(tmp_path / 'nb')!r}\nOVERRIDES = {overrides!r}\n"
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS",
+                       "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": REPO}})
     client.execute()
+    results = json.loads((tmp_path / "nb" / "results.json").read_text())
+    assert results["model"]["step"] == 6 and len(results["rows"]) == 5
     assert (tmp_path / "nb" / "quality_vs_nfe.png").read_bytes()[:8] == PNG_MAGIC
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
-    assert "transition error" in outputs
+    assert "tokens rewritten" in outputs and "forbidden transitions" in outputs
+
+
+def test_demo_and_sweep_report_bad_input_in_one_line_with_exit_code_2(tmp_path):
+    demo = run_binary("demo.py", f"--workdir={tmp_path / 'demo'}", "--config.data.name=owt")
+    assert_usage_error(demo, "data.name='markov'")
+    assert not (tmp_path / "demo").exists()  # rejected before training
+    swept = run_binary("sweep.py", f"--config={CONFIG}", f"--workdir={tmp_path}", "--num_samples=0")
+    assert_usage_error(swept, "must be positive, got 0")
+
+
+@pytest.mark.parametrize("override, num_samples, message",
+                         [("--config.data.name=owt", 8, "data.name='markov'"), ("", 0, "must be positive")])
+def test_sweep_rejects_other_data_and_no_samples_before_any_work(tmp_path, override, num_samples, message):
+    config = config_base.resolve(tiny_config(f"--config.data.data_dir={tmp_path / 'data'}",
+                                             *([override] if override else [])))
+    with pytest.raises(UsageError, match=message):
+        sweep.sweep_workdirs(config, str(tmp_path / "work"), str(tmp_path / "out"), num_samples=num_samples)
+    assert not os.listdir(tmp_path)  # no corpus built, nothing written
+
+
+def test_default_grid_never_exceeds_the_sequence_length_and_has_every_family():
+    base = config_base.Sampling()
+    settings = grid.default_grid(base, 64)
+    assert {s.family for s in settings} >= {"MDLM", "ReMDM", "ProSeCo S=1 ω=1", "ProSeCo S=2 ω=2",
+                                            "ProSeCo max"}
+    steps = lambda sampler, g: [s.applied.steps for s in g if s.sampling.sampler == sampler]
+    assert steps("mdlm", settings) == [4, 8, 16, 32, 64]
+    corrected = [s for s in settings if s.sampling.sampler == "proseco" and not s.sampling.preset]
+    assert max(s.applied.steps for s in corrected) == 32
+    assert steps("mdlm", grid.default_grid(base, 16)) == [4, 8, 16]
+    assert len(grid.default_grid(base, 64, quick=True)) == 5
+    assert {s.family for s in grid.mdlm_grid(base, 64)} == {"MDLM (MDLM-trained)"}
+
+
+def test_grid_settings_keep_the_config_sampling_fields_and_their_nfe_bound_is_max_nfe():
+    base = config_base.Sampling(preset="fast", nucleus_p=0.9, corrector_rule="top_k", batch_size=8)
+    settings = grid.default_grid(base, 64)
+    assert all((s.sampling.nucleus_p, s.sampling.corrector_rule, s.sampling.batch_size) == (0.9, "top_k", 8)
+               for s in settings)
+    assert [s.sampling.preset for s in settings if s.sampling.preset] == ["max"]  # the config's is replaced
+    top = grid.preset_setting(base, "max").applied
+    assert (top.steps, top.corrector_steps, top.corrector_every, top.max_nfe) == (64, 4, 1, 64 + 4 * 64)
+    assert grid.setting(base, "ProSeCo", "proseco", 16, 2, 2).applied.max_nfe == 16 + 2 * 8
+    assert grid.setting(base, "MDLM", "mdlm", 16, corrector_steps=2).applied.max_nfe == 16
 
 
 def _row(sampler, steps, nfe, error, entropy=1.8, corrector_steps=0, every=1, preset=""):
@@ -250,7 +143,7 @@ DATA = {"transition_error": 0.0, "entropy": 1.86}
 
 
 def test_headline_finds_the_cheapest_proseco_row_reaching_mdlm_best():
-    head = sweep.headline(ROWS, DATA)
+    head = headline.claims(ROWS, DATA)
     assert head["baseline_best"]["nfe"] == 40.0 and head["baseline_best"]["transition_error"] == 0.05
     assert head["method_match"]["nfe"] == 24.0
     assert head["nfe_ratio"] == pytest.approx(40.0 / 24.0)
@@ -261,59 +154,86 @@ def test_headline_finds_the_cheapest_proseco_row_reaching_mdlm_best():
 
 
 def test_headline_reads_the_max_preset_against_mdlm_best_and_the_data_entropy():
-    head = sweep.headline(ROWS, DATA)
+    head = headline.claims(ROWS, DATA)
     assert head["max_error_ratio"] == pytest.approx(0.03 / 0.05)
     assert head["max_error_ratio_met"]  # 0.6 <= 1 / 1.2
     assert head["max_entropy_relative"] == pytest.approx(1.7 / 1.86 - 1.0)
     assert head["max_entropy_met"]  # -8.6% is within 10%
-    lines = sweep.headline_lines(head)
+    lines = headline.lines(head)
     assert len(lines) == 4 and "not met" in lines[1]
 
 
 def test_headline_reports_a_bar_not_met_when_no_proseco_row_reaches_mdlm():
     rows = [_row("mdlm", 64, 40.0, 0.01), _row("proseco", 8, 12.0, 0.02, corrector_steps=2)]
-    head = sweep.headline(rows, DATA)
+    head = headline.claims(rows, DATA)
     assert head["method_match"] is None and head["nfe_ratio"] is None and not head["nfe_ratio_met"]
     assert head["max_preset"] is None
-    assert "no row reaches" in sweep.headline_lines(head)[1]
-    other = sweep.headline(rows + [_row("mdlm (MDLM-trained)", 64, 40.0, 0.03)], DATA,
-                           baseline="mdlm (MDLM-trained)")
+    assert "no row reaches" in headline.lines(head)[1]
+    other = headline.claims(rows + [_row("mdlm (MDLM-trained)", 64, 40.0, 0.03)], DATA,
+                            baseline="mdlm (MDLM-trained)")
     assert other["baseline_best"]["transition_error"] == 0.03 and other["method_match"]["nfe"] == 12.0
+    assert headline.lines(headline.claims(rows[:1], DATA)) == ["headline: needs rows of both 'mdlm' and "
+                                                               "'proseco'"]
+
+
+M = 9  # [MASK] of the history tests
+HISTORY = np.array([  # one sample, T = 5, L = 4
+    [M, 3, M, M],
+    [5, 3, M, M],
+    [5, 4, 2, M],  # position 1: 3 -> 4
+    [5, 4, 2, 1],
+    [6, 4, 2, 1],  # position 0: 5 -> 6
+])
+
+
+def _chain_allowing(*pairs):
+    """A chain over M tokens whose only allowed transitions are `pairs`."""
+    transition = np.zeros((M, M))
+    for a, b in pairs:
+        transition[a, b] = 1.0
+    return markov_chain.MarkovChain(np.full(M, 1.0 / M), transition)
 
 
 def test_corrections_mark_decoded_tokens_that_a_later_step_rewrote():
-    m = 9  # [MASK]
-    history = np.array([
-        [m, 3, m, m],
-        [5, 3, m, m],
-        [5, 4, 2, m],  # position 1: 3 -> 4
-        [5, 4, 2, 1],
-        [6, 4, 2, 1],  # position 0: 5 -> 6
-    ])
-    first, changed = sweep.corrections(history, m)
+    first, changed = scoring.corrections(HISTORY, M)
     np.testing.assert_array_equal(first, [5, 3, 2, 1])
     np.testing.assert_array_equal(changed, [True, True, False, False])
-    assert sweep.marked_text(history, m) == "[t5→t6] [t3→t4] t2 t1"
-    transition = np.zeros((m, m))
-    transition[6, 4] = transition[4, 2] = transition[2, 1] = 1.0
-    assert sweep.forbidden_count(history[-1], transition) == 0
-    assert sweep.forbidden_count(first, transition) == 2  # 5 -> 3 and 3 -> 2
+    assert report.marked_text(HISTORY, M) == "[t5→t6] [t3→t4] t2 t1"
+    chain = _chain_allowing((6, 4), (4, 2), (2, 1))
+    scores = scoring.rewrite_scores(np.stack([HISTORY, HISTORY], axis=1), chain, M)  # [T, 2, L]
+    assert scores == {"rewritten": 2.0, "transition_error_first_decoded": 2 / 3}  # 5 -> 3 and 3 -> 2
 
 
-def test_default_grid_never_exceeds_the_sequence_length_and_has_every_family():
-    grid = sweep.default_grid(64)
-    families = {s.family for s in grid}
-    assert {"MDLM", "ReMDM", "ProSeCo S=1 ω=1", "ProSeCo S=2 ω=2", "ProSeCo max"} <= families
-    assert [s.steps for s in grid if s.sampler == "mdlm"] == [4, 8, 16, 32, 64]
-    assert all(s.steps <= 32 for s in grid if s.sampler == "proseco" and not s.preset)
-    assert [s.steps for s in sweep.default_grid(16) if s.sampler == "mdlm"] == [4, 8, 16]
-    assert len(sweep.default_grid(64, quick=True)) < len(grid)
-    top_k = sweep.Setting("ProSeCo top-k", "proseco", 16, 2, 1, extra=(("corrector_rule", "top_k"),))
-    assert top_k.sampling_fields()["corrector_rule"] == "top_k" and top_k.max_nfe == 48
-    assert sweep.preset_setting("max").max_nfe == 64 + 4 * 64
+def test_correction_lines_show_the_balanced_proseco_row_with_forbidden_counts_before_and_after():
+    rows = [_row("mdlm", 16, 16.0, 0.1), _row("proseco", 8, 24.0, 0.1, corrector_steps=2),
+            _row("proseco", 16, 48.0, 0.1, corrector_steps=2),
+            _row("proseco", 64, 320.0, 0.1, corrector_steps=4, preset="max")]
+    history = np.stack([HISTORY, HISTORY], axis=1)  # [T, 2, L]
+    balanced = {"tokens": history[-1], "history": history, "nfe": np.array([48, 47])}
+    outputs = [{}, {}, balanced, {}]
+    lines = report.correction_lines({"rows": rows}, outputs, _chain_allowing((6, 4), (4, 2), (2, 1)), M, 1)
+    assert "T=16, S=2, ω=1" in lines[0] and len(lines) == 3
+    assert lines[1] == ("sample 0: 2 tokens rewritten | forbidden transitions: 2 as first decoded, 0 after "
+                        "correction | NFE 48")
+    assert lines[2] == "[t5→t6] [t3→t4] t2 t1"
+    assert report.correction_lines({"rows": rows[:1]}, outputs[:1], None, M, 3) == []
+
+
+def test_bits_line_reads_the_last_validation_of_metrics_jsonl(tmp_path):
+    assert "no validation figure" in report.bits_line(str(tmp_path), "model")
+    records = [{"step": 10, "loss": 3.0},
+               {"step": 20, "val_bits_per_token": 2.5, "data_bits_per_token": 2.0},
+               {"step": 30, "val_bits_per_token": 2.25, "data_bits_per_token": 2.0},
+               {"step": 40, "loss": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report.validation_bits(str(tmp_path)) == {"step": 30, "val_bits_per_token": 2.25,
+                                                     "data_bits_per_token": 2.0}
+    assert report.bits_line(str(tmp_path), "model") == (
+        "model (step 30): validation 2.2500 bits/token (an upper bound, the negative ELBO) vs the chain's "
+        "entropy 2.0000 (excess +0.2500)")
 
 
 def test_results_json_has_no_infinities(tmp_path):
     path = str(tmp_path / "r.json")
-    sweep.write_json(path, {"rows": [{"chain_nll": math.inf, "nfe": np.float32(2.5), "steps": np.int64(4)}]})
+    report.write_json(path, {"rows": [{"chain_nll": math.inf, "nfe": np.float32(2.5), "steps": np.int64(4)}]})
     assert json.loads(open(path).read()) == {"rows": [{"chain_nll": None, "nfe": 2.5, "steps": 4}]}

@@ -1,63 +1,44 @@
-"""Tests of the sample metrics: Markov-chain scores, sample entropy, the Flax GPT-2 and gen-PPL."""
+"""Tests of the sample metrics (Markov-chain scores, sample entropy, the Flax GPT-2 and gen-PPL), of the
+scoring of a samples file (`evaluation/scoring.py`) and of `launch/evaluate.py`, which calls it."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import sys
 
 import numpy as np
 import pytest
+from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary
 
-from proseco_jax.evaluation import gpt2, text_metrics
-from proseco_jax.evaluation.markov_metrics import (
-    chain_entropy_per_token,
-    load_chain_npz,
-    markov_metrics,
-    sample_entropy,
-)
+from proseco_jax.data import chain as markov_chain
+from proseco_jax.errors import UsageError
+from proseco_jax.evaluation import gpt2, scoring, text_metrics
 
 
-def _random_chain(seed: int, vocab: int = 12, successors: int = 3, alpha: float = 0.7):
-    """A sparse chain: each token has `successors` allowed next tokens with Dirichlet probabilities."""
-    rng = np.random.default_rng(seed)
-    initial = rng.dirichlet(np.full(vocab, alpha))
-    transition = np.zeros((vocab, vocab))
-    for token in range(vocab):
-        allowed = rng.choice(vocab, size=successors, replace=False)
-        transition[token, allowed] = rng.dirichlet(np.full(successors, alpha))
-    return initial, transition
+def _random_chain(seed: int) -> markov_chain.MarkovChain:
+    """A sparse chain over 12 tokens: each has 3 allowed next tokens with Dirichlet(0.7) probabilities."""
+    return markov_chain.make_chain(12, 3, 0.7, seed)
 
 
-def _sample_chain(seed: int, initial, transition, num: int, length: int) -> np.ndarray:
-    """int [num, length] sequences drawn by Gumbel-max, which never picks a zero-probability token."""
-    rng = np.random.default_rng(seed)
-    with np.errstate(divide="ignore"):
-        log_initial, log_transition = np.log(initial), np.log(transition)
-    tokens = np.zeros((num, length), dtype=np.int64)
-    tokens[:, 0] = np.argmax(log_initial + rng.gumbel(size=(num, len(initial))), axis=1)
-    for i in range(1, length):
-        logits = log_transition[tokens[:, i - 1]] + rng.gumbel(size=(num, len(initial)))
-        tokens[:, i] = np.argmax(logits, axis=1)
-    return tokens
-
-
-def _log_probs(tokens: np.ndarray, initial, transition) -> np.ndarray:
+def _log_probs(tokens: np.ndarray, chain: markov_chain.MarkovChain) -> np.ndarray:
     """float [N, L]: log pi(x_0), then log T(x_{i-1}, x_i)."""
     with np.errstate(divide="ignore"):
-        first = np.log(initial[tokens[:, :1]])
-        steps = np.log(transition[tokens[:, :-1], tokens[:, 1:]])
+        first = np.log(chain.initial[tokens[:, :1]])
+        steps = np.log(chain.transition[tokens[:, :-1], tokens[:, 1:]])
     return np.concatenate([first, steps], axis=1)
 
 
 def test_chain_nll_of_chain_samples_matches_chain_entropy_within_three_standard_errors():
-    initial, transition = _random_chain(0)
+    chain = _random_chain(0)
     num, length = 3000, 12
-    tokens = _sample_chain(1, initial, transition, num, length)
-    metrics = markov_metrics(tokens, initial, transition)
-    per_sample = -_log_probs(tokens, initial, transition).mean(axis=1)
+    tokens = markov_chain.sample_sequences(chain, num, length, seed=1)
+    metrics = markov_chain.markov_metrics(tokens, chain)
+    per_sample = -_log_probs(tokens, chain).mean(axis=1)
     standard_error = per_sample.std(ddof=1) / math.sqrt(num)
-    expected = chain_entropy_per_token(initial, transition, length)
+    expected = markov_chain.sequence_entropy_per_token(chain, length)
     assert abs(metrics["chain_nll"] - expected) < 3 * standard_error
     assert metrics["chain_nll"] == pytest.approx(per_sample.mean(), rel=1e-12)
     assert metrics["chain_ppl"] == pytest.approx(math.exp(metrics["chain_nll"]))
@@ -65,39 +46,42 @@ def test_chain_nll_of_chain_samples_matches_chain_entropy_within_three_standard_
     assert metrics["validity"] == 1.0
 
 
-def test_chain_entropy_per_token_of_deterministic_chain_is_initial_entropy_over_length():
-    initial = np.array([0.5, 0.25, 0.25])
-    transition = np.eye(3)[[1, 2, 0]]  # one successor each: transitions carry no entropy
-    entropy_initial = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25))
-    assert chain_entropy_per_token(initial, transition, 1) == pytest.approx(entropy_initial)
-    assert chain_entropy_per_token(initial, transition, 4) == pytest.approx(entropy_initial / 4)
-
-
 def test_one_forbidden_transition_is_counted_exactly_and_left_out_of_the_nll():
-    initial, transition = _random_chain(2)
+    chain = _random_chain(2)
     num, length = 5, 9
-    tokens = _sample_chain(3, initial, transition, num, length)
+    tokens = markov_chain.sample_sequences(chain, num, length, seed=3)
     # Replace the last token of sample 2 by a forbidden successor: exactly one bad transition.
-    tokens[2, -1] = int(np.flatnonzero(transition[tokens[2, -2]] == 0)[0])
-    metrics = markov_metrics(tokens, initial, transition)
+    tokens[2, -1] = int(np.flatnonzero(chain.transition[tokens[2, -2]] == 0)[0])
+    metrics = markov_chain.markov_metrics(tokens, chain)
     assert metrics["transition_error"] == pytest.approx(1 / (num * (length - 1)))
-    alone = markov_metrics(tokens[2:3], initial, transition)
+    assert markov_chain.forbidden_count(tokens, chain) == 1
+    alone = markov_chain.markov_metrics(tokens[2:3], chain)
     assert alone["transition_error"] == pytest.approx(1 / (length - 1))
     assert alone["validity"] == 0.0
     assert metrics["validity"] == pytest.approx((num - 1) / num)
-    log_probs = _log_probs(tokens, initial, transition)
+    log_probs = _log_probs(tokens, chain)
     finite = np.isfinite(log_probs)
     assert finite.sum() == num * length - 1
     assert metrics["chain_nll"] == pytest.approx(-log_probs[finite].mean(), rel=1e-12)
 
 
+def test_forbidden_count_takes_a_chain_or_its_transition_and_ids_outside_the_chain_are_forbidden():
+    chain = _random_chain(5)
+    tokens = markov_chain.sample_sequences(chain, 4, 6, seed=0)
+    assert markov_chain.forbidden_count(tokens, chain) == 0
+    assert markov_chain.forbidden_count(tokens.tolist(), chain.transition) == 0
+    tokens[1, 2] = 12  # a [MASK] id V: both of its transitions are forbidden
+    tokens[3, 0] = -1  # so is a negative id
+    assert markov_chain.forbidden_count(tokens, chain) == 3
+    assert markov_chain.forbidden_count(tokens[1], chain.transition) == 2
+
+
 def test_sample_entropy_matches_hand_computation():
     tokens = np.array([[0, 0, 1, 2], [3, 3, 3, 3], [7, 5, 7, 5]])
     first = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-    np.testing.assert_allclose(sample_entropy(tokens), [first, 0.0, math.log(2)], atol=1e-12)
-    initial = np.full(8, 1 / 8)
-    transition = np.full((8, 8), 1 / 8)
-    entropy = markov_metrics(tokens, initial, transition)["entropy"]
+    np.testing.assert_allclose(markov_chain.sample_entropy(tokens), [first, 0.0, math.log(2)], atol=1e-12)
+    uniform = markov_chain.MarkovChain(np.full(8, 1 / 8), np.full((8, 8), 1 / 8))
+    entropy = markov_chain.markov_metrics(tokens, uniform)["entropy"]
     assert entropy == pytest.approx((first + math.log(2)) / 3)
     # Ragged samples and ids far beyond any chain's vocabulary (text tokenizers).
     ragged = text_metrics.unigram_entropy([[0, 0, 1, 2], [50000, 50256]])
@@ -106,39 +90,19 @@ def test_sample_entropy_matches_hand_computation():
 
 @pytest.mark.parametrize("bad", [-1, 12])
 def test_out_of_vocabulary_ids_raise(bad):
-    initial, transition = _random_chain(0)
-    tokens = _sample_chain(0, initial, transition, 2, 5)
+    chain = _random_chain(0)
+    tokens = markov_chain.sample_sequences(chain, 2, 5, seed=0)
     tokens[1, 3] = bad
     with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
-        markov_metrics(tokens, initial, transition)
+        markov_chain.markov_metrics(tokens, chain)
 
 
 def test_malformed_tokens_raise():
-    initial, transition = _random_chain(0)
+    chain = _random_chain(0)
     with pytest.raises(ValueError, match="shape"):
-        markov_metrics(np.zeros(5, dtype=np.int32), initial, transition)
+        markov_chain.markov_metrics(np.zeros(5, dtype=np.int32), chain)
     with pytest.raises(ValueError, match="integers"):
-        markov_metrics(np.zeros((2, 5)), initial, transition)
-
-
-def test_load_chain_npz_round_trips_and_rejects_bad_files(tmp_path):
-    initial, transition = _random_chain(4)
-    good = tmp_path / "chain.npz"
-    np.savez(good, initial=initial, transition=transition)
-    loaded_initial, loaded_transition = load_chain_npz(good)
-    np.testing.assert_array_equal(loaded_initial, initial)
-    np.testing.assert_array_equal(loaded_transition, transition)
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_chain_npz(tmp_path / "absent.npz")
-    np.savez(tmp_path / "no_initial.npz", transition=transition)
-    with pytest.raises(ValueError, match="lacks array"):
-        load_chain_npz(tmp_path / "no_initial.npz")
-    np.savez(tmp_path / "bad_rows.npz", initial=initial, transition=2 * transition)
-    with pytest.raises(ValueError, match="sums to"):
-        load_chain_npz(tmp_path / "bad_rows.npz")
-    (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(ValueError, match="not a readable"):
-        load_chain_npz(tmp_path / "text.npz")
+        markov_chain.markov_metrics(np.zeros((2, 5)), chain)
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +225,111 @@ def test_mauve_without_its_package_raises_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mauve", None)  # makes `import mauve` fail
     with pytest.raises(ImportError, match="pip install mauve-text"):
         text_metrics.mauve_score(np.zeros((4, 3)), np.ones((4, 3)))
+
+
+def _write_samples(path, token_rows, nfe=(5, 7)):
+    """A samples JSONL as launch/sample.py writes it (NFE counts cycle through `nfe`)."""
+    with open(path, "w") as f:
+        for i, tokens in enumerate(token_rows):
+            n = nfe[i % len(nfe)]
+            f.write(json.dumps({"tokens": list(tokens), "nfe": n, "predictor_nfe": 4, "corrector_nfe": n - 4})
+                    + "\n")
+    return str(path)
+
+
+def test_evaluate_scores_chain_samples_with_no_error_and_adds_the_data_and_the_model(tiny_trained_workdir,
+                                                                                     tmp_path):
+    workdir, data_dir, overrides = tiny_trained_workdir
+    chain = markov_chain.load_chain(os.path.join(data_dir, "chain.npz"))
+    tokens = markov_chain.sample_sequences(chain, 6, LENGTH, seed=0)
+    samples = _write_samples(tmp_path / "s.jsonl", tokens.tolist())
+    output = tmp_path / "metrics.json"
+    proc = run_binary("evaluate.py", f"--config={CONFIG}", f"--workdir={workdir}", *overrides,
+                      f"--samples={samples}", f"--output={output}", "--num_data=64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(output.read_text())
+    assert metrics["num_samples"] == 6
+    assert metrics["transition_error"] == 0.0 and metrics["validity"] == 1.0  # drawn from the chain itself
+    assert metrics["nfe"] == 6.0 and metrics["predictor_nfe"] == 4.0 and metrics["corrector_nfe"] == 2.0
+    assert metrics["chain_ppl"] == pytest.approx(math.exp(metrics["chain_nll"]))
+    data = metrics["data"]
+    assert data["num_samples"] == 64 and data["transition_error"] == 0.0
+    assert data["chain_nll"] == pytest.approx(data["chain_entropy_nats_per_token"], rel=0.1)
+    assert metrics["model_step"] == 4 and metrics["model_val_bits_per_token"] > 0.0
+    assert proc.stdout.strip().splitlines()[-1] == f"wrote {output}"
+
+
+def test_evaluate_reports_bad_input_in_one_line_with_exit_code_2(tmp_path):
+    output = tmp_path / "m.json"
+    proc = run_binary("evaluate.py", f"--config={CONFIG}", f"--samples={tmp_path / 'absent.jsonl'}",
+                      f"--output={output}")
+    assert_usage_error(proc, "samples file not found")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("ragged", "s.jsonl sample 2 has 31 tokens"),
+        ("too_long", f"expected data.length={LENGTH}"),
+        ("id_outside_vocab", f"token id {VOCAB}, outside the vocabulary [0, {VOCAB})"),
+        ("not_a_list", "'tokens' must be a list of integer ids"),
+    ],
+)
+def test_markov_scoring_names_the_file_and_the_sample_of_bad_tokens(tmp_path, case, message):
+    chain = markov_chain.make_chain(VOCAB, 3, 0.5, 0)
+    good = [0] * LENGTH
+    rows = {"ragged": [good, [0] * (LENGTH - 1)], "too_long": [[0] * (LENGTH + 1)] * 2,
+            "id_outside_vocab": [good, [0] * (LENGTH - 1) + [VOCAB]], "not_a_list": [good, "t1 t2"]}[case]
+    path = str(tmp_path / "s.jsonl")
+    records = [{"tokens": tokens} for tokens in rows]
+    with pytest.raises(UsageError, match=re.escape(message)):
+        scoring.score_markov(records, chain, LENGTH, source=path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "samples file not found"), ('{"tokens": [1, 2\n', "line 1 is not JSON"),
+     ('\n[1, 2]\n', "line 2 is not a JSON object"), ("\n\n", "holds no samples")],
+)
+def test_reading_a_bad_samples_file_is_a_one_line_usage_error(tmp_path, content, message):
+    path = tmp_path / "s.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=message) as raised:
+        scoring.read_samples(str(path))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_missing_chain_is_a_usage_error():
+    with pytest.raises(UsageError, match="chain file not found"):
+        markov_chain.load_chain("/nonexistent/chain.npz")
+
+
+def test_markov_scoring_of_chain_samples_and_their_nfe_means():
+    chain = markov_chain.make_chain(VOCAB, 3, 0.5, 0)
+    tokens = markov_chain.sample_sequences(chain, 5, LENGTH, 1)
+    records = [{"tokens": row, "nfe": n, "predictor_nfe": n} for row, n in zip(tokens.tolist(), range(5))]
+    records[2].pop("predictor_nfe")  # a count missing from one record is left out, not averaged over four
+    held_out = markov_chain.sample_sequences(chain, 7, LENGTH, 2)
+    metrics = scoring.score_markov(records, chain, LENGTH, held_out)
+    assert metrics["transition_error"] == 0.0 and metrics["num_samples"] == 5
+    assert metrics["nfe"] == 2.0 and "predictor_nfe" not in metrics and "corrector_nfe" not in metrics
+    assert metrics["data"]["num_samples"] == 7
+    assert metrics["data"]["chain_entropy_bits_per_token"] == pytest.approx(
+        markov_chain.sequence_entropy_per_token(chain, LENGTH) / math.log(2))
+    assert scoring.nfe_means({"nfe": np.array([2, 4], np.int32)}) == {"nfe": 3.0}
+
+
+def test_text_scoring_gives_gen_ppl_against_a_reference_and_needs_an_evaluator(tiny_gpt2, tmp_path):
+    directory, _ = tiny_gpt2
+    records = [{"tokens": [3, 5, 7, 9, 11, 2], "nfe": 4}, {"tokens": [1, 2, 3, 4, 5, 6], "nfe": 4}]
+    metrics = scoring.score_text(records, str(directory), LENGTH, records)
+    assert 1.0 < metrics["gen_ppl"] < 1000.0 and metrics["scored_tokens"] == 10
+    assert metrics["nfe"] == 4.0
+    assert metrics["data"]["gen_ppl"] == pytest.approx(metrics["gen_ppl"])
+    assert scoring.score_text(records, str(directory), 3)["scored_tokens"] == 4  # cut to 3 tokens each
+    with pytest.raises(UsageError, match="cannot load the evaluator: .*not found"):
+        scoring.score_text(records, str(tmp_path / "absent"), LENGTH)
+    with pytest.raises(UsageError, match="s.jsonl sample 1 holds ids outside the evaluator vocabulary"):
+        scoring.score_text([{"tokens": [100, 1]}], str(directory), LENGTH, source="s.jsonl")

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Any
 
+from proseco_jax.config_base import data_directory
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import markov_builder
 from proseco_jax.data.errors import DataError
@@ -37,7 +38,7 @@ def load(data_config) -> Data:
         nats = markov_chain.sequence_entropy_per_token(chain, data_config.length)
         return Data(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
     if data_config.name == "owt":
-        root = os.path.join(os.path.abspath(data_config.data_dir), "openwebtext")
+        root = os.path.join(data_directory(data_config.data_dir), "openwebtext")
         raise DataError(
             f"OpenWebText is not prepared: expected GPT-2-tokenised array_record splits under {root} "
             "(nothing is downloaded at run time; prepare the corpus offline first)"

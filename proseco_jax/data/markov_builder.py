@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from proseco_jax.config_base import data_directory
 from proseco_jax.data.chain import MarkovChain, load_chain, make_chain, sample_sequences, save_chain
 from proseco_jax.data.errors import DataError, one_line
 
@@ -277,7 +278,7 @@ def prepare_markov(data_config: Any) -> tuple[dict[str, RandomAccessSource], str
         cfg = _builder_config_from(data_config)
     except ValueError as e:  # Impossible settings are the user's to fix, like missing data.
         raise DataError(f"bad Markov data config: {e}") from e
-    data_dir = os.path.abspath(os.path.expanduser(os.fspath(_data_config_value(data_config, "data_dir"))))
+    data_dir = data_directory(os.fspath(_data_config_value(data_config, "data_dir")))
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as e:

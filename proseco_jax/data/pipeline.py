@@ -20,7 +20,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
-from proseco_jax.data.errors import DataError
+from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.markov_builder import RandomAccessSource
 
 # Threads that read ahead in the main process, and how many batches they may hold. Reading is a few
@@ -44,13 +44,25 @@ def _check_process(process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
 
 
+def _describe(source: RandomAccessSource) -> str:
+    """Where a source reads from (its tfds version directory and split when it has them)."""
+    info = getattr(source, "dataset_info", None)
+    where = getattr(info, "data_dir", None)
+    split = getattr(source, "split", None)
+    return f"the {split} split in {where}" if where else type(source).__name__
+
+
 def _read(source: RandomAccessSource, indices: Sequence[int]) -> dict[str, np.ndarray]:
     """Reads examples `indices` and stacks each feature: {name: [len(indices), ...]}."""
     indices = [int(i) for i in indices]
     getitems = getattr(source, "__getitems__", None)
-    records: Sequence[Mapping[str, Any]] = (
-        getitems(indices) if getitems is not None else [source[i] for i in indices]
-    )
+    try:
+        records: Sequence[Mapping[str, Any]] = (
+            getitems(indices) if getitems is not None else [source[i] for i in indices]
+        )
+    except (RuntimeError, OSError, ValueError) as e:  # array_record reports a damaged chunk as RuntimeError.
+        raise DataError(f"cannot read records of {_describe(source)}: {one_line(e)}; the data is damaged: "
+                        "delete that directory and rerun to rebuild it") from None
     batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
     if "tokens" in batch:
         batch["tokens"] = batch["tokens"].astype(np.int32, copy=False)

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from proseco_jax.configlib import ConfigError, Section, at_least, between, field, one_of
 from proseco_jax.models import layers
 
-
 # Size presets: (num_layers, hidden_size, num_heads, cond_dim). `small` is the paper's DiT-small.
 PRESETS = {
     "tiny": dict(num_layers=2, hidden_size=128, num_heads=4, cond_dim=64),

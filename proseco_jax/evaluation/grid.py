@@ -1,0 +1,137 @@
+"""Quality against compute: one trained model sampled under a grid of sampler settings, each row scored.
+
+A `Setting` is a family label (its curve in the plot) and the config's `sampling` section with the
+sampler, T steps, S corrector steps and omega changed (`Sampling.replace`); every other sampling field is
+the config's. Each row draws `num_samples` sequences and scores them against the Markov chain
+(`chain.markov_metrics`) next to their mean NFE per sample, the x-axis of the paper's figures, and what
+the corrector rewrote (`scoring.rewrite_scores`). The NFE bound per sample is `Sampling.max_nfe`,
+T + S ceil(T / omega).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from proseco_jax import config_base
+from proseco_jax.data import chain as markov_chain
+from proseco_jax.evaluation import report, scoring
+
+Row = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the sweep: its family label and the sampling section it runs."""
+
+    family: str
+    sampling: config_base.Sampling
+
+    @property
+    def applied(self) -> config_base.Sampling:
+        """`sampling` with its preset written into (steps, corrector_every, corrector_steps); the training
+        parameterization is filled in when sampling (`inference.sample_batches`), so it is left as is."""
+        return self.sampling.resolved(self.sampling.parameterization)
+
+
+def setting(base: config_base.Sampling, family: str, sampler: str, steps: int, corrector_steps: int = 0,
+            corrector_every: int = 1) -> Setting:
+    """`base` running `sampler` with T = steps, S = corrector_steps, omega = corrector_every (no preset)."""
+    return Setting(family, base.replace(sampler=sampler, preset="", steps=steps,
+                                        corrector_steps=corrector_steps, corrector_every=corrector_every))
+
+
+def preset_setting(base: config_base.Sampling, preset: str, family: str = "") -> Setting:
+    """`base` running ProSeCo at a named preset of `config_base.PRESETS` (fast, balanced, max)."""
+    return Setting(family or f"ProSeCo {preset}", base.replace(sampler="proseco", preset=preset))
+
+
+def default_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
+    """The sweep of the demo for sequences of `length` tokens, every setting built from `base`.
+
+    MDLM (S = 0) over T in {4, 8, 16, 32, 64} (T <= length), ReMDM at two T, ProSeCo with (S, omega) in
+    {(1, 1), (2, 1), (2, 2)} over T in {4, 8, 16, 32}, and the `max` preset: 20 rows. `quick` keeps five:
+    MDLM and ProSeCo (S = 2, omega = 1) at T in {4, 16}, and the `max` preset.
+    """
+    def upto(values: Iterable[int]) -> list[int]:
+        return [t for t in values if t <= length] or [length]
+
+    if quick:
+        grid = [setting(base, "MDLM", "mdlm", t) for t in upto((4, 16))]
+        grid += [setting(base, "ProSeCo S=2 ω=1", "proseco", t, 2, 1) for t in upto((4, 16))]
+        return grid + [preset_setting(base, "max")]
+    grid = [setting(base, "MDLM", "mdlm", t) for t in upto((4, 8, 16, 32, 64))]
+    grid += [setting(base, "ReMDM", "remdm", t) for t in upto((16, 64))]
+    for corrector_steps, every in ((1, 1), (2, 1), (2, 2)):
+        family = f"ProSeCo S={corrector_steps} ω={every}"
+        grid += [setting(base, family, "proseco", t, corrector_steps, every) for t in upto((4, 8, 16, 32))]
+    return grid + [preset_setting(base, "max")]
+
+
+def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
+    """The MDLM settings of `default_grid`, for a second, MDLM-trained model."""
+    return [dataclasses.replace(s, family="MDLM (MDLM-trained)")
+            for s in default_grid(base, length, quick=quick) if s.sampling.sampler == "mdlm"]
+
+
+def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: bool = False,
+                   seed: int | None = None) -> dict[str, np.ndarray]:
+    """num_samples draws of the loaded model under `setting`: tokens [N, L], NFE counts [N] (and
+    history [T, N, L] if asked), the batches concatenated."""
+    from proseco_jax import inference
+
+    batches = list(inference.sample_batches(loaded, num_samples, settings=setting.sampling, history=history,
+                                            seed=seed))
+    out = {key: np.concatenate([b[key] for b in batches]) for key in batches[0] if key != "history"}
+    if history:
+        out["history"] = np.concatenate([b["history"] for b in batches], axis=1)
+    return out
+
+
+def evaluate_setting(loaded: Any, setting: Setting, chain: markov_chain.MarkovChain, num_samples: int, *,
+                     sampler_label: str | None = None) -> tuple[Row, dict[str, np.ndarray]]:
+    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples)."""
+    start = time.time()
+    out = sample_setting(loaded, setting, num_samples, history=True)
+    run = setting.applied
+    row: Row = {
+        "sampler": sampler_label or run.sampler,
+        "family": setting.family,
+        "steps": run.steps,
+        "corrector_steps": run.num_corrector_steps,
+        "corrector_every": run.corrector_every,
+        "preset": setting.sampling.preset,
+    }
+    row.update(scoring.nfe_means(out))
+    row.update(markov_chain.markov_metrics(out["tokens"], chain))
+    row.update(scoring.rewrite_scores(out["history"], chain, loaded.config.mask_id))
+    row["num_samples"] = int(out["tokens"].shape[0])
+    row["seconds"] = time.time() - start
+    return row, out
+
+
+def run_sweep(loaded: Any, grid: Sequence[Setting], chain: markov_chain.MarkovChain, num_samples: int, *,
+              sampler_label: str | None = None, workers: int = 2,
+              progress: Callable[[str], None] | None = print
+              ) -> tuple[list[Row], list[dict[str, np.ndarray]]]:
+    """`evaluate_setting` for every setting of the grid, a progress line per row: (rows, samples).
+
+    Every setting compiles its own sampler, and XLA compiles on one core: `workers` threads let one
+    setting compile while another samples. Rows come back in grid order and do not depend on `workers`.
+    """
+    def one(i: int) -> tuple[Row, dict[str, np.ndarray]]:
+        row, out = evaluate_setting(loaded, grid[i], chain, num_samples, sampler_label=sampler_label)
+        if progress is not None:
+            progress(f"[{i + 1}/{len(grid)}] {report.row_summary(row)}")
+        return row, out
+
+    # Longest first (by the NFE bound), so no long row runs alone at the end.
+    order = sorted(range(len(grid)), key=lambda i: -grid[i].applied.max_nfe)
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        done = dict(zip(order, pool.map(one, order)))
+    return [done[i][0] for i in range(len(grid))], [done[i][1] for i in range(len(grid))]

@@ -1,0 +1,88 @@
+"""Samples files: JSON Lines, one sample per line, appended whole lines at a time.
+
+A sampling run appends each finished batch and flushes it, so an interrupted run leaves only whole
+samples (at most a torn last line, which `prepare_output` cuts off) and a rerun continues where it stopped.
+Every problem with a path or a file is one `UsageError` line, found before any sampling work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from proseco_jax.errors import UsageError
+
+Record = dict[str, Any]
+
+
+def check_output_path(path: str) -> None:
+    """UsageError unless `path` can be created or appended to as a file."""
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write output {path}: {e.strerror or e}") from None
+
+
+def read_jsonl(path: str) -> list[Record]:
+    """The JSON objects of a JSONL file, one per non-empty line (one-line UsageError for a bad file)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a samples file")
+    if not os.path.isfile(path):
+        raise UsageError(f"samples file not found: {path}")
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"{path} line {number} is not JSON: {e.msg}") from None
+                if not isinstance(record, dict):
+                    raise UsageError(f"{path} line {number} is not a JSON object")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text (a samples file is JSON Lines)") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    return records
+
+
+def prepare_output(path: str, *, resume: bool) -> int:
+    """Makes `path` ready to append to; returns how many whole samples it already holds.
+
+    resume=False empties the file. resume=True keeps its whole lines (a torn last line of an interrupted
+    write is cut off) and checks that they are samples (objects with 'tokens').
+    """
+    check_output_path(path)
+    if not resume:
+        open(path, "w").close()
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(whole))
+    records = read_jsonl(path)
+    for number, record in enumerate(records, 1):
+        if "tokens" not in record:
+            raise UsageError(f"output {path} line {number} is not a sample; use --noresume to overwrite it")
+    return len(records)
+
+
+def append(path: str, records: Iterable[Record]) -> None:
+    """Appends records as whole lines and flushes them to disk."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
