@@ -35,7 +35,8 @@ _SIZES = {key: flags.DEFINE_integer(key, None, f"{field} (overrides --shape).", 
           for key, field in SHAPE_FIELDS.items() if key != "cond_dim"}
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls of each program.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls of each program after compiling.", lower_bound=0)
-_DEVICES = flags.DEFINE_integer("devices", 1, "Mesh over the first N devices (0: all of them).", lower_bound=0)
+_DEVICES = flags.DEFINE_integer("devices", 1, "Mesh over the first N devices (0: all of them).",
+                                lower_bound=0)
 _THREADS = flags.DEFINE_integer("threads", 0, "Run on N CPU cores (0: all); XLA sizes its thread pool "
                                 "by the cores it may use.", lower_bound=0)
 

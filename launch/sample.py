@@ -23,7 +23,8 @@ from proseco_jax.stopping import StopRequest
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL file to write, one sample per line.", required=True)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the file should hold.", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the file should hold.",
+                                    lower_bound=1)
 _HISTORY = flags.DEFINE_bool("history", False, "Also write every iterate z_t of each sample ('history').")
 _PROMPT = flags.DEFINE_string("prompt", "", "Comma-separated token ids of a fixed prefix, e.g. '3,17,5'.")
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
@@ -75,8 +76,8 @@ def main(argv):
             print(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "
                   f"ETA {(total - done) / max(rate, 1e-9):.0f} s", flush=True)
             if stop.requested and done < total:
-                print(f"{stop.signal_name}: {done} of {total} samples are in {output}; rerun the same command "
-                      "to continue", flush=True)
+                print(f"{stop.signal_name}: {done} of {total} samples are in {output}; rerun the same "
+                      "command to continue", flush=True)
                 return
     print(f"wrote {done} samples (checkpoint step {loaded.step}) to {output}", flush=True)
 

@@ -186,10 +186,11 @@ def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup:
     run = placed.under_mesh(sampling.sample)
 
     def program(host_loop: bool):
-        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], host_loop=host_loop, **kwargs))
+        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], host_loop=host_loop,
+                                       **kwargs))
 
-    timings = time_programs({"scan": program(False), "hostloop": program(True)}, {"scan": None, "hostloop": None},
-                            steps=steps, warmup=warmup)
+    timings = time_programs({"scan": program(False), "hostloop": program(True)},
+                            {"scan": None, "hostloop": None}, steps=steps, warmup=warmup)
     out, sec = timings.outputs["scan"], timings.median_sec
     calls = int(out.model_calls)
     forward = train_step_flops(config.replace(train=config.train.replace(batch_size=batch)), passes=1) / 3.0

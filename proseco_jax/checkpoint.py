@@ -31,9 +31,8 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def check_writable(workdir: str) -> None:
-    """Raises UsageError now, before any training, if checkpoints could not be written under workdir."""
-    directory = checkpoint_dir(workdir)
+def ensure_writable(directory: str, label: str) -> None:
+    """Creates `directory` and proves it can be written, now, before any work (one-line UsageError)."""
     try:
         os.makedirs(directory, exist_ok=True)
         probe = os.path.join(directory, f".write_test_{os.getpid()}")
@@ -41,7 +40,7 @@ def check_writable(workdir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise UsageError(f"checkpoints cannot be written to {directory}: {e.strerror or e}") from None
+        raise UsageError(f"{label} {directory} cannot be written: {e.strerror or e}") from None
 
 
 def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -153,9 +152,10 @@ def _walk_back(manager: ocp.CheckpointManager, wanted_params: Any, attempt: Call
             return step, attempt(step)
         except Exception as e:  # noqa: BLE001 - shapes fit, so a failed read is damage on disk ...
             if "structures do not match" in str(e):  # ... unless the rest of the state has another layout.
-                raise UsageError(f"the checkpoint at step {step} in {directory} holds another optimizer state "
-                                 "than the config's (was an optimizer setting such as train.grad_clip changed?); "
-                                 "use the settings it was trained with (its config.json) or another workdir"
+                raise UsageError(f"the checkpoint at step {step} in {directory} holds another optimizer "
+                                 "state than the config's (was an optimizer setting such as train.grad_clip "
+                                 "changed?); use the settings it was trained with (its config.json) or "
+                                 "another workdir"
                                  ) from None
             damaged(step, _short(e))
     return None

@@ -135,8 +135,10 @@ class Train(Section):
                                   at_least(1))
     keep_checkpoints: int = field(3, "How many recent checkpoints to keep.", at_least(1))
     nonfinite: str = field("halt", "A step whose loss, gradient or new parameters are not finite never "
-                           "updates the state; then 'halt' stops training, 'skip' goes on.", one_of("halt", "skip"))
-    max_skips: int = field(10, "nonfinite='skip': halt after this many non-finite steps in a row.", at_least(1))
+                           "updates the state; then 'halt' stops training, 'skip' goes on.",
+                           one_of("halt", "skip"))
+    max_skips: int = field(10, "nonfinite='skip': halt after this many non-finite steps in a row.",
+                           at_least(1))
 
     def validate(self):
         if self.batch_size % self.micro_batches:
@@ -204,7 +206,8 @@ class Sampling(Section):
     corrector_prior: str = field("argmax", "Corrector's start y from the predictor: 'argmax' or 'sample'.",
                                  one_of("argmax", "sample"))
     parameterization: str = field("", "Corrector start: 'subs' keeps decoded tokens, 'd3pm' re-predicts "
-                                  "them; '' follows diffusion.parameterization.", one_of("", *PARAMETERIZATIONS))
+                                  "them; '' follows diffusion.parameterization.",
+                                  one_of("", *PARAMETERIZATIONS))
     nucleus_p: float = field(1.0, "Nucleus (top-p) mass for unmasking draws (1.0 = full distribution).",
                              between(0, 1, open_low=True))
     precision: str = field("float32", "Dtype of sampling probabilities: 'float32' or 'float64' (needs jax "
@@ -217,7 +220,8 @@ class Sampling(Section):
     remdm_eta: float = field(0.02, "ReMDM remasking strength.", between(0, 1))
     remdm_t_on: float = field(0.55, "ReMDM loop: remasking window starts at this time ...",
                               between(0, 1, open_low=True, open_high=True))
-    remdm_t_off: float = field(0.05, "... and ends at this one.", between(0, 1, open_low=True, open_high=True))
+    remdm_t_off: float = field(0.05, "... and ends at this one.",
+                               between(0, 1, open_low=True, open_high=True))
     remdm_alpha_on: float = field(0.9, "ReMDM loop: alpha held fixed at this value inside the window.",
                                   between(0, 1, open_low=True, open_high=True))
     temperature: float = field(1.0, "Token draws of the confidence and block samplers (0 = greedy, LLaDA's "

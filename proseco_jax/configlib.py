@@ -53,7 +53,8 @@ def between(low: float, high: float, *, open_low: bool = False, open_high: bool 
 
     def check(v):
         ok = _finite(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
-        return None if ok else f"must be in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        return None if ok else f"must be in {interval}"
 
     return check
 

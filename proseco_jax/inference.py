@@ -68,7 +68,8 @@ def check_workdir_config(config: Config, workdir: str) -> None:
             recorded = config_base.resolve(json.load(f))
     except (OSError, ValueError, UsageError) as e:
         raise UsageError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-    fields = [f"model.{k}" for k in configlib.to_dict(config.model) if k not in ("preset", "dropout", "remat")]
+    ignored = ("preset", "dropout", "remat")  # They do not change what a trained model computes.
+    fields = [f"model.{k}" for k in configlib.to_dict(config.model) if k not in ignored]
     fields += ["data.vocab_size", "data.length"]
     differ = [f"{name}={configlib.get(config, name)!r} (trained with {configlib.get(recorded, name)!r})"
               for name in fields if configlib.get(config, name) != configlib.get(recorded, name)]

@@ -64,9 +64,8 @@ class Schedule:
             cos = jnp.cos(0.5 * jnp.pi * t)
             sin = jnp.sin(0.5 * jnp.pi * t)
             return 0.5 * jnp.pi * (1.0 - self.eps) * sin / (self.eps + (1.0 - self.eps) * cos)
-        return (
-            (1.0 - self.eps) * self.diffusion.poly_power * t ** (self.diffusion.poly_power - 1.0) / (1.0 - (1.0 - self.eps) * t**self.diffusion.poly_power)
-        )
+        power = self.diffusion.poly_power
+        return (1.0 - self.eps) * power * t ** (power - 1.0) / (1.0 - (1.0 - self.eps) * t**power)
 
     def alpha(self, t):
         """Probability that a token is still unmasked at time t."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -127,9 +126,8 @@ def train_step(
     # Divergence guard: a step whose loss, gradient or new parameters are not finite leaves the state as it
     # was (only the step counter moves), so no checkpoint can ever hold non-finite parameters.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                             TrainState(step=state.step, params=params, ema_params=ema_params, opt_state=opt_state),
-                             state)
+    updated = TrainState(step=state.step, params=params, ema_params=ema_params, opt_state=opt_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
     return new_state.replace(step=state.step + 1), metrics
 
@@ -196,8 +194,9 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
     """Raises UsageError (one line) for training settings that cannot run on this mesh and these processes."""
     t, d = config.train, config.data
     if d.name == "markov" and t.eval_every > 0 and t.eval_batches * t.batch_size > d.num_eval:
-        raise UsageError(f"validation needs train.eval_batches * train.batch_size = "
-                         f"{t.eval_batches * t.batch_size} held-out sequences, but data.num_eval={d.num_eval}")
+        needed = t.eval_batches * t.batch_size
+        raise UsageError(f"validation needs train.eval_batches * train.batch_size = {needed} held-out "
+                         f"sequences, but data.num_eval={d.num_eval}")
     dp = sharding.data_parallel_size(mesh)
     if t.batch_size % (dp * t.micro_batches):
         raise UsageError(
@@ -205,22 +204,11 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
             f"(mesh.data * mesh.fsdp = {dp}) times train.micro_batches={t.micro_batches}"
         )
     if t.batch_size % jax.process_count():
-        raise UsageError(f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} processes")
+        raise UsageError(f"train.batch_size={t.batch_size} is not divisible by {jax.process_count()} "
+                         "processes")
     heads = getattr(config.model, "num_heads", None)
     if heads is not None and heads % mesh.shape["tensor"]:
         raise UsageError(f"model.num_heads={heads} is not divisible by mesh.tensor={mesh.shape['tensor']}")
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Creates workdir and checks that it can be written (UsageError otherwise)."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(f"workdir {workdir} cannot be written: {e.strerror or e}") from None
 
 
 def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
@@ -252,7 +240,8 @@ class StepLog:
         pending, self._pending = self._pending, []
         means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]} if pending else {}
         now = time.time()
-        means["tokens_per_sec"] = (step - self._tick_step) * self._tokens_per_step / max(now - self._tick, 1e-9)
+        tokens = (step - self._tick_step) * self._tokens_per_step
+        means["tokens_per_sec"] = tokens / max(now - self._tick, 1e-9)
         means["learning_rate"] = float(self._lr(step - 1))
         self._tick, self._tick_step = now, step
         return means
@@ -272,8 +261,8 @@ def _divergence_message(config: Config, step: int, skipped: int, manager, workdi
 
     manager.wait_until_finished()
     good = manager.latest_step()
-    where = (f"the last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}" if good is not None
-             else "no checkpoint was written yet")
+    where = ("no checkpoint was written yet" if good is None
+             else f"the last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}")
     return (f"training halted at step {step}: {skipped} step(s) in a row had a non-finite loss, gradient or "
             f"update (not applied); {where}; lower train.learning_rate={config.train.learning_rate:g} or set "
             "train.nonfinite=skip")
@@ -289,7 +278,7 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     from proseco_jax.metrics_writer import MetricsWriter
 
     config = config_base.resolve(config)
-    prepare_workdir(workdir)
+    checkpoint.ensure_writable(workdir, "workdir")
     mesh = sharding.make_mesh(config.mesh)
     check_mesh(config, mesh)
     data = datasets.load(config.data)
@@ -298,13 +287,13 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     pid, nproc = jax.process_index(), jax.process_count()
 
     def data_iterator():
-        return pipeline.train_iterator(data.sources["train"], global_batch_size=t.batch_size, seed=config.seed,
-                                       process_index=pid, process_count=nproc,
+        return pipeline.train_iterator(data.sources["train"], global_batch_size=t.batch_size,
+                                       seed=config.seed, process_index=pid, process_count=nproc,
                                        worker_count=config.data.worker_count)
 
     train_iter = data_iterator()
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
-    checkpoint.check_writable(workdir)
+    checkpoint.ensure_writable(checkpoint.checkpoint_dir(workdir), "checkpoints")
     manager = checkpoint.make_manager(workdir, t.keep_checkpoints)
     restored = checkpoint.restore(manager, compiled.abstract_state, train_iter)
     if restored is not None:

@@ -6,7 +6,6 @@ with, so the two-pass structure of `proseco_loss` is checked term by term.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,7 +77,7 @@ def _table(seed: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).normal(scale=1.5, size=(K, K)), jnp.float32)
 
 
-def _fake_apply(tables, record: list | None = None) -> diffusion.ApplyFn:
+def _fake(tables, record: list | None = None) -> diffusion.ApplyFn:
     """logits = tables[i][tokens] + POSITION on the i-th call (the last table for later calls).
 
     With two tables, pass one and pass two of `proseco_loss` read different parameters, so gradients of
@@ -372,7 +371,7 @@ def test_proseco_loss_matches_a_numpy_reference_of_both_passes(options):
     table1, table2 = _table(20), _table(21)
     x = _tokens()
     record = []
-    loss, metrics = diffusion.proseco_loss(_fake_apply([table1, table2], record), None, x, jax.random.key(3),
+    loss, metrics = diffusion.proseco_loss(_fake([table1, table2], record), None, x, jax.random.key(3),
                                            jnp.asarray(0), cfg)
     assert len(record) == 2
     expected, mdm, sc, y_expected = _reference(x, None, record, table1, table2, cfg)
@@ -396,7 +395,7 @@ def test_proseco_loss_pass_one_sees_the_masked_sequence_at_the_schedule_rate():
     masked, expected, variance = 0.0, 0.0, 0.0
     for seed in range(8):
         record = []
-        diffusion.proseco_loss(_fake_apply([_table(0)], record), None, x, jax.random.key(seed), jnp.asarray(0), cfg)
+        diffusion.proseco_loss(_fake([_table(0)], record), None, x, jax.random.key(seed), jnp.asarray(0), cfg)
         z, sigma = record[0]
         np.testing.assert_array_equal(z[z != MASK], np.asarray(x)[z != MASK])
         t = -np.expm1(-sigma) / (1 - EPS)
@@ -413,7 +412,7 @@ def _grads(term: str, cfg: Objective, step: int = 0):
     x = _tokens()
 
     def f(tables):
-        loss, metrics = diffusion.proseco_loss(_fake_apply(tables), None, x, jax.random.key(3), jnp.asarray(step),
+        loss, metrics = diffusion.proseco_loss(_fake(tables), None, x, jax.random.key(3), jnp.asarray(step),
                                                cfg)
         return loss if term == "loss" else metrics[term]
 
@@ -461,7 +460,7 @@ def test_corrector_gradient_with_shared_parameters_treats_the_corrector_input_as
     x = _tokens()
     table = _table(20)
     record = []
-    diffusion.proseco_loss(_fake_apply([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
+    diffusion.proseco_loss(_fake([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
     y, sigma = jnp.asarray(record[1][0]), record[1][1]
     w = jnp.asarray(_weight_from_sigma(sigma), jnp.float32)
 
@@ -471,7 +470,7 @@ def test_corrector_gradient_with_shared_parameters_treats_the_corrector_input_as
         return jnp.mean(-w[:, None] * jnp.take_along_axis(logp, x[..., None], -1)[..., 0])
 
     def library_sc(tab):
-        _, metrics = diffusion.proseco_loss(_fake_apply([tab]), None, x, jax.random.key(3), jnp.asarray(0), cfg)
+        _, metrics = diffusion.proseco_loss(_fake([tab]), None, x, jax.random.key(3), jnp.asarray(0), cfg)
         return metrics["corrector_loss"]
 
     np.testing.assert_allclose(jax.grad(library_sc)(table), jax.grad(fixed_input_sc)(table),
@@ -482,7 +481,7 @@ def _loss_and_grad(cfg: Objective, step: int = 0, token_mask=None, x=None):
     x = _tokens() if x is None else x
 
     def f(table):
-        return diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), jnp.asarray(step), cfg,
+        return diffusion.proseco_loss(_fake([table]), None, x, jax.random.key(3), jnp.asarray(step), cfg,
                                       token_mask=token_mask)
 
     (loss, metrics), grad = jax.value_and_grad(f, has_aux=True)(_table(20))
@@ -494,7 +493,7 @@ def _mdm_only_loss_and_grad(cfg: Objective, step: int = 0):
     x = _tokens()
 
     def f(table):
-        _, metrics = diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), jnp.asarray(step),
+        _, metrics = diffusion.proseco_loss(_fake([table]), None, x, jax.random.key(3), jnp.asarray(step),
                                             cfg)
         return cfg.corrector.mdm_weight * metrics["mdm_loss"]
 
@@ -506,7 +505,7 @@ def test_disabled_corrector_gives_the_weighted_mdlm_loss_and_gradient():
     cfg = _config(corrector_enabled=False, mdm_weight=0.6)
     record = []
     x = _tokens()
-    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), None, x, jax.random.key(3),
+    loss, metrics = diffusion.proseco_loss(_fake([_table(20)], record), None, x, jax.random.key(3),
                                            jnp.asarray(0), cfg)
     assert len(record) == 1  # pass two is skipped
     expected, mdm, _, _ = _reference(x, None, record, _table(20), None, cfg)
@@ -550,7 +549,7 @@ def test_corrector_start_step_works_with_a_traced_step_under_jit():
 
     @jax.jit
     def f(step):
-        return diffusion.proseco_loss(_fake_apply([table]), None, x, jax.random.key(3), step, cfg)[0]
+        return diffusion.proseco_loss(_fake([table]), None, x, jax.random.key(3), step, cfg)[0]
 
     mdlm, _, _ = _loss_and_grad(_config(corrector_enabled=False))
     full, _, _ = _loss_and_grad(_config())
@@ -568,7 +567,7 @@ def test_d3pm_lets_the_corrector_input_differ_from_x_at_visible_positions():
     for parameterization in ("subs", "d3pm"):
         record = []
         cfg = _config(parameterization=parameterization, corrector_input="all")
-        diffusion.proseco_loss(_fake_apply([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
+        diffusion.proseco_loss(_fake([table], record), None, x, jax.random.key(3), jnp.asarray(0), cfg)
         (z, _), (y, _) = record
         visible = z != MASK
         assert 0 < visible.sum() < visible.size
@@ -592,7 +591,7 @@ def test_token_mask_averages_only_over_real_tokens():
     token_mask[:, L - 4:] = 0.0
     token_mask[0, 2:] = 0.0
     record = []
-    loss, metrics = diffusion.proseco_loss(_fake_apply([_table(20)], record), None, jnp.asarray(x),
+    loss, metrics = diffusion.proseco_loss(_fake([_table(20)], record), None, jnp.asarray(x),
                                            jax.random.key(3), jnp.asarray(0), cfg,
                                            token_mask=jnp.asarray(token_mask))
     expected, mdm, sc, _ = _reference(x, token_mask, record, _table(20), _table(20), cfg)
@@ -605,7 +604,7 @@ def test_token_mask_averages_only_over_real_tokens():
     # Padding content is irrelevant: the fake denoiser is per-position, so only real tokens count.
     padded = x.copy()
     padded[token_mask == 0] = (padded[token_mask == 0] + 3) % V
-    other, _ = diffusion.proseco_loss(_fake_apply([_table(20)]), None, jnp.asarray(padded), jax.random.key(3),
+    other, _ = diffusion.proseco_loss(_fake([_table(20)]), None, jnp.asarray(padded), jax.random.key(3),
                                       jnp.asarray(0), cfg, token_mask=jnp.asarray(token_mask))
     np.testing.assert_allclose(float(other), float(loss), rtol=1e-6)
 
@@ -616,14 +615,14 @@ def test_nelbo_returns_the_sum_over_real_tokens_and_their_count():
     token_mask = np.ones((B, L), np.float32)
     token_mask[:, 9:] = 0.0
     record = []
-    total, count = diffusion.nelbo(_fake_apply([_table(20)], record), None, x, jax.random.key(5), schedule, MASK,
+    total, count = diffusion.nelbo(_fake([_table(20)], record), None, x, jax.random.key(5), schedule, MASK,
                                    eps=EPS, token_mask=jnp.asarray(token_mask))
     assert float(count) == token_mask.sum() == B * 9
     z, sigma = record[0]
     logp = _forbid_mask_np(np.asarray(_table(20), np.float64)[z] + np.asarray(POSITION, np.float64)[:L])
     nats = np.where(z == MASK, -_weight_from_sigma(sigma)[:, None] * _gather(logp, np.asarray(x)), 0.0)
     np.testing.assert_allclose(float(total), (nats * token_mask).sum(), rtol=1e-5)
-    full_total, full_count = diffusion.nelbo(_fake_apply([_table(20)]), None, x, jax.random.key(5), schedule, MASK,
+    full_total, full_count = diffusion.nelbo(_fake([_table(20)]), None, x, jax.random.key(5), schedule, MASK,
                                              eps=EPS)
     assert float(full_count) == B * L
     assert float(full_total) >= float(total)

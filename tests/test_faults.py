@@ -71,8 +71,8 @@ def test_divergence_halts_in_one_line_and_never_writes_a_non_finite_checkpoint(t
     # The good steps are still there (keep_checkpoints=3 rotation never ran past them with bad ones) ...
     assert set(before) <= set(_steps(workdir)) or len(_steps(workdir)) == 3
     # ... and every checkpoint that exists restores to finite parameters.
-    loaded = inference.load_model(config_base.resolve(config), workdir,
-                                  mesh=sharding.make_mesh(config_base.resolve(config).mesh, jax.devices()[:1]))
+    typed = config_base.resolve(config)
+    loaded = inference.load_model(typed, workdir, mesh=sharding.make_mesh(typed.mesh, jax.devices()[:1]))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(loaded.params))
 
 
@@ -142,7 +142,8 @@ def test_resuming_with_another_model_shape_names_the_fields_and_moves_nothing(tr
     with pytest.raises(UsageError, match="does not fit the config's model: block_0/adaln/bias") as info:
         train.train_and_evaluate(_config(data_dir, "--config.model.hidden_size=32",
                                          "--config.train.num_steps=8"), workdir)
-    assert "\n" not in str(info.value) and "[6, 64] in the checkpoint vs [6, 32] in the config" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert "[6, 64] in the checkpoint vs [6, 32] in the config" in str(info.value)
     assert _steps(workdir) == [3, 6] and not glob.glob(os.path.join(workdir, "checkpoints", "corrupt-*"))
 
 
@@ -158,7 +159,7 @@ def test_checkpoints_that_cannot_be_written_fail_before_training(data_dir, tmp_p
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "checkpoints").write_text("a file where the checkpoint directory should be")
-    with pytest.raises(UsageError, match="checkpoints cannot be written"):
+    with pytest.raises(UsageError, match="checkpoints .* cannot be written"):
         train.train_and_evaluate(_config(data_dir, "--config.train.num_steps=2"), str(workdir))
     assert not (workdir / "metrics.jsonl").exists()
 

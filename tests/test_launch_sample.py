@@ -46,7 +46,8 @@ def test_sample_binary_reports_bad_input_in_one_line(tiny_trained_workdir, tmp_p
     assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt=1,99"), "99")
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={empty}", f"--output={tmp_path / 's.jsonl'}")
+    proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
+                      f"--output={tmp_path / 's.jsonl'}")
     assert_usage_error(proc, "no checkpoint")
 
 

@@ -135,8 +135,8 @@ def test_bad_input_through_the_binary_is_one_line_and_exit_code_2(tmp_path, data
     for extra, message in ((["--config.train.no_such_field=1"], "no_such_field"),
                            (["--nonexistent_flag=1"], "nonexistent_flag"),
                            (["--config.data.length=128"], "longer than model.max_length")):
-        proc = subprocess.run(tiny_flags(str(tmp_path / "w"), data_dir) + extra, env=env(), capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(tiny_flags(str(tmp_path / "w"), data_dir) + extra, env=env(),
+                              capture_output=True, text=True, timeout=300)
         assert_usage_error(proc, message)
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 

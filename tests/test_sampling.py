@@ -77,7 +77,8 @@ CONDITIONS = dict(prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
 def run(settings, model=table_model, params=None, **kwargs):
     kwargs.setdefault("batch_size", B)
     kwargs.setdefault("length", L)
-    return sample(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True, **kwargs)
+    return sample(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True,
+                  **kwargs)
 
 
 def changed_rows(history, start):

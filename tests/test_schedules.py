@@ -33,7 +33,8 @@ def _reference_alpha(schedule: _Schedule, t: np.ndarray) -> np.ndarray:
     if schedule.kind == "loglinear":
         return 1.0 - (1.0 - eps) * t
     if schedule.kind == "linear":
-        return np.exp(-(schedule.diffusion.sigma_min + t * (schedule.diffusion.sigma_max - schedule.diffusion.sigma_min)))
+        d = schedule.diffusion
+        return np.exp(-(d.sigma_min + t * (d.sigma_max - d.sigma_min)))
     if schedule.kind == "cosine":
         return eps + (1.0 - eps) * np.cos(0.5 * np.pi * t)
     return 1.0 - (1.0 - eps) * t**schedule.diffusion.poly_power

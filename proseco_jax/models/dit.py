@@ -85,6 +85,14 @@ def forward_flops(cfg: DiTConfig, vocab_size: int, length: int) -> float:
     return float(length * per_token + per_sequence)
 
 
+def adaln_modulation(c: jax.Array, count: int, cfg: DiTConfig, name: str) -> jax.Array:
+    """`count` adaLN vectors [B, count, D] (shifts, scales, gates) from the conditioning c [B, cond_dim];
+    zero-initialised, so every block starts as the identity. Call inside a compact module."""
+    mod = layers.dense((count, cfg.hidden_size), ("cond", None, "embed"), dtype=jnp.float32,
+                       param_dtype=jnp.dtype(cfg.param_dtype), use_bias=True, zero_init=True, name=name)(c)
+    return nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
+
+
 class TimeEmbedding(nn.Module):
     """sigma [B] -> SiLU(MLP(sinusoidal(sigma))) [B, cond_dim]."""
 
@@ -117,16 +125,7 @@ class DiTBlock(nn.Module):
         cfg = self.cfg
         dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         d, h = cfg.hidden_size, cfg.num_heads
-        mod = layers.dense(
-            (6, d),
-            ("cond", None, "embed"),
-            dtype=jnp.float32,
-            param_dtype=pdt,
-            use_bias=True,
-            zero_init=True,
-            name="adaln",
-        )(c)
-        mod = nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
+        mod = adaln_modulation(c, 6, cfg, "adaln")
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[:, i] for i in range(6))
 
         # Attention.
@@ -192,16 +191,7 @@ class DiT(nn.Module):
         for i in range(cfg.num_layers):
             x = block_cls(cfg, name=f"block_{i}")(x, c, cos, sin, not train)
 
-        mod = layers.dense(
-            (2, cfg.hidden_size),
-            ("cond", None, "embed"),
-            dtype=jnp.float32,
-            param_dtype=pdt,
-            use_bias=True,
-            zero_init=True,
-            name="final_adaln",
-        )(c)
-        mod = nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
+        mod = adaln_modulation(c, 2, cfg, "final_adaln")
         y = layers.modulate(layers.LayerNorm(pdt, name="final_norm")(x), mod[:, 0], mod[:, 1])
         logits = layers.dense(
             cfg.padded_vocab_size(self.vocab_size),

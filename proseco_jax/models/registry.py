@@ -25,7 +25,8 @@ class Family:
     module: type[nn.Module]
     config: type[Section]
     presets: Mapping[str, Mapping[str, Any]]
-    # (model section, model vocabulary with [MASK], length) -> matmul FLOPs of one forward pass of one sequence.
+    # (model section, model vocabulary with [MASK], length) -> matmul FLOPs of one forward pass of one
+    # sequence.
     forward_flops: Callable[[Any, int, int], float]
 
 

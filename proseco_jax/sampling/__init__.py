@@ -2,8 +2,8 @@
 
 `sample(apply_fn, params, settings, rng, ...)` runs one jitted `lax.scan` of the sampler step, its batch
 sharded over a mesh when given one; with `host_loop=True` it dispatches the same jitted step from a Python
-loop (a benchmark baseline). `settings` is the typed `config_base.Sampling` section; the model is always called as
-apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1].
+loop (a benchmark baseline). `settings` is the typed `config_base.Sampling` section; the model is always
+called as apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1].
 """
 
 from proseco_jax.sampling.loop import SampleOutput, SamplerState, sample

@@ -6,13 +6,13 @@ Per step i, with times = linspace(1, eps, T + 1), t = times[i] and s = times[i+1
         y = corrector fixed point from logp (corrector.py);  z = where(z != MASK, y, z);  logp = c
     z = unmask(z, logp)                     (unmasking.py: MDLM, ReMDM, confidence-ordered, LLaDA blocks)
 `make_plan` validates the inputs and builds the unmasking and corrector strategies once from the settings;
-`sampler_step` is that one step, which both the scan and the optional Python loop (`host_loop=True`) run. The batch
-runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean), and a sample
-whose input did not change keeps its cached log-probs, so every sample follows the trajectory it would
-follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor NFE per
-call on a changed z, one corrector NFE per call on a changed y (always for the first corrector iteration
-of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given `rng`
-and independent of how the batch is sharded over a mesh (jax's partitionable threefry).
+`sampler_step` is that one step, which both the scan and the optional Python loop (`host_loop=True`) run.
+The batch runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean),
+and a sample whose input did not change keeps its cached log-probs, so every sample follows the trajectory
+it would follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor
+NFE per call on a changed z, one corrector NFE per call on a changed y (always for the first corrector
+iteration of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given
+`rng` and independent of how the batch is sharded over a mesh (jax's partitionable threefry).
 """
 
 from __future__ import annotations
