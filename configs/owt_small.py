@@ -1,9 +1,17 @@
 """The paper's OpenWebText run: DiT-small (12 layers, d=768, 12 heads), L=1024, GPT-2 tokens.
 
-Hyper-parameters follow the authors' OWT ProSeCo training: AdamW lr 3e-4 with 2500 warm-up steps and a
-constant schedule, batch 512, dropout 0.1, EMA 0.9999, gradient clipping at 1.0, training times from
-U[0.1, 1], the d3pm parameterisation (no copy-over in pass one) with the corrector fed the model's argmax
-at all positions, weighted, errors up-weighted. Needs OpenWebText prepared under `data.data_dir`.
+Where each setting comes from in the authors' code (`kuleshov-group/proseco`):
+- training, `scripts/train_owt_mdlm_corrector.sh`: AdamW lr 3e-4 with 2500 warm-up steps and a constant
+  schedule, batch 512, dropout 0.1, EMA 0.9999, gradient clipping at 1.0, training times from U[0.1, 1]
+  (train_eps), the d3pm parameterisation with subs masking (no copy-over in pass one, [MASK] forbidden),
+  the corrector fed the model's argmax at all positions, weighted and with errors up-weighted; no time
+  conditioning (sigma = 0 everywhere, `time_conditioning=False`);
+- model, `configs/model/small.yaml` and its DiT: the `small` preset, the reference's initialisation;
+- sampling, `scripts/eval_samples_corrector.sh`: the subs parameterisation (decoded tokens copied over,
+  whatever the training parameterisation), float64 sampling math, nucleus p = 0.9, T = 1024, eps 1e-5,
+  the corrector's argmax rule every step; its sweep varies T, corrector_steps, corrector_every and
+  corrector_top_k. The MDLM baselines of the paper ran with the reference's cache, which filters cached
+  log-probs again (`sampling.nucleus_refilter=True` reproduces it; off here).
 
     python launch/train.py --config=configs/owt_small.py --workdir=gs://.../owt_small --config.mesh.fsdp=8
 """
@@ -19,6 +27,7 @@ def get_config():
     config.data.worker_count = 4
     config.model.max_length = 1024
     config.model.dropout = 0.1
+    config.model.time_conditioning = False
     config.model.vocab_multiple = 128
     config.model.dtype = "bfloat16"
     config.diffusion.train_eps = 0.1
@@ -35,6 +44,12 @@ def get_config():
     config.train.eval_every = 10_000
     config.train.checkpoint_every = 10_000
     config.train.keep_checkpoints = 5
+    config.sampling.parameterization = "subs"
+    config.sampling.precision = "float64"
+    config.sampling.nucleus_p = 0.9
     config.sampling.steps = 1024
+    config.sampling.eps = 1e-5
+    config.sampling.corrector_rule = "argmax"
+    config.sampling.corrector_every = 1
     config.sampling.batch_size = 16
     return config

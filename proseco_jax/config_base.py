@@ -224,11 +224,24 @@ class Sampling(Section):
                                between(0, 1, open_low=True, open_high=True))
     remdm_alpha_on: float = field(0.9, "ReMDM loop: alpha held fixed at this value inside the window.",
                                   between(0, 1, open_low=True, open_high=True))
-    temperature: float = field(1.0, "Token draws of the confidence and block samplers (0 = greedy, LLaDA's "
-                               "default).", at_least(0))
+    nucleus_refilter: bool = field(False, "Filter cached log-probs again on a step that reuses them (the "
+                                   "reference caches the filtered ones, so p compounds; its MDLM baselines "
+                                   "include it).")
+    temperature: float = field(-1.0, "Token draws of the confidence and block samplers (0 = greedy); -1: "
+                               "the sampler's default (llada_block 0, as LLaDA's evaluation; confidence 1).",
+                               at_least(-1))
+    remasking: str = field("low_confidence", "Confidence and block samplers: commit the most confident "
+                           "proposals ('low_confidence') or random ones ('random'), as LLaDA's generator.",
+                           one_of("low_confidence", "random"))
+    confidence_threshold: float = field(0.0, "Confidence and block samplers: also commit every proposal "
+                                        "whose probability reaches this (0: off; LLaDA's threshold mode).",
+                                        between(0, 1))
     block_length: int = field(16, "LLaDA block sampler: tokens per semi-autoregressive block.", at_least(1))
     eos_id: int = field(-1, "LLaDA block sampler: end-of-sequence id that stops generation (-1: none).",
                         at_least(-1))
+    stop_on_eos: str = field("batch", "LLaDA block sampler: stop once a closed block ends in eos_id for the "
+                             "whole batch ('batch', as the reference's evaluation) or per sample ('sample').",
+                             one_of("batch", "sample"))
 
     def validate(self):
         if self.sampler == "remdm" and self.remdm_strategy == "loop":
@@ -242,13 +255,15 @@ class Sampling(Section):
 
     def resolved(self, parameterization: str = "subs") -> Sampling:
         """The settings a sampler runs: the preset written into (steps, corrector_every, corrector_steps),
-        an empty `parameterization` replaced by the training one."""
+        an empty `parameterization` replaced by the training one, a -1 temperature by the sampler's."""
         out = self
         if self.preset:
             steps, every, corrector_steps = PRESETS[self.preset]
             out = out.replace(preset="", steps=steps, corrector_every=every, corrector_steps=corrector_steps)
         if not out.parameterization:
             out = out.replace(parameterization=parameterization)
+        if out.temperature < 0:
+            out = out.replace(temperature=0.0 if out.sampler == "llada_block" else 1.0)
         return out
 
     @property

@@ -4,6 +4,7 @@ workdir, placed on a mesh, and the pure `apply_fn(params, tokens, sigma) -> logi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -103,11 +104,14 @@ def sample_batches(
     schedule = schedules.Schedule(config.diffusion)
     rng = jax.random.key(config.seed if seed is None else seed)
     sample = loaded.placed.under_mesh(sampling.sample)
+    # float64 sampling math needs jax's x64 mode: on for the sampler only, training and the model stay fp32.
+    float64 = settings.precision == "float64"
     done = start
     while done < num_samples:
-        out = sample(loaded.apply_fn, loaded.params, settings, jax.random.fold_in(rng, done),
-                     schedule=schedule, mask_id=config.mask_id, batch_size=settings.batch_size,
-                     length=config.data.length, mesh=loaded.mesh, prompt=prompt, return_history=history)
+        with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+            out = sample(loaded.apply_fn, loaded.params, settings, jax.random.fold_in(rng, done),
+                         schedule=schedule, mask_id=config.mask_id, batch_size=settings.batch_size,
+                         length=config.data.length, mesh=loaded.mesh, prompt=prompt, return_history=history)
         take = min(settings.batch_size, num_samples - done)
         result = {key: np.asarray(getattr(out, key))[:take]
                   for key in ("tokens", "nfe", "predictor_nfe", "corrector_nfe")}

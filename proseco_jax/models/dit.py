@@ -53,6 +53,9 @@ class DiTConfig(Section):
     dtype: str = field("float32", "Compute dtype of matmuls: 'float32' or 'bfloat16'. Norms and softmax "
                        "stay fp32.", one_of(*DTYPES))
     param_dtype: str = field("float32", "Storage dtype of parameters.", one_of(*DTYPES))
+    init: str = field("reference", "Parameter init: 'reference' as the authors' DiT (PyTorch defaults, "
+                      "U(+-1/sqrt(fan_in)); embedding U(+-1/sqrt(d)); adaLN and output zero) or 'xavier' "
+                      "(Glorot kernels, zero biases, N(0, 1) embedding).", one_of(*layers.INITS))
     remat: bool = field(False, "Rematerialise each block in the backward pass (saves memory, costs "
                         "compute).")
 
@@ -88,7 +91,7 @@ def forward_flops(cfg: DiTConfig, vocab_size: int, length: int) -> float:
 def adaln_modulation(c: jax.Array, count: int, cfg: DiTConfig, name: str) -> jax.Array:
     """`count` adaLN vectors [B, count, D] (shifts, scales, gates) from the conditioning c [B, cond_dim];
     zero-initialised, so every block starts as the identity. Call inside a compact module."""
-    mod = layers.dense((count, cfg.hidden_size), ("cond", None, "embed"), dtype=jnp.float32,
+    mod = layers.dense((count, cfg.hidden_size), ("cond", None, "embed"), dtype=jnp.float32, init=cfg.init,
                        param_dtype=jnp.dtype(cfg.param_dtype), use_bias=True, zero_init=True, name=name)(c)
     return nn.with_logical_constraint(mod, ("batch", None, "act_embed"))
 
@@ -104,12 +107,10 @@ class TimeEmbedding(nn.Module):
         cfg = self.cfg
         pdt = jnp.dtype(cfg.param_dtype)
         h = layers.timestep_embedding(sigma, self.frequency_dim)
-        h = layers.dense(
-            cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, use_bias=True, name="fc1"
-        )(h)
-        h = layers.dense(
-            cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, use_bias=True, name="fc2"
-        )(nn.silu(h))
+        h = layers.dense(cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, init=cfg.init,
+                         use_bias=True, name="fc1")(h)
+        h = layers.dense(cfg.cond_dim, (None, "cond"), dtype=jnp.float32, param_dtype=pdt, init=cfg.init,
+                         use_bias=True, name="fc2")(nn.silu(h))
         return nn.silu(h)
 
 
@@ -131,7 +132,8 @@ class DiTBlock(nn.Module):
         # Attention.
         y = layers.modulate(layers.LayerNorm(pdt, name="norm1")(x), shift_a, scale_a).astype(dt)
         qkv = layers.dense(
-            (3, h, d // h), ("embed", None, "heads", "kv"), dtype=dt, param_dtype=pdt, name="qkv"
+            (3, h, d // h), ("embed", None, "heads", "kv"), dtype=dt, param_dtype=pdt, init=cfg.init,
+            name="qkv"
         )(y)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q = nn.with_logical_constraint(
@@ -142,7 +144,8 @@ class DiTBlock(nn.Module):
         )
         attn = layers.attention(q, k, v)
         out = layers.dense(
-            d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, contract_axes=2, name="attn_out"
+            d, ("heads", "kv", "embed"), dtype=dt, param_dtype=pdt, init=cfg.init, contract_axes=2,
+            name="attn_out"
         )(attn)
         out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
         x = x + gate_a[:, None, :] * out.astype(jnp.float32)
@@ -151,10 +154,12 @@ class DiTBlock(nn.Module):
         # MLP.
         y = layers.modulate(layers.LayerNorm(pdt, name="norm2")(x), shift_m, scale_m).astype(dt)
         y = layers.dense(
-            cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, use_bias=True, name="mlp_in"
+            cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
+            name="mlp_in"
         )(y)
         y = nn.with_logical_constraint(nn.gelu(y, approximate=True), ("batch", "length", "act_mlp"))
-        y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, use_bias=True, name="mlp_out")(y)
+        y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
+                         name="mlp_out")(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
         x = x + gate_m[:, None, :] * y.astype(jnp.float32)
         return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -174,9 +179,13 @@ class DiT(nn.Module):
         cfg = self.cfg
         pdt = jnp.dtype(cfg.param_dtype)
         length = tokens.shape[1]
+        if not cfg.time_conditioning:  # As the reference: the model only ever sees sigma = 0.
+            sigma = jnp.zeros_like(sigma)
+        embedding_init = (layers.uniform(cfg.hidden_size**-0.5) if cfg.init == "reference"
+                          else nn.initializers.normal(1.0))
         embed = self.param(
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
             (cfg.padded_vocab_size(self.vocab_size), cfg.hidden_size),
             pdt,
         )
@@ -197,7 +206,7 @@ class DiT(nn.Module):
             cfg.padded_vocab_size(self.vocab_size),
             ("embed", "vocab"),
             dtype=jnp.dtype(cfg.dtype),
-            param_dtype=pdt,
+            param_dtype=pdt, init=cfg.init,
             use_bias=True,
             zero_init=True,
             name="output",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = jnp.dtype
 
@@ -72,11 +73,25 @@ class LayerNorm(nn.Module):
         return y * scale.astype(jnp.float32)
 
 
+INITS = ("reference", "xavier")
+
+
+def uniform(bound: float) -> nn.initializers.Initializer:
+    """U(-bound, bound): with bound = 1/sqrt(fan_in), PyTorch's default for nn.Linear weights and biases
+    (and, with fan_in = width, its kaiming_uniform(a=sqrt(5)) embedding), as the reference DiT leaves them."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 class Dense(nn.Module):
     """y = x . kernel (+ bias), contracting the last `contract` axes of x; kernel [*in, *features].
 
-    The kernel is created at its full shape (fan-in/fan-out taken over the in/out axes), so its logical
-    axis names, one per kernel dimension, apply to it as is.
+    The kernel is created at its full shape, so its logical axis names, one per kernel dimension, apply to
+    it as is. `init`: "reference" draws kernel and bias from U(+-1/sqrt(fan_in)) (PyTorch's nn.Linear, as
+    the reference DiT), "xavier" a Glorot-uniform kernel and a zero bias; `zero_init` zeroes both.
     """
 
     features: tuple[int, ...]
@@ -84,6 +99,7 @@ class Dense(nn.Module):
     contract: int = 1
     use_bias: bool = False
     zero_init: bool = False
+    init: str = "reference"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -91,18 +107,22 @@ class Dense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         in_shape = x.shape[x.ndim - self.contract :]
         n_in, n_out = len(in_shape), len(self.features)
+        fan_in = int(np.prod(in_shape))
         if self.zero_init:
-            init = nn.initializers.zeros
+            kernel_init = bias_init = nn.initializers.zeros
+        elif self.init == "reference":
+            kernel_init = bias_init = uniform(fan_in**-0.5)
         else:
-            init = nn.initializers.xavier_uniform(
+            kernel_init = nn.initializers.xavier_uniform(
                 in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+            bias_init = nn.initializers.zeros
+        kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, self.axes),
                             (*in_shape, *self.features), self.param_dtype)
         contract_x = tuple(range(x.ndim - n_in, x.ndim))
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                                 ((contract_x, tuple(range(n_in))), ((), ())))
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
+            bias = self.param("bias", nn.with_logical_partitioning(bias_init, self.axes[n_in:]),
                               self.features, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
@@ -114,6 +134,7 @@ def dense(
     *,
     dtype: Dtype,
     param_dtype: Dtype,
+    init: str = "reference",
     use_bias: bool = False,
     zero_init: bool = False,
     contract_axes: int = 1,
@@ -122,7 +143,7 @@ def dense(
     """A `Dense` whose kernel (and bias) carry the logical axis names `axes` (one per kernel dimension)."""
     features = features if isinstance(features, tuple) else (features,)
     return Dense(features=features, axes=axes, contract=contract_axes, use_bias=use_bias, zero_init=zero_init,
-                 dtype=dtype, param_dtype=param_dtype, name=name)
+                 init=init, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def timestep_embedding(sigma: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

@@ -42,8 +42,8 @@ class Corrector:
         """y_0 [B, L] from the predictor log-probs logp [B, L, V+1]; fixed positions keep their tokens."""
         if self.prior == "argmax":
             y = jnp.argmax(logp, axis=-1).astype(jnp.int32)
-        else:
-            y = ops.gumbel_argmax(key, logp)
+        else:  # From the nucleus of the prediction, as the reference draws it from its (filtered) cache.
+            y = ops.gumbel_argmax(key, ops.nucleus_log_probs(logp, self.nucleus_p))
         keep = fixed | (tokens != self.mask_id) if self.keep_visible else fixed
         return jnp.where(keep, tokens, y)
 

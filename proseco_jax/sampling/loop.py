@@ -163,7 +163,8 @@ class Plan:
         conf = jnp.where(active[:, None], conf, state.conf)
         valid = jnp.all(after == before, axis=-1)
         if self.eos_id >= 0:
-            after, active = stop_at_eos(after, active, ctx, self.eos_id, self.mask_id)
+            after, active = stop_at_eos(after, active, ctx, self.eos_id, self.mask_id,
+                                        whole_batch=self.settings.stop_on_eos == "batch")
         return state.replace(tokens=after, conf=conf, logp_valid=valid, active=active)
 
 
@@ -176,7 +177,7 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
     prompt_len = check_inputs(s, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
                               infill=infill, block_length=s.block_length if blocked else None)
     if s.confidence_ordered:
-        unmasker = ConfidenceOrdered(mask_id, s.temperature, s.nucleus_p)
+        unmasker = ConfidenceOrdered(mask_id, s.temperature, s.nucleus_p, s.remasking, s.confidence_threshold)
     else:
         strategy = s.remdm_strategy if s.sampler == "remdm" else "none"
         unmasker = Remasking(schedule, mask_id, strategy, s.remdm_eta, s.remdm_t_on, s.remdm_t_off,
@@ -241,7 +242,15 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
         )
     before = state.tokens
     after, conf = plan.unmasker(unmask_key, before, state.logp, state.conf, fixed, ctx)
-    return plan.finish_step(state, before, after, conf, ctx)
+    out = plan.finish_step(state, before, after, conf, ctx)
+    s = plan.settings
+    if s.nucleus_refilter and s.nucleus_p < 1.0:
+        # The reference caches the nucleus-filtered log-probs of a predictor step (a corrector step leaves
+        # its own, unfiltered), so a later step that reuses the cache filters them once more.
+        corrected = (ctx.run_corrector & jnp.any(state.active)) if plan.corrector is not None else False
+        filtered = ops.nucleus_log_probs(state.logp, s.nucleus_p)
+        out = out.replace(logp=jnp.where(corrected, out.logp, filtered))
+    return out
 
 
 def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
@@ -378,6 +387,14 @@ def sample(
         return _host_loop(apply_fn, plan, params, rng, prompt, infill, return_history)
     return _sample_jit(rng, prompt, infill, params, apply_fn=apply_fn, plan=plan,
                        return_history=return_history)
+
+
+def lower_sample(apply_fn: ApplyFn, params: Any, settings: Sampling, rng: Any, *, schedule: Schedule,
+                 mask_id: int, batch_size: int, length: int, mesh: Mesh | None = None) -> jax.stages.Lowered:
+    """The program `sample` runs, lowered for abstract params and rng (ShapeDtypeStructs with shardings),
+    so that it compiles ahead of time for a target that need not be attached (`proseco_jax/aot.py`)."""
+    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh)
+    return _sample_jit.lower(rng, None, None, params, apply_fn=apply_fn, plan=plan, return_history=False)
 
 
 _initial_jit = jax.jit(initial_state, static_argnames=("plan",))

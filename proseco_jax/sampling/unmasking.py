@@ -119,33 +119,52 @@ class Remasking:
 
 @dataclasses.dataclass(frozen=True)
 class ConfidenceOrdered:
-    """Commits the most confident proposals among the masked positions of the current block."""
+    """Commits the most confident proposals among the masked positions of the current block.
+
+    remasking "random" ranks the proposals by a uniform draw instead (LLaDA's generator). A positive
+    `threshold` also commits every proposal whose probability reaches it (LLaDA's threshold mode); the
+    even split still runs alongside, so a block always completes within its steps and a step that finds
+    nothing masked left costs no model call.
+    """
 
     mask_id: int
     temperature: float = 1.0
     nucleus_p: float = 1.0
+    remasking: str = "low_confidence"
+    threshold: float = 0.0
 
     def __call__(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
                  fixed: jax.Array, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
         """tokens int32 [B, L], logp [B, L, V+1] -> (tokens, conf unchanged)."""
-        proposal = ops.gumbel_argmax(key, ops.nucleus_log_probs(logp, self.nucleus_p), self.temperature)
+        proposal_key, rank_key = jax.random.split(key)
+        proposal = ops.gumbel_argmax(proposal_key, ops.nucleus_log_probs(logp, self.nucleus_p),
+                                     self.temperature)
         # Confidence is the model's probability of the proposal, as LLaDA's low-confidence remasking.
         confidence = jnp.exp(ops.token_log_prob(logp, proposal))
+        if self.remasking == "low_confidence":
+            rank = confidence
+        else:
+            rank = jax.random.uniform(rank_key, tokens.shape)
         position = jnp.arange(tokens.shape[-1])
         candidate = (tokens == self.mask_id) & ~fixed & (position < ctx.block_end)
         remaining = jnp.sum(candidate, axis=-1)
         count = (remaining + ctx.steps_left_in_block - 1) // ctx.steps_left_in_block
-        commit = ops.top_k_mask(jnp.where(candidate, confidence, -jnp.inf), count)
+        commit = ops.top_k_mask(jnp.where(candidate, rank, -jnp.inf), count)
+        if self.threshold > 0:
+            commit = commit | (candidate & (confidence >= self.threshold))
         return jnp.where(commit, proposal, tokens), conf
 
 
-def stop_at_eos(tokens: jax.Array, active: jax.Array, ctx: StepContext, eos_id: int,
-                mask_id: int) -> tuple[jax.Array, jax.Array]:
+def stop_at_eos(tokens: jax.Array, active: jax.Array, ctx: StepContext, eos_id: int, mask_id: int,
+                whole_batch: bool = False) -> tuple[jax.Array, jax.Array]:
     """Freezes each sample whose just-closed block ends in eos_id; its remaining masks become eos_id.
 
-    tokens int32 [B, L], active bool [B] -> (tokens, active).
+    With `whole_batch`, samples stop only together, once every active one has ended a block in eos_id
+    (the reference's evaluation). tokens int32 [B, L], active bool [B] -> (tokens, active).
     """
     last = jax.lax.dynamic_index_in_dim(tokens, ctx.block_end - 1, axis=1, keepdims=False)
     stop = active & ctx.block_done & (last == eos_id)
+    if whole_batch:
+        stop = active & jnp.all(stop | ~active)
     tokens = jnp.where(stop[:, None] & (tokens == mask_id), eos_id, tokens)
     return tokens, active & ~stop
