@@ -8,7 +8,8 @@ the data (`chain.npz` of the config's corpus, or --chain): transition error, val
 perplexity, entropy, and the mean NFE per sample; held-out data scored the same way is written under
 `data`. Text (`data.name='owt'`): generative perplexity under a local Hugging Face GPT-2 directory
 (--evaluator_dir) and unigram entropy, plus MAUVE against --reference samples when the optional
-`mauve-text` package is installed. With --workdir, the model's last validation bits per token is added.
+`mauve-text` package is installed. With --workdir, the model's last validation bits per token is added,
+and --config may be left out (the workdir's config.json is then used).
 Bad input (a missing or malformed samples file, ids outside the vocabulary, a missing chain or evaluator)
 is one line on stderr and exit code 2.
 """
@@ -18,13 +19,14 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base
+from proseco_jax import cli, config_base, inference
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import datasets
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import report, scoring
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
+                                          "--workdir's config.json.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir; its metrics.jsonl adds the model's "
                                "validation bits per token.")
 _SAMPLES = flags.DEFINE_string("samples", None, "JSONL samples of launch/sample.py.", required=True)
@@ -63,7 +65,10 @@ def _text_metrics(config: config_base.Config, records: list[dict]) -> dict:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = config_base.resolve(cli.config_or_fail(_CONFIG))
+    if flags.FLAGS[_CONFIG.name].present or not _WORKDIR.value:
+        config = config_base.resolve(cli.config_or_fail(_CONFIG))
+    else:
+        config = inference.workdir_config(_WORKDIR.value)
     records = scoring.read_samples(_SAMPLES.value)
     score = _markov_metrics if config.data.name == "markov" else _text_metrics
     metrics = score(config, records)

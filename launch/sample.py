@@ -3,6 +3,7 @@
     python launch/sample.py --config=configs/synthetic.py --workdir=runs/synthetic --output=samples.jsonl \
         --num_samples=64 [--config.sampling.sampler=proseco --config.sampling.preset=balanced]
 
+Without --config, the workdir's config.json (written by launch/train.py or launch/convert.py) is used.
 Loads the EMA parameters of the latest checkpoint in --workdir and writes one JSON object per sample:
 `tokens`, `text`, `nfe`, `predictor_nfe`, `corrector_nfe` (and `history`, every iterate, with --history).
 The whole unmask-then-correct schedule runs on device in one compiled `lax.scan`, the batch sharded over
@@ -20,7 +21,8 @@ from proseco_jax import cli, config_base, inference, samples_io
 from proseco_jax.errors import UsageError
 from proseco_jax.stopping import StopRequest
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
+                                          "workdir's config.json.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL file to write, one sample per line.", required=True)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the file should hold.",
@@ -54,10 +56,13 @@ def parse_prompt(text: str) -> np.ndarray | None:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = config_base.resolve(cli.config_or_fail(_CONFIG))
+    if flags.FLAGS[_CONFIG.name].present:
+        config = config_base.resolve(cli.config_or_fail(_CONFIG))
+        inference.check_workdir_config(config, _WORKDIR.value)
+    else:
+        config = inference.workdir_config(_WORKDIR.value)
     output, total = _OUTPUT.value, _NUM_SAMPLES.value
     prompt = parse_prompt(_PROMPT.value)
-    inference.check_workdir_config(config, _WORKDIR.value)
     done = samples_io.prepare_output(output, resume=_RESUME.value)
     if done >= total:
         print(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)

@@ -4,10 +4,10 @@
 
 Writes WORKDIR/metrics.jsonl, TensorBoard files under WORKDIR/tensorboard and orbax checkpoints under
 WORKDIR/checkpoints; rerunning the same command resumes from the latest checkpoint. On a multi-host pod
-slice run the same command on every host with --multihost.
+slice run the same command on every host with --multihost (elsewhere add --coordinator_address,
+--num_processes and --process_id); each process reads its own rows, and only process 0 writes metrics.
 """
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -15,15 +15,14 @@ from proseco_jax import cli, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (pods, clusters).")
+_DISTRIBUTED = cli.DistributedFlags()
 
 
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config = cli.config_or_fail(_CONFIG)
-    if _MULTIHOST.value:
-        jax.distributed.initialize()
+    _DISTRIBUTED.initialize()
     train.train_and_evaluate(config, _WORKDIR.value)
 
 

@@ -12,6 +12,8 @@ restore, leaves come back with the shardings of the current mesh.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -150,6 +152,8 @@ def _walk_back(manager: ocp.CheckpointManager, wanted_params: Any, attempt: Call
         _check_shapes(saved_params, wanted_params, step, directory)
         try:
             return step, attempt(step)
+        except UsageError:
+            raise
         except Exception as e:  # noqa: BLE001 - shapes fit, so a failed read is damage on disk ...
             if "structures do not match" in str(e):  # ... unless the rest of the state has another layout.
                 raise UsageError(f"the checkpoint at step {step} in {directory} holds another optimizer "
@@ -170,16 +174,35 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
             log: Callable[[str], None] = _log) -> tuple[int, Any] | None:
     """(step, state) of the newest intact checkpoint (its data iterator restored in place), or None when
     no step restores; damaged steps are moved aside on the way."""
-    from grain.checkpoint import CheckpointRestore
 
     def attempt(step: int) -> Any:
-        items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
-            items[DATA_ITER] = CheckpointRestore(data_iter)
-        return manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        items = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})
+        state = manager.restore(step, args=items)
+        if data_iter is not None and step > 0:  # Step 0 (converted or initial weights) consumed no data.
+            restore_iterator(os.path.join(str(manager.directory), str(step), DATA_ITER), data_iter)
+        return state[STATE]
 
     return _walk_back(manager, abstract_state.params, attempt, log, move_aside=True)
 
+
+def restore_iterator(directory: str, data_iter: Any) -> None:
+    """Sets `data_iter` to the position saved in `directory`, whatever the number of processes then and now.
+
+    Each process saved its own `process_<i>-of-<n>.json`; the input pipeline's position is global (the
+    number of global batches consumed, `data/pipeline.py`), so every file holds the same state and any
+    process count can resume from it.
+    """
+    files = sorted(glob.glob(os.path.join(directory, "process_*-of-*.json")))
+    if not files:
+        raise FileNotFoundError(f"no data-iterator state in {directory}")
+    states = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            states.append(json.load(f))
+    if any(state != states[0] for state in states[1:]):
+        raise UsageError(f"the processes that wrote {directory} were at different data positions; resume "
+                         f"with the same {len(files)} processes")
+    data_iter.set_state(states[0])
 
 def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool = True,
                    log: Callable[[str], None] = _log) -> tuple[int, Any]:

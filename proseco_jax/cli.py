@@ -68,6 +68,33 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(guarded, flags_parser=_parse_flags)
 
 
+class DistributedFlags:
+    """--multihost and the explicit coordinator settings of `jax.distributed.initialize`, for the binaries
+    that run as one process per host (train.py, sample.py)."""
+
+    def __init__(self):
+        self.multihost = flags.DEFINE_bool(
+            "multihost", False, "Run as one of several processes: jax.distributed.initialize() (TPU pods and "
+            "SLURM are detected; elsewhere give --coordinator_address, --num_processes, --process_id).")
+        self.coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+        self.num_processes = flags.DEFINE_integer("num_processes", None, "How many processes.", lower_bound=1)
+        self.process_id = flags.DEFINE_integer("process_id", None, "This process's index.", lower_bound=0)
+
+    def initialize(self) -> None:
+        """Joins the other processes (a no-op without --multihost); on CPUs collectives go over gloo."""
+        if not self.multihost.value:
+            return
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(coordinator_address=self.coordinator.value,
+                                       num_processes=self.num_processes.value,
+                                       process_id=self.process_id.value)
+        except (RuntimeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0][:200]
+            raise UsageError(f"cannot join the other processes: {reason}") from None
+
+
 def config_or_fail(flag_holder):
     """Returns the parsed config of a `config_flags.DEFINE_config_file` flag, failing cleanly."""
     try:

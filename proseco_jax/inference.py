@@ -57,18 +57,40 @@ def load_model(config: Any, workdir: str, *, mesh: Mesh | None = None, use_ema: 
     return LoadedModel(placed=placed, params=params, step=step)
 
 
+def workdir_config(workdir: str) -> Config:
+    """The config recorded in workdir/config.json (written by training and by launch/convert.py)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"{workdir} has no config.json; pass --config, or use a workdir written by "
+                         "launch/train.py or launch/convert.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return config_base.resolve(json.load(f))
+    except (OSError, ValueError, UsageError) as e:
+        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_workdir(workdir: str, mesh: Mesh | None = None, *, use_ema: bool = True) -> LoadedModel:
+    """`load_model` with the config recorded in the workdir: no config file needed."""
+    return load_model(workdir_config(workdir), workdir, mesh=mesh, use_ema=use_ema)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a global array on every process (with several processes each holds only its rows)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def check_workdir_config(config: Config, workdir: str) -> None:
     """UsageError naming the fields where `config` differs from the model recorded in workdir/config.json
     (its `model` section, data.vocab_size and data.length), so a sampler never runs a model on shapes it
     was not trained for. Nothing is checked when the workdir has no config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
         return
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = config_base.resolve(json.load(f))
-    except (OSError, ValueError, UsageError) as e:
-        raise UsageError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    recorded = workdir_config(workdir)
     ignored = ("preset", "dropout", "remat")  # They do not change what a trained model computes.
     fields = [f"model.{k}" for k in configlib.to_dict(config.model) if k not in ignored]
     fields += ["data.vocab_size", "data.length"]
@@ -113,9 +135,9 @@ def sample_batches(
                          schedule=schedule, mask_id=config.mask_id, batch_size=settings.batch_size,
                          length=config.data.length, mesh=loaded.mesh, prompt=prompt, return_history=history)
         take = min(settings.batch_size, num_samples - done)
-        result = {key: np.asarray(getattr(out, key))[:take]
+        result = {key: _to_host(getattr(out, key))[:take]
                   for key in ("tokens", "nfe", "predictor_nfe", "corrector_nfe")}
         if history:
-            result["history"] = np.asarray(out.history)[:, :take]
+            result["history"] = _to_host(out.history)[:, :take]
         yield result
         done += take

@@ -1,0 +1,146 @@
+"""Reference checkpoints to workdirs and back.
+
+`import_checkpoint` turns a reference DiT (`sources.Source`) into a workdir that every binary reads like a
+trained one: `config.json` with the model's shape from the source and everything else from a base config,
+and an orbax checkpoint at step 0 whose train state holds the converted weights as both `params` and
+`ema_params`, with a freshly initialised optimizer state. `export_checkpoint` writes a workdir's EMA
+weights back as the authors' Hugging Face model (config.json + model.safetensors). Both first read and
+check everything, then write into a hidden directory next to the target and rename it at the end, so bad
+input or a crash never leaves a half-written workdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from proseco_jax import checkpoint, config_base, inference, sharding, train
+from proseco_jax.config_base import Config
+from proseco_jax.errors import UsageError
+from proseco_jax.interop import layout, sources
+from proseco_jax.models import dit
+from proseco_jax.state import ModelOnMesh, TrainState
+
+GPT2_VOCAB = 50257  # Real tokens of the GPT-2 tokenizer (the reference adds [MASK] = 50257).
+
+
+def is_text_model(ref: layout.ReferenceConfig) -> bool:
+    """Whether the model's vocabulary is GPT-2's plus [MASK] (an OpenWebText model)."""
+    return ref.vocab_size == GPT2_VOCAB + 1
+
+
+def config_for(ref: layout.ReferenceConfig, base: ml_collections.ConfigDict) -> Config:
+    """`base` with the model shape, vocabulary and length of `ref` written in."""
+    config = copy.deepcopy(base)
+    model, data = config.model, config.data
+    if model.name != "dit":
+        raise UsageError(f"the base config's model.name={model.name!r}; a reference DiT needs 'dit'")
+    shape = dict(num_layers=ref.n_blocks, hidden_size=ref.hidden_dim, num_heads=ref.n_heads,
+                 cond_dim=ref.cond_dim)
+    model.update(shape)
+    model.preset = next((name for name, p in dit.PRESETS.items() if p == shape), model.preset)
+    model.update(max_length=ref.model_length, dropout=ref.dropout, time_conditioning=ref.time_conditioning)
+    data.update(vocab_size=ref.vocab_size - 1, length=ref.model_length)
+    if is_text_model(ref):
+        data.name = "owt"
+    else:  # Any other vocabulary is scored as a Markov language of that size.
+        data.update(name="markov", successors=min(data.successors, data.vocab_size))
+    return config_base.resolve(config)
+
+
+def _one_device_mesh() -> jax.sharding.Mesh:
+    """Conversion runs in one process on one device, whatever mesh the config trains on."""
+    return sharding.make_mesh(config_base.Mesh(), jax.devices()[:1])
+
+
+def _train_state(placed: ModelOnMesh, params: dict[str, Any], config: Config) -> TrainState:
+    """Step 0 of training from `params`: params = ema_params, and the optimizer's initial state."""
+    tx = train.make_optimizer(config.train)
+    abstract, shardings, _ = placed.train_state(tx)
+
+    def put(tree):
+        return jax.tree.map(lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), tree, abstract.params,
+                            shardings.params)
+
+    weights = put(params)
+    opt_state = placed.under_mesh(jax.jit(tx.init, out_shardings=shardings.opt_state))(weights)
+    step = jax.device_put(np.zeros((), np.int32), shardings.step)
+    return TrainState(step=step, params=weights, ema_params=put(params), opt_state=opt_state)
+
+
+def import_checkpoint(source: sources.Source, workdir: str,
+                      base: ml_collections.ConfigDict | None = None) -> Config:
+    """Writes `workdir` (which must not exist, or be empty) from the reference DiT `source`; returns its
+    config. `base`: the config the settings not read from the source come from (default: `get_config()`)."""
+    check_new_directory(workdir, "--workdir")
+    config = config_for(source.config, config_base.get_config() if base is None else base)
+    placed = ModelOnMesh.create(config, _one_device_mesh())
+    padded_vocab = config.model.padded_vocab_size(config.mask_id + 1)
+    params = layout.to_params(source.tensors, source.config, padded_vocab, source.origin)
+    layout.check_tree(params, placed.abstract_params())
+    state = _train_state(placed, params, config)
+    with staged_directory(workdir) as staging:
+        config_base.save_json(config, staging)
+        manager = checkpoint.make_manager(staging, keep=1)
+        checkpoint.save(manager, 0, state, None)
+        manager.wait_until_finished()
+        manager.close()
+    return config
+
+
+def export_checkpoint(workdir: str, output_dir: str) -> layout.ReferenceConfig:
+    """Writes the EMA weights of `workdir`'s latest checkpoint to `output_dir` (new, or empty) as the
+    reference's Hugging Face model: config.json and model.safetensors, vocabulary padding removed."""
+    check_new_directory(output_dir, "--output_dir")
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        raise UsageError("writing safetensors needs the safetensors package (pip install "
+                         "'proseco_jax[convert]')") from None
+    loaded = inference.load_workdir(workdir, mesh=_one_device_mesh())
+    config = loaded.config
+    ref = layout.ReferenceConfig.from_model(config.model, config.mask_id + 1, config.data.length)
+    tensors = layout.from_params(jax.device_get(loaded.params), ref)
+    with staged_directory(output_dir) as staging:
+        with open(os.path.join(staging, sources.HF_CONFIG), "w", encoding="utf-8") as f:
+            f.write(json.dumps(ref.to_hf(), indent=2) + "\n")
+        # transformers loads only safetensors files that declare the PyTorch format.
+        save_file(tensors, os.path.join(staging, sources.SAFETENSORS), metadata={"format": "pt"})
+    return ref
+
+
+def check_new_directory(path: str, label: str) -> None:
+    """UsageError unless `path` is absent or an empty directory (conversion never overwrites)."""
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise UsageError(f"{label} {path} already exists and is not an empty directory; pick a new one")
+
+
+@contextlib.contextmanager
+def staged_directory(target: str) -> Iterator[str]:
+    """A fresh hidden directory next to `target`, renamed to `target` when the block completes and removed
+    when it fails."""
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"cannot write next to {target}: {e.strerror or e}") from None
+    try:
+        yield staging
+        if os.path.isdir(target):
+            os.rmdir(target)  # Empty (checked before any work); not every OS renames onto it.
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,93 @@
+"""Multi-host runs on localhost: 2 processes x 2 CPU devices (gloo collectives) against 1 process x 4
+devices. Each process reads its own rows, checkpoints are written and restored across processes, and only
+process 0 writes metrics and samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import CONFIG, REPO, TINY_OVERRIDES
+
+TRAIN_FLAGS = [*TINY_OVERRIDES, "--config.train.batch_size=8", "--config.train.log_every=1",
+               "--config.train.eval_every=0", "--config.train.checkpoint_every=3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, args: list[str], *, processes: int, devices: int, timeout: float = 600) -> list[str]:
+    """Runs launch/<script> as `processes` processes of `devices` CPU devices each; returns their stdout."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                         "--xla_backend_optimization_level=0")
+    cmd = [sys.executable, os.path.join(REPO, "launch", script), *args]
+    if processes == 1:
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    else:
+        port = _free_port()
+        procs = [subprocess.Popen(cmd + ["--multihost", f"--coordinator_address=127.0.0.1:{port}",
+                                         f"--num_processes={processes}", f"--process_id={i}"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(processes)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+def _metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _assert_same_losses(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        for key in ("loss", "mdm_loss", "corrector_loss", "grad_norm"):
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), (x["step"], key)
+
+
+def _train(workdir: str, data: str, steps: int, processes: int) -> list[str]:
+    return launch("train.py", [f"--config={CONFIG}", f"--workdir={workdir}", data, *TRAIN_FLAGS,
+                               f"--config.train.num_steps={steps}"],
+                  processes=processes, devices=4 // processes)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process (4 devices) for 9 steps; two processes (2 devices each) for 6, then resumed to 9 by two
+    processes and, from a copy of the same checkpoint, by one."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    data = f"--config.data.data_dir={root / 'data'}"
+    one, two, mixed = str(root / "one"), str(root / "two"), str(root / "mixed")
+    _train(one, data, 9, processes=1)
+    first = _train(two, data, 6, processes=2)
+    shutil.copytree(two, mixed)
+    resumed = _train(two, data, 9, processes=2)
+    mixed_out = _train(mixed, data, 9, processes=1)
+    return dict(one=one, two=two, mixed=mixed, first=first, resumed=resumed, mixed_out=mixed_out)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_losses_of_one_process_with_the_same_devices(runs):
+    _assert_same_losses(_metrics(runs["one"])[:6], _metrics(runs["two"])[:6])
+    # Only process 0 reports progress (and writes metrics).
+    assert "step 6/6" in runs["first"][0] and "step 6/6" not in runs["first"][1]
+
+
+@pytest.mark.slow
+def test_the_two_process_checkpoint_resumes_on_two_processes_and_on_one(runs):
+    assert "resumed from the checkpoint at step 6" in runs["resumed"][0]
+    assert "resumed from the checkpoint at step 6" in runs["mixed_out"][0]
+    for workdir in (runs["two"], runs["mixed"]):
+        assert [r["step"] for r in _metrics(workdir)] == list(range(1, 10))
+        _assert_same_losses(_metrics(runs["one"]), _metrics(workdir))
