@@ -13,11 +13,12 @@ the current batch, and rerunning the same command continues the file (--noresume
 
 import time
 
+import jax
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference, samples_io
+from proseco_jax import cli, config_base, inference, samples_io, stopping
 from proseco_jax.errors import UsageError
 from proseco_jax.stopping import StopRequest
 
@@ -29,6 +30,7 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the fil
                                     lower_bound=1)
 _HISTORY = flags.DEFINE_bool("history", False, "Also write every iterate z_t of each sample ('history').")
 _PROMPT = flags.DEFINE_string("prompt", "", "Comma-separated token ids of a fixed prefix, e.g. '3,17,5'.")
+_DISTRIBUTED = cli.DistributedFlags()
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 
 
@@ -56,6 +58,9 @@ def parse_prompt(text: str) -> np.ndarray | None:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    _DISTRIBUTED.initialize()
+    primary = jax.process_index() == 0  # With several processes, process 0 alone writes and reports.
+    say = print if primary else (lambda *args, **kwargs: None)
     if flags.FLAGS[_CONFIG.name].present:
         config = config_base.resolve(cli.config_or_fail(_CONFIG))
         inference.check_workdir_config(config, _WORKDIR.value)
@@ -63,28 +68,30 @@ def main(argv):
         config = inference.workdir_config(_WORKDIR.value)
     output, total = _OUTPUT.value, _NUM_SAMPLES.value
     prompt = parse_prompt(_PROMPT.value)
-    done = samples_io.prepare_output(output, resume=_RESUME.value)
+    done = samples_io.prepare_output(output, resume=_RESUME.value) if primary else 0
+    done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
     if done >= total:
-        print(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
+        say(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
         return
     loaded = inference.load_model(config, _WORKDIR.value)
     settings = config.sampler_settings
-    print(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
+    say(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
           f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
           f"{settings.batch_size}", flush=True)
     start, first = time.time(), done
     with StopRequest("the current batch") as stop:
         for out in inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value):
-            samples_io.append(output, records(out))
+            if primary:
+                samples_io.append(output, records(out))
             done += out["tokens"].shape[0]
             rate = (done - first) / (time.time() - start)
-            print(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "
-                  f"ETA {(total - done) / max(rate, 1e-9):.0f} s", flush=True)
-            if stop.requested and done < total:
-                print(f"{stop.signal_name}: {done} of {total} samples are in {output}; rerun the same "
-                      "command to continue", flush=True)
+            say(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "
+                f"ETA {(total - done) / max(rate, 1e-9):.0f} s", flush=True)
+            if stop.agreed() and done < total:
+                say(f"{stop.signal_name or 'stop'}: {done} of {total} samples are in {output}; rerun the "
+                    "same command to continue", flush=True)
                 return
-    print(f"wrote {done} samples (checkpoint step {loaded.step}) to {output}", flush=True)
+    say(f"wrote {done} samples (checkpoint step {loaded.step}) to {output}", flush=True)
 
 
 if __name__ == "__main__":

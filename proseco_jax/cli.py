@@ -4,6 +4,7 @@ stderr and exit code 2 (a `Halted` run: exit code 1), never a traceback.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from collections.abc import Callable
@@ -47,11 +48,20 @@ def _quiet_closed_event_loop(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _cpu_only_machine() -> bool:
+    """No TPU chips (/dev/accel*, /dev/vfio) and no NVIDIA GPU (/dev/nvidia*) are attached."""
+    return not any(glob.glob(pattern) for pattern in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*"))
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with bad input reported as one line and exit code 2."""
 
     def guarded(argv):
         sys.unraisablehook = _quiet_closed_event_loop
+        # With libtpu installed (the `tpu` and `test` extras) jax probes for TPU chips and prints pages of
+        # warnings on a machine without them; there the CPU is the only backend anyway.
+        if not os.environ.get("JAX_PLATFORMS") and _cpu_only_machine():
+            jax.config.update("jax_platforms", "cpu")
         # Library chatter (orbax, tfds) would drown the progress lines; --verbosity=0 brings it back.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)

@@ -4,6 +4,7 @@ Inside `StopRequest()`, the first SIGTERM or SIGINT only sets `requested` (and s
 checks it between steps or batches, saves what it has and returns. A second Ctrl-C exits at once with code
 130: whatever is on disk stays consistent, because checkpoints appear by an atomic rename and samples are
 appended whole lines at a time. Outside the main thread (where Python cannot install handlers) it is inert.
+With several processes, `agreed()` stops them all at the same boundary when any one was signalled.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class StopRequest:
             signal.signal(s, handler)
         self._previous = {}
 
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop: with several processes they must stop at the same
+        boundary (each saves its part of the same checkpoint), so this is a small collective."""
+        return bool(agreed_value(int(self.requested), reduce=max))
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.requested and signum == signal.SIGINT:
@@ -43,3 +49,17 @@ class StopRequest:
         self.requested, self.signal_name = True, name
         extra = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
         print(f"{name}: stopping after {self.what}{extra}", file=sys.stderr, flush=True)
+
+
+def agreed_value(value: int, reduce=None) -> int:
+    """`value` of process 0 on every process (or `reduce` over all processes' values); itself alone."""
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if reduce is None:
+        return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    return int(reduce(multihost_utils.process_allgather(np.int32(value))))

@@ -318,10 +318,10 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
         return out
 
     log = StepLog(config, step)
-    skipped = 0
+    skipped, stopping = 0, False
     with StopRequest("the current step") as stop:
         try:
-            while step < t.num_steps and not stop.requested:
+            while step < t.num_steps and not stopping:
                 batch = sharding.global_batch(next(train_iter)["tokens"], mesh)
                 state, metrics = compiled.step(state, batch, jax.random.fold_in(train_rng, step))
                 log.add(metrics)
@@ -337,11 +337,12 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
                         record.update(validate(state.ema_params))
                     writer.write(step, record)
                     writer.progress(step, record)
-                if step % t.checkpoint_every == 0 or last or stop.requested:
+                stopping = stop.agreed()  # Every process stops at the same step (a collective).
+                if step % t.checkpoint_every == 0 or last or stopping:
                     checkpoint.save(manager, step, state, train_iter)
-            if stop.requested and pid == 0:
-                print(f"{stop.signal_name}: saved the checkpoint at step {step}; rerun the same command to "
-                      "resume", flush=True)
+            if stopping and pid == 0:
+                print(f"{stop.signal_name or 'stop'}: saved the checkpoint at step {step}; rerun the same "
+                      "command to resume", flush=True)
         finally:
             manager.wait_until_finished()
             manager.close()

@@ -91,3 +91,21 @@ def test_the_two_process_checkpoint_resumes_on_two_processes_and_on_one(runs):
     for workdir in (runs["two"], runs["mixed"]):
         assert [r["step"] for r in _metrics(workdir)] == list(range(1, 10))
         _assert_same_losses(_metrics(runs["one"]), _metrics(workdir))
+
+
+@pytest.mark.slow
+def test_sampling_as_two_processes_writes_one_complete_samples_file(runs, tmp_path):
+    output = str(tmp_path / "samples.jsonl")
+    flags = [f"--workdir={runs['two']}", f"--output={output}", "--num_samples=6",
+             "--config.sampling.batch_size=4", "--config.sampling.steps=4"]
+    stdout = launch("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags], processes=2, devices=2)
+    with open(output) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 6 and all(len(r["tokens"]) == 32 for r in rows)
+    assert "wrote 6 samples" in stdout[0] and "wrote" not in stdout[1]
+    # The same samples as one process with the same devices draws.
+    single = str(tmp_path / "single.jsonl")
+    launch("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags[:1], f"--output={single}", *flags[2:]],
+           processes=1, devices=4)
+    with open(single) as f:
+        assert [json.loads(line)["tokens"] for line in f] == [r["tokens"] for r in rows]
