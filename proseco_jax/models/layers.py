@@ -1,4 +1,4 @@
-"""Building blocks of the DiT denoiser: rotary embeddings, bidirectional attention, adaLN helpers.
+"""Building blocks of the denoisers: rotary embeddings, bidirectional attention, norms, adaLN helpers.
 
 Attention is the standard softmax(q k^T / sqrt(d_h)) v without a causal mask (the denoiser sees the whole
 sequence). It is written as reshaped batched matmuls over a merged (batch * heads) axis, which XLA lowers
@@ -34,17 +34,23 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Bidirectional softmax attention; q, k, v: [B, L, H, Dh] -> [B, L, H, Dh].
+    """Bidirectional softmax attention; q [B, L, H, Dh], k, v [B, L, Hkv, Dh] -> [B, L, H, Dh].
 
-    Scores and softmax are computed in float32 whatever the input dtype.
+    Hkv = H is multi-head attention; Hkv < H (dividing H) is grouped-query attention, where query head h
+    reads key/value head h // (H / Hkv) (the order of PyTorch's `repeat_interleave`). A group's queries
+    share their keys, so they are folded into the query length rather than the keys being copied. Scores
+    and softmax are computed in float32 whatever the input dtype.
     """
     b, length, h, dh = q.shape
-    to_bh = lambda a: a.transpose(0, 2, 1, 3).reshape(b * h, length, dh)  # noqa: E731
-    qb, kb, vb = to_bh(q), to_bh(k), to_bh(v)
+    hkv = k.shape[2]
+    group = h // hkv
+    to_bh = lambda a: a.transpose(0, 2, 1, 3).reshape(b * hkv, length, dh)  # noqa: E731
+    kb, vb = to_bh(k), to_bh(v)
+    qb = q.reshape(b, length, hkv, group, dh).transpose(0, 2, 3, 1, 4).reshape(b * hkv, group * length, dh)
     scores = jnp.matmul(qb, kb.transpose(0, 2, 1), preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores * (dh**-0.5), axis=-1).astype(v.dtype)
-    out = jnp.matmul(probs, vb)  # [B*H, L, Dh]
-    return out.reshape(b, h, length, dh).transpose(0, 2, 1, 3)
+    out = jnp.matmul(probs, vb)  # [B*Hkv, G*L, Dh]
+    return out.reshape(b, hkv, group, length, dh).transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -53,10 +59,14 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm without bias, computed in float32 (as MDLM's DiT), scale over `embed`."""
+    """LayerNorm without bias, computed in float32 (as MDLM's DiT), scale over `embed`.
+
+    `center=False` skips the mean: RMSNorm, x / sqrt(mean(x^2) + epsilon) * scale (LLaMA's, LLaDA's).
+    """
 
     param_dtype: Dtype = jnp.float32
     epsilon: float = 1e-5
+    center: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,9 +77,9 @@ class LayerNorm(nn.Module):
             self.param_dtype,
         )
         x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if self.center:
+            x32 = x32 - x32.mean(-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.epsilon)
         return y * scale.astype(jnp.float32)
 
 

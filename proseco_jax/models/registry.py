@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 
 from proseco_jax.configlib import ConfigError, Section, from_dict
-from proseco_jax.models import dit
+from proseco_jax.models import dit, llada
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "dit": Family(dit.DiT, dit.DiTConfig, dit.PRESETS, dit.forward_flops),
+    "llada": Family(llada.LLaDA, llada.LLaDAConfig, llada.PRESETS, llada.forward_flops),
 }
 
 
