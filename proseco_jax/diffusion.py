@@ -62,13 +62,16 @@ def mask_tokens(rng: jax.Array, x: jax.Array, mask_prob: jax.Array, mask_id: int
     return jnp.where(masked, mask_id, x)
 
 
-def log_probs_without_mask(logits: jax.Array, mask_id: int, dtype: Any = jnp.float32) -> jax.Array:
-    """log_softmax over ids [0, V] in `dtype` with the [MASK] logit (id V = mask_id) sent to -inf.
+def log_probs_without_mask(logits: jax.Array, mask_id: int, dtype: Any = jnp.float32,
+                           vocab_size: int | None = None) -> jax.Array:
+    """log_softmax over ids [0, vocab_size) in `dtype` with the [MASK] logit (id mask_id) sent to -inf.
 
-    logits [..., >= V+1]: columns past mask_id (vocabulary padding) are dropped. Losses and samplers share it.
+    logits [..., >= vocab_size]; vocab_size defaults to mask_id + 1 ([MASK] is the last id, as in the
+    DiT's vocabulary), and columns past it (vocabulary padding) are dropped. Losses and samplers share it.
     """
-    logits = logits[..., : mask_id + 1].astype(dtype)
-    is_mask = jnp.arange(mask_id + 1) == mask_id
+    vocab_size = mask_id + 1 if vocab_size is None else vocab_size
+    logits = logits[..., :vocab_size].astype(dtype)
+    is_mask = jnp.arange(vocab_size) == mask_id
     return jax.nn.log_softmax(jnp.where(is_mask, NEG_INF, logits), axis=-1)
 
 

@@ -1,0 +1,102 @@
+"""The ProSeCo fine-tuning objective: LLaDA's supervised fine-tuning plus the corrector pass, on responses.
+
+An example is x = [prompt | response | EOS padding], with `response` [B, L] marking every position after
+the prompt (the padding included, as LLaDA keeps it in the loss). With p(t) = (1 - eps) t + eps:
+
+    z     = x with each response token replaced by [MASK] w.p. p(t); the prompt is never masked
+    L_MDM = sum over masked response positions of -log p1[x] / p(t), divided by the response length
+            (LLaDA's SFT, its Algorithm 2; `corrector.enabled=False` is exactly that)
+    y     = stop_gradient(argmax p1) at the response positions (all of them, or the masked ones, as
+            `corrector.input` says); the prompt stays x
+    L_SC  = -w log p2[x] over the response positions (w = 1/p(t) when weighted, else 1; where y == x,
+            -w p2[x] when errors are up-weighted), divided by the response length
+    loss  = mean over the batch of a L_MDM + b L_SC
+
+The model is not time-conditioned (LLaDA), so it sees sigma = 0. Where the paper's appendix is silent
+(the normalisation of L_SC, the EOS padding in it, the weighting of the prompt-free corrector input) this
+follows LLaDA's SFT for pass one and the pretraining objective's options for pass two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from proseco_jax import diffusion
+from proseco_jax.diffusion import ApplyFn, Objective
+
+
+def sft_noise(rng: jax.Array, x: jax.Array, response: jax.Array, mask_id: int, eps: float
+              ) -> tuple[jax.Array, jax.Array]:
+    """(p [B], z [B, L]): LLaDA's masking rate p = (1 - eps) t + eps, t ~ U[0, 1], and x with each response
+    token masked at that rate."""
+    rng_t, rng_mask = jax.random.split(rng)
+    p = (1.0 - eps) * jax.random.uniform(rng_t, (x.shape[0],)) + eps
+    masked = response & (jax.random.uniform(rng_mask, x.shape) < p[:, None])
+    return p, jnp.where(masked, mask_id, x)
+
+
+def _per_response(per_token: jax.Array, response: jax.Array) -> jax.Array:
+    """Mean over the batch of each sample's sum over its response positions / its response length."""
+    length = jnp.maximum(jnp.sum(response, axis=1), 1)
+    return jnp.mean(jnp.sum(jnp.where(response, per_token, 0.0), axis=1) / length)
+
+
+def sft_loss(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    response: jax.Array,
+    rng: jax.Array,
+    step: jax.Array,
+    objective: Objective,
+    *,
+    vocab_size: int | None = None,
+    p: jax.Array | None = None,
+    z: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The fine-tuning objective on x [B, L] with response [B, L] bool; returns (scalar loss, metrics).
+
+    vocab_size: the model's vocabulary when [MASK] is not its last id (LLaDA: 126464 rows, [MASK] 126336);
+    default mask_id + 1. p [B] and z [B, L], when given, replace the drawn masking rate and masked input.
+    """
+    c, mask_id = objective.corrector, objective.mask_id
+    response = response.astype(bool)
+    rng_noise, rng_y = jax.random.split(rng)
+    if p is None or z is None:
+        p, z = sft_noise(rng_noise, x, response, mask_id, objective.diffusion.train_eps)
+    weight = 1.0 / p
+    sigma = jnp.zeros((x.shape[0],), jnp.float32)
+
+    def log_probs(tokens):
+        logits = apply_fn(params, tokens, sigma)
+        return diffusion.log_probs_without_mask(logits, mask_id, vocab_size=vocab_size)
+
+    logp1 = log_probs(z)
+    mdm = _per_response(diffusion.mdm_loss(logp1, x, z, weight, mask_id), response)
+    masked = (z == mask_id) & response
+    metrics = {"mdm_loss": mdm,
+               "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(response), 1)}
+    zero = jnp.zeros((), jnp.float32)
+    if not c.enabled:
+        metrics.update(corrector_loss=zero, corrector_accuracy=zero)
+        return c.mdm_weight * mdm, metrics
+
+    def with_corrector(_):
+        y = diffusion.corrector_input(rng_y, logp1, x, z, mask_id, c.input, c.use_argmax)
+        y = jnp.where(response, y, x)  # The prompt is given, never predicted.
+        logp2 = log_probs(y)
+        sc_weight = weight if c.weighted else jnp.ones_like(weight)
+        sc = _per_response(diffusion.corrector_loss(logp2, x, y, sc_weight, c.upweight_errors), response)
+        hits = (jnp.argmax(logp2, -1) == x).astype(jnp.float32)
+        return sc, jnp.sum(jnp.where(response, hits, 0.0)) / jnp.maximum(jnp.sum(response), 1)
+
+    active = step >= c.start_step
+    if c.start_step <= 0:
+        sc, acc = with_corrector(None)
+    else:
+        sc, acc = jax.lax.cond(active, with_corrector, lambda _: (zero, zero), None)
+    metrics.update(corrector_loss=sc, corrector_accuracy=acc)
+    return c.mdm_weight * mdm + jnp.where(active, c.corrector_weight, 0.0) * sc, metrics
