@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from proseco_jax.configlib import ConfigError, Section, at_least, between, field, one_of
+from proseco_jax.configlib import Section, at_least, between, field, one_of
 from proseco_jax.models import layers
 
 # Size presets: (num_layers, hidden_size, num_heads, cond_dim). `small` is the paper's DiT-small.
@@ -60,9 +60,7 @@ class DiTConfig(Section):
                         "compute).")
 
     def validate(self):
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ConfigError(f"model.hidden_size={self.hidden_size} must split into "
-                              f"model.num_heads={self.num_heads} heads of even width")
+        layers.check_head_split(self.hidden_size, self.num_heads)
 
     def padded_vocab_size(self, vocab_size: int) -> int:
         """vocab_size rounded up to a multiple of vocab_multiple."""

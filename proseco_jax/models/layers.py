@@ -14,7 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from proseco_jax.configlib import ConfigError
+
 Dtype = jnp.dtype
+
+
+def check_head_split(hidden_size: int, num_heads: int) -> None:
+    """ConfigError unless the width splits into heads of even width (rotary rotates pairs of features)."""
+    if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+        raise ConfigError(f"model.hidden_size={hidden_size} must split into model.num_heads={num_heads} "
+                          "heads of even width")
 
 
 def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:

@@ -74,9 +74,7 @@ class LLaDAConfig(Section):
                         "compute).")
 
     def validate(self):
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ConfigError(f"model.hidden_size={self.hidden_size} must split into "
-                              f"model.num_heads={self.num_heads} heads of even width")
+        layers.check_head_split(self.hidden_size, self.num_heads)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model.num_kv_heads={self.num_kv_heads} must divide "
                               f"model.num_heads={self.num_heads}")
