@@ -2,6 +2,12 @@
 
 from setuptools import find_packages, setup
 
+# libtpu is built for one jaxlib: jax 0.10.2's own `tpu` extra pins libtpu 0.0.42.*; the three move together.
+TPU = ["jax==0.10.2", "jaxlib==0.10.2", "libtpu==0.0.42.*"]
+# The tests compile for TPU topologies ahead of time (tests/test_aot.py) where libtpu has a wheel (a 213 MB
+# download); elsewhere those tests skip.
+TPU_WHERE_AVAILABLE = [f"{req}; sys_platform == 'linux' and platform_machine == 'x86_64'" for req in TPU]
+
 setup(
     name="proseco_jax",
     version="0.1.0",
@@ -39,9 +45,24 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "tokenizers>=0.15",
+            "pyarrow>=14",
+            *TPU_WHERE_AVAILABLE,
         ],
-        # Real-text evaluation: loading GPT-2 checkpoints (safetensors) and MAUVE.
+        # Training on a Cloud TPU VM, and ahead-of-time compilation for TPU topologies from any machine
+        # (launch/aot_compile.py).
+        "tpu": TPU,
+        # launch/convert.py: the authors' Hugging Face models, read and written as safetensors, and
+        # downloaded from the Hub by repo id. (Their .bin and Lightning .ckpt files also need torch.)
+        "convert": [
+            "safetensors>=0.4",
+            "huggingface_hub>=0.20",
+        ],
+        # Real text: the gpt2 and bpe:N tokenizers, OpenWebText's parquet/arrow shards (`datasets` itself is
+        # needed only to fetch OpenWebText online), GPT-2 checkpoints for evaluation (safetensors) and MAUVE.
         "text": [
+            "tokenizers>=0.15",
+            "pyarrow>=14",
             "safetensors>=0.4",
             "mauve-text>=0.4",
         ],

@@ -13,7 +13,10 @@ Where each setting comes from in the authors' code (`kuleshov-group/proseco`):
   corrector_top_k. The MDLM baselines of the paper ran with the reference's cache, which filters cached
   log-probs again (`sampling.nucleus_refilter=True` reproduces it; off here).
 
-    python launch/train.py --config=configs/owt_small.py --workdir=gs://.../owt_small --config.mesh.fsdp=8
+    python launch/prepare_data.py --config=configs/owt_small.py --config.data.files='owt/*.parquet' \
+        --config.data.tokenizer_path=gpt2/tokenizer.json --config.data.data_dir=/data/proseco
+    python launch/train.py --config=configs/owt_small.py --workdir=gs://.../owt_small --config.mesh.fsdp=8 \
+        --config.data.files='owt/*.parquet' --config.data.tokenizer_path=gpt2/tokenizer.json ...
 """
 
 from proseco_jax import config_base
@@ -22,6 +25,11 @@ from proseco_jax import config_base
 def get_config():
     config = config_base.get_config(model_preset="small")
     config.data.name = "owt"
+    config.data.files = ""  # Local shards, e.g. '.../plain_text/train-*.parquet'; '' = `datasets` (online).
+    config.data.tokenizer = "gpt2"
+    config.data.tokenizer_path = ""  # A local GPT-2 tokenizer.json; '' = the hub's 'gpt2' (online or cached).
+    config.data.packing = "wrap"  # The reference's: documents + EOS cut into BOS ... EOS blocks of 1024.
+    config.data.validation_documents = 100_000  # The reference's split: the last 100k documents.
     config.data.vocab_size = 50257  # GPT-2 tokenizer; the model adds [MASK] = 50257.
     config.data.length = 1024
     config.data.worker_count = 4

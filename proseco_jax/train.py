@@ -74,28 +74,32 @@ def loss_and_grads(
     apply_fn: diffusion.ApplyFn,
     objective: diffusion.Objective,
     micro_batches: int = 1,
+    token_mask: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], PyTree]:
     """((loss, metrics), grads) of the global batch tokens [B, L], accumulated over micro-batches.
 
     Times and masks are drawn once for the global batch and then split (every M-th row), so accumulating
-    over M micro-batches gives the loss and gradient of the full batch.
+    over M micro-batches gives the loss and gradient of the full batch. token_mask [B, L] (1 real token,
+    0 padding) is split like the tokens; each micro-batch averages over its own real tokens.
     """
     noise_rng, loss_rng = jax.random.split(rng)
     t, z = diffusion.draw_noise(noise_rng, tokens, objective)
+    if token_mask is None:
+        token_mask = jnp.ones(tokens.shape, jnp.float32)
 
-    def loss_fn(p, micro_tokens, micro_t, micro_z, micro_rng):
-        return diffusion.proseco_loss(apply_fn, p, micro_tokens, micro_rng, step, objective, t=micro_t,
-                                      z=micro_z)
+    def loss_fn(p, micro_tokens, micro_t, micro_z, micro_mask, micro_rng):
+        return diffusion.proseco_loss(apply_fn, p, micro_tokens, micro_rng, step, objective, micro_mask,
+                                      t=micro_t, z=micro_z)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     m = micro_batches
     if m == 1:
-        return grad_fn(params, tokens, t, z, loss_rng)
-    micro = tuple(split_micro_batches(a, m) for a in (tokens, t, z))
+        return grad_fn(params, tokens, t, z, token_mask, loss_rng)
+    micro = tuple(split_micro_batches(a, m) for a in (tokens, t, z, token_mask))
 
     def accumulate(total, inputs):
-        i, micro_tokens, micro_t, micro_z = inputs
-        out = grad_fn(params, micro_tokens, micro_t, micro_z, jax.random.fold_in(loss_rng, i))
+        i, *micro_inputs = inputs
+        out = grad_fn(params, *micro_inputs, jax.random.fold_in(loss_rng, i))
         return jax.tree.map(jnp.add, total, out), None
 
     first = jax.eval_shape(grad_fn, params, *(a[0] for a in micro), loss_rng)
@@ -108,6 +112,7 @@ def train_step(
     state: TrainState,
     tokens: jax.Array,
     rng: jax.Array,
+    token_mask: jax.Array | None = None,
     *,
     apply_fn: diffusion.ApplyFn,
     tx: optax.GradientTransformation,
@@ -115,9 +120,11 @@ def train_step(
     micro_batches: int,
     ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the global batch tokens [B, L]; rng is this step's key."""
+    """One optimizer step on the global batch tokens [B, L] (token_mask [B, L]: 0 on padding, which the
+    loss leaves out); rng is this step's key."""
     (loss, metrics), grads = loss_and_grads(state.params, tokens, rng, state.step, apply_fn=apply_fn,
-                                            objective=objective, micro_batches=micro_batches)
+                                            objective=objective, micro_batches=micro_batches,
+                                            token_mask=token_mask)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
@@ -140,13 +147,14 @@ def eval_step(
     params: PyTree,
     tokens: jax.Array,
     rng: jax.Array,
+    token_mask: jax.Array | None = None,
     *,
     apply_fn: diffusion.ApplyFn,
     schedule: schedules.Schedule,
     mask_id: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """Negative ELBO of a held-out batch: (sum of nats, number of tokens)."""
-    return diffusion.nelbo(apply_fn, params, tokens, rng, schedule, mask_id)
+    """Negative ELBO of a held-out batch: (sum of nats, number of real tokens)."""
+    return diffusion.nelbo(apply_fn, params, tokens, rng, schedule, mask_id, token_mask=token_mask)
 
 
 @dataclasses.dataclass
@@ -159,6 +167,9 @@ class Compiled:
     init: Callable[[jax.Array], TrainState]
     step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
     evaluate: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    # The same with a padding mask [B, L] as a fourth argument (batches of text corpora).
+    masked_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]
+    masked_evaluate: Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
     @property
     def mesh(self) -> Mesh:
@@ -173,21 +184,20 @@ def build(config: Config, mesh: Mesh) -> Compiled:
     abstract, shardings, init = placed.train_state(tx)
     objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    step = jax.jit(
-        functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,
-                          micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay),
-        in_shardings=(shardings, batch_sh, repl),
-        out_shardings=(shardings, repl),
-        donate_argnums=(0,),
-    )
-    evaluate = jax.jit(
-        functools.partial(eval_step, apply_fn=placed.apply_fn, schedule=objective.schedule,
-                          mask_id=config.mask_id),
-        in_shardings=(shardings.params, batch_sh, repl),
-        out_shardings=(repl, repl),
-    )
+    step_fn = functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,
+                                micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay)
+    eval_fn = functools.partial(eval_step, apply_fn=placed.apply_fn, schedule=objective.schedule,
+                                mask_id=config.mask_id)
+    # jit's in_shardings name every positional argument, so the masked variants are jitted on their own.
+    step, masked_step = (jax.jit(step_fn, in_shardings=(shardings, batch_sh, repl, batch_sh)[:n],
+                                 out_shardings=(shardings, repl), donate_argnums=(0,)) for n in (3, 4))
+    eval_shardings = (shardings.params, batch_sh, repl, batch_sh)
+    evaluate, masked_evaluate = (jax.jit(eval_fn, in_shardings=eval_shardings[:n], out_shardings=(repl, repl))
+                                 for n in (3, 4))
+    on_mesh = placed.under_mesh
     return Compiled(placed=placed, state_shardings=shardings, abstract_state=abstract, init=init,
-                    step=placed.under_mesh(step), evaluate=placed.under_mesh(evaluate))
+                    step=on_mesh(step), evaluate=on_mesh(evaluate), masked_step=on_mesh(masked_step),
+                    masked_evaluate=on_mesh(masked_evaluate))
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
@@ -213,12 +223,14 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
 
 def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
                             ) -> float:
-    """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens')."""
+    """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens', maybe 'mask')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
-        n, c = compiled.evaluate(
-            params, sharding.global_batch(batch["tokens"], compiled.mesh), jax.random.fold_in(rng, i)
-        )
+        args = (params, sharding.global_batch(batch["tokens"], compiled.mesh), jax.random.fold_in(rng, i))
+        if "mask" in batch:
+            n, c = compiled.masked_evaluate(*args, sharding.global_batch(batch["mask"], compiled.mesh))
+        else:
+            n, c = compiled.evaluate(*args)
         nats, count = nats + float(n), count + float(c)
     return nats / max(count, 1.0) / math.log(2.0)
 
@@ -285,6 +297,10 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     compiled = build(config, mesh)
     t = config.train
     pid, nproc = jax.process_index(), jax.process_count()
+    held_out, needed = len(data.sources["validation"]), t.eval_batches * t.batch_size
+    if t.eval_every > 0 and needed > held_out:  # Fail now, not at the first validation.
+        raise UsageError(f"validation needs train.eval_batches * train.batch_size = {needed} held-out "
+                         f"sequences, but {config.data.name} has {held_out}")
 
     def data_iterator():
         return pipeline.train_iterator(data.sources["train"], global_batch_size=t.batch_size,
@@ -322,8 +338,13 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     with StopRequest("the current step") as stop:
         try:
             while step < t.num_steps and not stopping:
-                batch = sharding.global_batch(next(train_iter)["tokens"], mesh)
-                state, metrics = compiled.step(state, batch, jax.random.fold_in(train_rng, step))
+                batch = next(train_iter)
+                tokens = sharding.global_batch(batch["tokens"], mesh)
+                args = (state, tokens, jax.random.fold_in(train_rng, step))
+                if "mask" in batch:  # Text corpora: padding is left out of the loss.
+                    state, metrics = compiled.masked_step(*args, sharding.global_batch(batch["mask"], mesh))
+                else:
+                    state, metrics = compiled.step(*args)
                 log.add(metrics)
                 step += 1
                 skipped = skipped + 1 if float(metrics["nonfinite"]) else 0

@@ -1,33 +1,36 @@
 """Opens the dataset named by `config.data.name` as random-access sources for the grain pipeline.
 
 "markov" is the embedded sparse Markov language (built offline on first use, see `markov_builder.py`);
-its exact entropy is known, so validation bits per token can be read against it. "owt" (OpenWebText,
-GPT-2 tokens, L = 1024) needs the corpus prepared under `data.data_dir` beforehand; nothing is downloaded
-at run time.
+its exact entropy is known, so validation bits per token can be read against it. "text_files", "owt"
+(OpenWebText) and "text8" are real text, tokenised and packed into `data.data_dir` on first use (or
+beforehand by `launch/prepare_data.py`) from local files, see `text_builder.py`; their examples carry a
+padding mask and the tokenizer they were made with comes along to decode samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
-from proseco_jax.config_base import data_directory
 from proseco_jax.data import chain as markov_chain
-from proseco_jax.data import markov_builder
+from proseco_jax.data import markov_builder, text_builder
 from proseco_jax.data.errors import DataError
+from proseco_jax.data.tokenizers import Tokenizer
 
-DATASETS = ("markov", "owt")
+DATASETS = ("markov", *text_builder.BUILDERS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """Sources by split ('train', 'validation'), items `{'tokens': int32 [L]}`."""
+    """Sources by split ('train', 'validation'; text8 also 'test'), items `{'tokens': int32 [L]}` (text
+    corpora add `'mask': uint8 [L]`, 0 on padding)."""
 
     sources: dict[str, Any]
     chain_path: str | None = None  # Markov language only: its chain.npz.
     entropy_bits_per_token: float | None = None  # Exact data entropy, where known.
+    tokenizer: Tokenizer | None = None  # Text only: the tokenizer the corpus was prepared with.
+    directory: str | None = None  # Text only: the prepared corpus's tfds version directory.
 
 
 def load(data_config) -> Data:
@@ -37,10 +40,7 @@ def load(data_config) -> Data:
         chain = markov_chain.load_chain(chain_path)
         nats = markov_chain.sequence_entropy_per_token(chain, data_config.length)
         return Data(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
-    if data_config.name == "owt":
-        root = os.path.join(data_directory(data_config.data_dir), "openwebtext")
-        raise DataError(
-            f"OpenWebText is not prepared: expected GPT-2-tokenised array_record splits under {root} "
-            "(nothing is downloaded at run time; prepare the corpus offline first)"
-        )
+    if data_config.name in text_builder.BUILDERS:
+        prepared = text_builder.prepare_text(data_config)
+        return Data(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
     raise DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")

@@ -1,0 +1,389 @@
+"""tfds corpora of real text, tokenised and packed once into array_record files under `data_dir` and read
+through `as_data_source` (no TensorFlow), as the Markov corpus is (`markov_builder.py`). Three builders:
+
+    text_files    local .txt / .jsonl / .parquet / .arrow files matching `data.files` (see text_sources.py);
+                  the last `validation_fraction` of the documents are the validation split
+    openwebtext   OpenWebText from local shards (`data.files`, e.g. the hub's parquet files or the
+                  `datasets` cache's arrow files, field `text`), or, with no files, through
+                  `datasets.load_dataset("Skylion007/openwebtext")` (online or from its cache); the last
+                  `validation_documents` (100,000, as the reference) documents are the validation split
+    text8         a local text8.zip: the standard 90M / 5M / 5M character split (train / validation / test),
+                  cut into plain chunks of L characters (the `chars` tokenizer, no BOS/EOS: as D3PM and md4)
+
+Every example is `{'tokens': int32 [L], 'mask': uint8 [L]}` (mask 0 on padding), packed by `packing.py`.
+Documents are tokenised by `data.num_proc` worker processes (`parallel_encode.py`). The config name
+encodes every setting that changes the data (tokenizer, packing, L, the files' glob, fields and split), so
+different settings never share files. Layout:
+
+    <builder>/<config name>/1.0.0/<builder>-{train,validation[,test]}.array_record-*
+    <builder>/<config name>/1.0.0/tokenizer.txt (+ tokenizer.json)   the tokenizer of exactly this data
+    <builder>/<config name>/1.0.0/sources.json                       the files' names and sizes, the splits
+
+All of it is written inside tfds's temporary directory, which is renamed into place only once every
+split is complete, under a file lock: an interrupted preparation leaves nothing that a later run reads,
+and the rerun starts over cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from proseco_jax.config_base import data_directory
+from proseco_jax.data import packing, tfds_build, tokenizers
+from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
+from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
+from proseco_jax.data.text_sources import Corpus, describe_files, list_files
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SOURCES_JSON = "sources.json"
+OWT_HUB_NAME = "Skylion007/openwebtext"
+BPE_TRAIN_CHARS = 100_000_000  # A bpe:N tokenizer is trained on at most this much of the train split.
+_TEXT8_PIECE = 1 << 20  # text8 is one long document, handed to the workers in pieces of this many chars.
+_DESCRIPTION = "A text corpus tokenised and packed into fixed-length sequences with a padding mask."
+
+Splits = dict[str, tuple[int, Callable[[], Iterator[str]]]]  # split -> (documents, their reader)
+
+
+@dataclasses.dataclass
+class TextConfig(tfds.core.BuilderConfig):
+    """One tokenised corpus; build it with `text_config` so that the name matches the settings."""
+
+    tokenizer: str = "bytes"
+    tokenizer_path: str = ""
+    packing: str = "wrap"
+    length: int = 128
+    files: str = ""
+    text_field: str = "text"
+    document_per: str = "file"
+    validation_fraction: float = 0.05
+    validation_documents: int = 100_000
+
+
+class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Tokenises and packs the documents of `_documents()`; subclasses say where they come from."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    num_proc = 1  # Tokenising processes; set by `prepare_text`.
+    _encoder: ParallelEncoder | None = None
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> os.PathLike | None:
+        """None: nothing is downloaded, so tfds has no checksums to look for next to the code."""
+        return None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        length = self.builder_config.length
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict({
+                "tokens": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+                "mask": tfds.features.Tensor(shape=(length,), dtype=np.uint8),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _documents(self) -> tuple[Splits, list[str]]:
+        """The splits' documents and the files they are read from."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_inputs(cls, cfg: TextConfig) -> None:
+        """Raises DataError before anything is built if the source files are plainly not there."""
+        list_files(cfg.files)
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, np.ndarray]]]]:
+        del dl_manager  # Nothing is downloaded.
+        splits, files = self._documents()
+        tokenizer = self._tokenizer(splits[TRAIN][1])
+        # self.data_dir is tfds's temporary directory here: these files appear together with the data.
+        tokenizers.record(tokenizer, self.data_dir)
+        sources = {"files": describe_files(files) if files else [],
+                   "documents": {split: n for split, (n, _) in splits.items()}}
+        with open(os.path.join(self.data_dir, SOURCES_JSON), "w", encoding="utf-8") as f:
+            json.dump(sources, f, indent=1)
+        self._encoder = ParallelEncoder(tokenizer, self.num_proc)
+        return {split: self._generate_examples(split, n, read, tokenizer)
+                for split, (n, read) in splits.items()}
+
+    def _tokenizer(self, read_train: Callable[[], Iterator[str]]) -> tokenizers.Tokenizer:
+        cfg: TextConfig = self.builder_config
+        if not cfg.tokenizer.startswith("bpe:"):
+            return tokenizers.load(cfg.tokenizer, cfg.tokenizer_path)
+        print(f"{self.name}: training the {cfg.tokenizer} tokenizer on at most {BPE_TRAIN_CHARS:,} "
+              "characters of the train split", flush=True)
+        return tokenizers.train_bpe(cfg.tokenizer, _first_chars(read_train(), BPE_TRAIN_CHARS))
+
+    def _generate_examples(self, split: str, num_documents: int, read: Callable[[], Iterator[str]],
+                           tokenizer: tokenizers.Tokenizer) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        cfg: TextConfig = self.builder_config
+        progress = Progress(f"{self.name} {split}", num_documents)
+        ids = self._encoder.encode(read(), progress)
+        if cfg.packing == "wrap":
+            ones = np.ones(cfg.length, np.uint8)
+            records = ((block, ones) for block in packing.wrap(ids, cfg.length, tokenizer.bos_id,
+                                                               tokenizer.eos_id))
+        else:
+            records = packing.pad(ids, cfg.length, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        count = 0
+        for count, (tokens, mask) in enumerate(records, 1):
+            yield count - 1, {"tokens": tokens, "mask": mask}
+        progress.finish(count)
+        if count == 0:
+            raise DataError(f"{self.name}: the {split} split ({progress.documents:,} documents, "
+                            f"{progress.tokens:,} tokens) is shorter than one sequence of data.length="
+                            f"{cfg.length}; give more text or a shorter length")
+
+    def close_workers(self) -> None:
+        if self._encoder is not None:
+            self._encoder.close()
+
+
+def _first_chars(docs: Iterator[str], limit: int) -> Iterator[str]:
+    total = 0
+    for doc in docs:
+        yield doc[: limit - total]
+        total += len(doc)
+        if total >= limit:
+            return
+
+
+def _document_splits(corpus: Corpus, num_validation: int) -> Splits:
+    n = corpus.size
+    return {TRAIN: (n - num_validation, functools.partial(corpus.read, 0, n - num_validation)),
+            VALIDATION: (num_validation, functools.partial(corpus.read, n - num_validation, n))}
+
+
+class TextFiles(_TextBuilder, skip_registration=True):
+    """Local text files; the last `validation_fraction` of the documents (at least one) are held out."""
+
+    name = "text_files"
+
+    def _documents(self) -> tuple[Splits, list[str]]:
+        cfg: TextConfig = self.builder_config
+        paths = list_files(cfg.files)
+        corpus = Corpus.open(paths, cfg.text_field, cfg.document_per)
+        n = corpus.size
+        if n < 2:
+            raise DataError(f"text_files needs at least 2 documents to hold one out for validation, found "
+                            f"{n} in {len(paths)} file(s); set data.document_per=line or give more files")
+        return _document_splits(corpus, min(n - 1, max(1, math.ceil(cfg.validation_fraction * n)))), paths
+
+
+def _datasets_library():
+    try:
+        import datasets as hf_datasets
+    except ImportError:
+        raise DataError("data.files is empty, so OpenWebText is loaded with the `datasets` library, which is "
+                        "not installed: pip install datasets, or set data.files to local shards") from None
+    return hf_datasets
+
+
+def _hub_openwebtext_files() -> list[str]:
+    try:
+        dataset = _datasets_library().load_dataset(OWT_HUB_NAME, split="train")
+    except Exception as e:  # noqa: BLE001 - offline, missing cache, hub errors: all mean "give local files".
+        raise DataError(f"cannot load {OWT_HUB_NAME} ({one_line(e)}); set data.files to local shards"
+                        ) from None
+    return [f["filename"] for f in dataset.cache_files]
+
+
+class OpenWebText(_TextBuilder, skip_registration=True):
+    """OpenWebText; the last `validation_documents` documents are the validation split (the reference's
+    `train[-100000:]`), read in the order of the sorted shard names as `datasets` concatenates them."""
+
+    name = "openwebtext"
+
+    @classmethod
+    def check_inputs(cls, cfg: TextConfig) -> None:
+        if cfg.files:
+            list_files(cfg.files)
+        else:
+            _datasets_library()
+
+    def _documents(self) -> tuple[Splits, list[str]]:
+        cfg: TextConfig = self.builder_config
+        paths = list_files(cfg.files) if cfg.files else _hub_openwebtext_files()
+        corpus = Corpus.open(paths, cfg.text_field, "file")
+        if corpus.size <= cfg.validation_documents:
+            raise DataError(f"OpenWebText has {corpus.size:,} documents, not more than "
+                            f"data.validation_documents={cfg.validation_documents:,}")
+        return _document_splits(corpus, cfg.validation_documents), paths
+
+
+def _read_text8(path: str) -> str:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            member = "text8" if "text8" in names else names[0] if len(names) == 1 else None
+            if member is None:
+                raise DataError(f"{path} holds {names}, not a member named text8")
+            return z.read(member).decode("ascii")
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read text8 from {path}: {one_line(e)}") from None
+
+
+def _pieces(text: str) -> Iterator[str]:
+    return (text[i : i + _TEXT8_PIECE] for i in range(0, len(text), _TEXT8_PIECE))
+
+
+class Text8(_TextBuilder, skip_registration=True):
+    """text8: characters [0, 90%), [90%, 95%), [95%, 100%) (90M / 5M / 5M of the real file)."""
+
+    name = "text8"
+
+    @classmethod
+    def check_inputs(cls, cfg: TextConfig) -> None:
+        if not os.path.isfile(cfg.files):
+            raise DataError(f"text8: {cfg.files} does not exist; put text8.zip there or set data.files")
+
+    def _documents(self) -> tuple[Splits, list[str]]:
+        path = self.builder_config.files
+        text = _read_text8(path)
+        n = len(text)
+        parts = {TRAIN: text[: n * 9 // 10], VALIDATION: text[n * 9 // 10 : n * 19 // 20],
+                 TEST: text[n * 19 // 20 :]}
+        splits = {s: (-(-len(t) // _TEXT8_PIECE), functools.partial(_pieces, t)) for s, t in parts.items()}
+        return splits, [path]
+
+
+BUILDERS: dict[str, type[_TextBuilder]] = {"text_files": TextFiles, "owt": OpenWebText, "text8": Text8}
+# The settings that change each corpus's data, besides tokenizer, packing and length.
+_SETTINGS = {"text_files": ("files", "text_field", "document_per", "validation_fraction"),
+             "owt": ("files", "text_field", "validation_documents"), "text8": ("files",)}
+
+
+def text_config(data_config: Any) -> TextConfig:
+    """The builder config of the text corpus `data_config` describes (name = settings' digest)."""
+    value = functools.partial(_data_config_value, data_config)
+    kind, tokenizer = value("name"), value("tokenizer")
+    tokenizers.vocab_size_of(tokenizer)  # Unknown names fail here, before anything is written.
+    files = value("files")
+    if kind == "text8" and not files:
+        files = os.path.join(data_directory(value("data_dir")), "text8.zip")
+    if kind == "text_files" and not files:
+        raise DataError("data.name=text_files needs data.files, a glob of local text files")
+    tokenizer_path = value("tokenizer_path") if tokenizer == "gpt2" else ""
+    settings = {k: value(k) for k in _SETTINGS[kind]}
+    settings.update(files=_absolute(files), tokenizer=tokenizer, tokenizer_path=_absolute(tokenizer_path),
+                    packing=value("packing"), length=value("length"))
+    # Paths enter the name as written (made absolute), not their contents: hosts that only read a corpus
+    # prepared elsewhere find it without the source files (`_check_files_unchanged` guards edits).
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{tokenizer.replace(':', '')}_{settings['packing']}_l{settings['length']}_{digest}"
+    return TextConfig(name=name, description=f"{kind} tokenised with {tokenizer}.", **settings)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if path else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedText:
+    """A prepared corpus: its splits as random-access sources, where it lives, and its tokenizer."""
+
+    sources: dict[str, RandomAccessSource]
+    version_dir: str
+    tokenizer: tokenizers.Tokenizer
+
+
+def _build(builder_cls: type[_TextBuilder], data_dir: str, cfg: TextConfig, num_proc: int) -> None:
+    builder = builder_cls(data_dir=data_dir, config=cfg)
+    builder.num_proc = num_proc
+
+    def announce(version_dir: str) -> None:
+        print(f"preparing {builder.name}/{cfg.name} in {version_dir} with {num_proc} tokenising "
+              "process(es)", flush=True)
+
+    try:
+        tfds_build.build_once(builder, data_dir, announce)
+    finally:
+        builder.close_workers()
+
+
+def _check_sources(sources: dict[str, RandomAccessSource], cfg: TextConfig, vocab_size: int) -> None:
+    for split, source in sources.items():
+        if len(source) == 0:
+            raise DataError(f"split {split} is empty")
+        record = source[0]
+        tokens, mask = np.asarray(record["tokens"]), np.asarray(record["mask"])
+        if tokens.shape != (cfg.length,) or tokens.dtype != np.int32 or mask.shape != (cfg.length,):
+            raise DataError(f"split {split} holds tokens {tokens.dtype}{list(tokens.shape)}, expected "
+                            f"int32[{cfg.length}] with a mask")
+        if tokens.min() < 0 or tokens.max() >= vocab_size:
+            raise DataError(f"split {split} holds token ids outside [0, {vocab_size})")
+
+
+def _check_files_unchanged(cfg: TextConfig, version_dir: str) -> None:
+    """A prepared corpus whose source files are still here must have been made from these very files."""
+    if not cfg.files:
+        return
+    paths = sorted(p for p in glob.glob(cfg.files, recursive=True) if os.path.isfile(p))
+    if not paths:  # Prepared elsewhere (or the files were removed): the data stands on its own.
+        return
+    try:
+        with open(os.path.join(version_dir, SOURCES_JSON), encoding="utf-8") as f:
+            recorded = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
+    if describe_files(paths) != recorded:
+        raise DataError(f"the files matching data.files={cfg.files!r} changed since {version_dir} was "
+                        "prepared; delete that directory to prepare them again")
+
+
+def prepare_text(data_config: Any) -> PreparedText:
+    """Builds the text corpus `data_config` describes if needed (once per settings) and opens it.
+
+    Args:
+      data_config: the `data` ConfigDict or section (name in BUILDERS, tokenizer, tokenizer_path, packing,
+        length, files, text_field, document_per, validation_fraction, validation_documents, num_proc,
+        data_dir).
+
+    Raises:
+      DataError (one line): no files match, a tokenizer that is unknown or does not parse, a corpus
+        shorter than one sequence, data_dir not writable, or prepared data that is damaged.
+    """
+    kind = _data_config_value(data_config, "name")
+    builder_cls = BUILDERS[kind]
+    cfg = text_config(data_config)
+    data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
+    version_dir = tfds_build.version_dir_of(builder_cls, data_dir, cfg)
+    if _is_prepared(version_dir):
+        _check_files_unchanged(cfg, version_dir)
+    else:
+        if os.path.isdir(version_dir):
+            raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
+        builder_cls.check_inputs(cfg)
+        try:
+            num_proc = int(_data_config_value(data_config, "num_proc")) or len(os.sched_getaffinity(0))
+            _build(builder_cls, data_dir, cfg, num_proc)
+        except OSError as e:
+            raise DataError(f"cannot build {builder_cls.name} in {data_dir}: {one_line(e)}") from e
+
+    hint = f"delete {version_dir} to rebuild"
+    tokenizer = tokenizers.load_recorded(version_dir)
+    try:
+        builder = builder_cls(data_dir=data_dir, config=cfg)
+        sources = dict(builder.as_data_source())
+        _check_sources(sources, cfg, tokenizer.vocab_size)
+    except DataError as e:
+        raise DataError(f"{builder_cls.name} corpus {cfg.name}: {e}; {hint}") from e
+    except Exception as e:  # noqa: BLE001 - missing or truncated array_record files fail inside tfds.
+        raise DataError(f"{builder_cls.name} corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
+    return PreparedText(sources=sources, version_dir=version_dir, tokenizer=tokenizer)
+

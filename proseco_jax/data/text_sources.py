@@ -1,0 +1,156 @@
+"""Documents of local text corpora, read in a fixed order so that a corpus is packed the same way every time.
+
+A corpus is the sorted list of files matching a glob. By extension:
+    .jsonl / .json   one document per line, the JSON object's `field`
+    .parquet         one document per row, column `field` (Hugging Face hub shards, e.g. OpenWebText's)
+    .arrow           one document per row, column `field` (the `datasets` library's cache and save_to_disk)
+    anything else    UTF-8 text: the whole file is one document, or each non-blank line is one
+                     (`document_per` = "file" | "line")
+Documents are numbered across files in that order; a split is a range of those numbers (`Corpus.read`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+from collections.abc import Iterator
+
+from proseco_jax.data.errors import DataError, one_line
+
+DOCUMENT_PER = ("file", "line")
+_BATCH_ROWS = 1024
+
+
+def _kind(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    return {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}.get(ext, "text")
+
+
+def list_files(pattern: str) -> list[str]:
+    """Regular files matching `pattern` (~ expanded, ** recursive), sorted; DataError if there are none."""
+    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise DataError(f"no files match data.files={pattern!r}")
+    return paths
+
+
+def _arrow_batches(path: str, field: str):
+    import pyarrow as pa
+
+    source = pa.memory_map(path)
+    try:
+        reader = pa.ipc.open_stream(source)  # What `datasets` writes.
+        batches = iter(reader)
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(source)
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    if field not in reader.schema.names:
+        raise DataError(f"{path} has no column {field!r} (columns: {reader.schema.names})")
+    for batch in batches:
+        yield batch.column(field)
+
+
+def _parquet_batches(path: str, field: str):
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    if field not in parquet.schema_arrow.names:
+        raise DataError(f"{path} has no column {field!r} (columns: {parquet.schema_arrow.names})")
+    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[field]):
+        yield batch.column(0)
+
+
+def _jsonl(path: str, field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[field]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{path}:{i}: not a JSON object with a string field {field!r} ({one_line(e)})"
+                                ) from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{i}: field {field!r} is {type(text).__name__}, not a string")
+            yield text
+
+
+def _documents(path: str, field: str, document_per: str) -> Iterator[str]:
+    kind = _kind(path)
+    if kind == "jsonl":
+        yield from _jsonl(path, field)
+    elif kind in ("parquet", "arrow"):
+        batches = _parquet_batches if kind == "parquet" else _arrow_batches
+        for column in batches(path, field):
+            yield from (t or "" for t in column.to_pylist())
+    elif document_per == "file":
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read()
+    else:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from (line.rstrip("\r\n") for line in f if line.strip())
+
+
+def _count(path: str, field: str, document_per: str) -> int:
+    kind = _kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if kind == "arrow":
+        return sum(len(c) for c in _arrow_batches(path, field))
+    if kind == "text" and document_per == "file":
+        return 1
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum(1 for line in f if line.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    """The documents of `paths` in order; `counts[i]` documents in file i."""
+
+    paths: tuple[str, ...]
+    counts: tuple[int, ...]
+    field: str
+    document_per: str
+
+    @classmethod
+    def open(cls, paths: list[str], field: str, document_per: str) -> Corpus:
+        counts = []
+        for p in paths:
+            try:
+                counts.append(_count(p, field, document_per))
+            except (OSError, ValueError) as e:  # pyarrow's errors are ValueErrors (ArrowInvalid).
+                raise DataError(f"cannot read {p}: {one_line(e)}") from None
+        return cls(tuple(paths), tuple(counts), field, document_per)
+
+    @property
+    def size(self) -> int:
+        return sum(self.counts)
+
+    def read(self, start: int, stop: int) -> Iterator[str]:
+        """Documents start..stop-1 (numbered over all files); files outside the range are not opened."""
+        first = 0
+        for path, count in zip(self.paths, self.counts):
+            lo, hi = max(start - first, 0), min(stop - first, count)
+            first += count
+            if lo >= hi:
+                continue
+            try:
+                for i, doc in enumerate(_documents(path, self.field, self.document_per)):
+                    if i >= hi:
+                        break
+                    if i >= lo:
+                        yield doc
+            except (OSError, ValueError) as e:
+                if isinstance(e, DataError):
+                    raise
+                raise DataError(f"cannot read {path}: {one_line(e)}") from None
+
+
+def describe_files(paths: list[str]) -> list[list]:
+    """[name relative to the files' common directory, size] of each file: what `changed_files` compares."""
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return [[os.path.relpath(os.path.abspath(p), root), os.path.getsize(p)] for p in paths]

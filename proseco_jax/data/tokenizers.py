@@ -1,0 +1,267 @@
+"""Tokenizers of the real-text corpora, behind one small interface (`Tokenizer`), named by one string:
+
+    gpt2     GPT-2's byte-level BPE (50257 ids; <|endoftext|> = 50256 is BOS, EOS and padding), read from a
+             local tokenizer.json or a directory holding one (or vocab.json + merges.txt), else from the
+             Hugging Face hub by name
+    chars    text8's 27 symbols, a-z = 0..25 and space = 26; no special ids (text8 is cut into plain chunks)
+    bytes    UTF-8 bytes 0..255, then BOS = 256, EOS = 257, PAD = 258 (259 ids)
+    bpe:N    a byte-level BPE of N ids trained on the corpus when it is prepared (ids 0, 1, 2 are BOS, EOS,
+             PAD); its tokenizer.json is saved with the data, so samples decode the same way later
+
+The model adds one [MASK] id on top of the V ids (`mask_id` = `vocab_size`). A prepared corpus records
+its tokenizer next to its data (`record`: tokenizer.txt naming it, plus tokenizer.json for the BPE ones)
+and `load_recorded` reads it back. The `tokenizers` library is imported only by the BPE tokenizers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.errors import UsageError
+
+NAMES = ("gpt2", "chars", "bytes", "bpe:N")
+GPT2_VOCAB = 50257
+GPT2_EOS = 50256
+GPT2_HUB_NAME = "gpt2"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_TXT = "tokenizer.txt"
+CHARS = "abcdefghijklmnopqrstuvwxyz "
+BYTE_SPECIALS = 3  # BOS, EOS, PAD after the 256 bytes.
+BPE_SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
+BPE_MIN_VOCAB = 256 + len(BPE_SPECIALS)
+_BPE = re.compile(r"bpe:(\d+)")
+
+
+def vocab_size_of(name: str) -> int:
+    """V of the tokenizer `name` (without loading it); raises UsageError for an unknown name."""
+    if name == "gpt2":
+        return GPT2_VOCAB
+    if name == "chars":
+        return len(CHARS)
+    if name == "bytes":
+        return 256 + BYTE_SPECIALS
+    match = _BPE.fullmatch(name)
+    if match:
+        n = int(match.group(1))
+        if n < BPE_MIN_VOCAB:
+            raise UsageError(f"tokenizer {name!r}: a byte-level BPE needs N >= {BPE_MIN_VOCAB} (256 bytes "
+                             f"and {len(BPE_SPECIALS)} special ids)")
+        return n
+    raise UsageError(f"unknown tokenizer {name!r}; expected one of {', '.join(NAMES)}")
+
+
+class Tokenizer:
+    """Text <-> ids [0, vocab_size). `bos_id`, `eos_id`, `pad_id` are None where the tokenizer has none."""
+
+    name: str
+    vocab_size: int
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    # Encoded by a numpy table lookup: faster in place than the copying to and from worker processes.
+    vectorised: bool = True
+
+    @property
+    def mask_id(self) -> int:
+        """The [MASK] id that the model adds on top of the vocabulary."""
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """int32 [n] ids of `text`, no special ids added."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [self.encode_array(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; special ids and ids outside the vocabulary (e.g. [MASK]) are left out."""
+        raise NotImplementedError
+
+    def to_json(self) -> str | None:
+        """The tokenizer.json to save with the data (None: the name alone defines the tokenizer)."""
+        return None
+
+
+class ByteTokenizer(Tokenizer):
+    name, vocab_size = "bytes", 256 + BYTE_SPECIALS
+    bos_id, eos_id, pad_id = 256, 257, 258
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = np.asarray(list(ids), np.int64)
+        return bytes(ids[(ids >= 0) & (ids < 256)].astype(np.uint8)).decode("utf-8", errors="replace")
+
+
+class CharTokenizer(Tokenizer):
+    """text8's alphabet; text is lower-cased and any other character becomes a space."""
+
+    name, vocab_size = "chars", len(CHARS)
+
+    def __init__(self):
+        self._table = np.full(128, CHARS.index(" "), np.int32)  # By ASCII code; non-ASCII reads as '?'.
+        for i, c in enumerate(CHARS):
+            self._table[ord(c)] = i
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self._table[np.frombuffer(text.lower().encode("ascii", errors="replace"), np.uint8)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(CHARS[i] for i in ids if 0 <= i < len(CHARS))
+
+
+class BPETokenizer(Tokenizer):
+    """A `tokenizers.Tokenizer` (GPT-2 or a BPE trained on the corpus) under this interface."""
+
+    vectorised = False
+
+    def __init__(self, name: str, tok: Any, vocab_size: int, bos: int, eos: int, pad: int):
+        self.name, self.vocab_size = name, vocab_size
+        self.bos_id, self.eos_id, self.pad_id = bos, eos, pad
+        self._tok = tok
+        self._size = tok.get_vocab_size(with_added_tokens=True)  # <= vocab_size for a small corpus.
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        encoded = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, np.int32) for e in encoded]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids if 0 <= i < self._size], skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
+
+def _library():
+    try:
+        import tokenizers as hf_tokenizers
+    except ImportError:
+        raise UsageError("the gpt2 and bpe:N tokenizers need the `tokenizers` library: pip install "
+                         "tokenizers (or pip install -e '.[text]')") from None
+    return hf_tokenizers
+
+
+def _json_path(path: str) -> str:
+    return os.path.join(path, TOKENIZER_JSON) if os.path.isdir(path) else path
+
+
+def _read_json(name: str, path: str):
+    lib = _library()
+    path = _json_path(path)
+    if not os.path.exists(path):
+        raise DataError(f"tokenizer {name}: {path} does not exist")
+    try:
+        return lib.Tokenizer.from_file(path)
+    except Exception as e:  # noqa: BLE001 - the Rust parser raises a bare Exception for a bad file.
+        raise DataError(f"tokenizer {name}: {path} is not a tokenizer.json ({one_line(e)})") from None
+
+
+def _vocab_and_merges(directory: str):
+    """A byte-level BPE from the older vocab.json + merges.txt layout of GPT-2 directories."""
+    lib = _library()
+    vocab, merges = (os.path.join(directory, f) for f in ("vocab.json", "merges.txt"))
+    try:
+        tok = lib.Tokenizer(lib.models.BPE.from_file(vocab, merges))
+    except Exception as e:  # noqa: BLE001 - the Rust parser raises a bare Exception for a bad file.
+        raise DataError(f"tokenizer gpt2: {directory} holds no readable vocab.json and merges.txt "
+                        f"({one_line(e)})") from None
+    tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = lib.decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return tok
+
+
+def _gpt2(path: str) -> BPETokenizer:
+    if path and os.path.isdir(path) and not os.path.exists(os.path.join(path, TOKENIZER_JSON)):
+        tok, where = _vocab_and_merges(path), path
+    elif path:
+        tok = _read_json("gpt2", path)
+        where = _json_path(path)
+    else:
+        lib = _library()
+        try:
+            tok = lib.Tokenizer.from_pretrained(GPT2_HUB_NAME)
+        except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
+            raise DataError(f"cannot load the GPT-2 tokenizer from the Hugging Face hub ({one_line(e)}); set "
+                            "data.tokenizer_path to a local GPT-2 tokenizer.json") from None
+        where = f"the hub's {GPT2_HUB_NAME!r}"
+    size, eos = tok.get_vocab_size(with_added_tokens=True), tok.token_to_id("<|endoftext|>")
+    if size != GPT2_VOCAB or eos != GPT2_EOS:
+        raise DataError(f"tokenizer gpt2: {where} is not GPT-2's ({size} ids, <|endoftext|> = {eos}; "
+                        f"expected {GPT2_VOCAB} ids, <|endoftext|> = {GPT2_EOS})")
+    return BPETokenizer("gpt2", tok, GPT2_VOCAB, GPT2_EOS, GPT2_EOS, GPT2_EOS)
+
+
+def _bpe(name: str, tok: Any) -> BPETokenizer:
+    ids = [tok.token_to_id(s) for s in BPE_SPECIALS]
+    if ids != [0, 1, 2]:
+        raise DataError(f"tokenizer {name}: its special ids are {ids}, expected {BPE_SPECIALS} = [0, 1, 2]")
+    size, n = tok.get_vocab_size(with_added_tokens=True), vocab_size_of(name)
+    if size > n:
+        raise DataError(f"tokenizer {name}: the saved tokenizer.json has {size} ids, more than {n}")
+    return BPETokenizer(name, tok, n, *ids)
+
+
+def train_bpe(name: str, texts: Iterable[str]) -> BPETokenizer:
+    """Trains the byte-level BPE `name` ('bpe:N') on `texts`; fewer than N ids if the text is too small."""
+    n = vocab_size_of(name)
+    lib = _library()
+    tok = lib.Tokenizer(lib.models.BPE())
+    tok.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = lib.decoders.ByteLevel()
+    trainer = lib.trainers.BpeTrainer(vocab_size=n, special_tokens=list(BPE_SPECIALS), show_progress=False,
+                                      initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return _bpe(name, tok)
+
+
+def load(name: str, directory: str = "") -> Tokenizer:
+    """The tokenizer `name`; `directory` holds its tokenizer.json (gpt2: a file or directory, '' = hub).
+
+    Raises:
+      UsageError: unknown name. DataError: the tokenizer file is missing or does not parse.
+    """
+    vocab_size_of(name)  # Validates the name.
+    if name == "bytes":
+        return ByteTokenizer()
+    if name == "chars":
+        return CharTokenizer()
+    if name == "gpt2":
+        return _gpt2(directory)
+    if not directory:
+        raise DataError(f"tokenizer {name} is trained when the corpus is prepared; no directory given")
+    return _bpe(name, _read_json(name, directory))
+
+
+def record(tokenizer: Tokenizer, directory: str) -> None:
+    """Writes tokenizer.txt (the name) and, for BPE tokenizers, tokenizer.json into `directory`."""
+    content = tokenizer.to_json()
+    if content is not None:
+        with open(os.path.join(directory, TOKENIZER_JSON), "w", encoding="utf-8") as f:
+            f.write(content)
+    with open(os.path.join(directory, TOKENIZER_TXT), "w", encoding="utf-8") as f:
+        f.write(tokenizer.name + "\n")
+
+
+def load_recorded(directory: str) -> Tokenizer:
+    """The tokenizer that `record` wrote into `directory` (a prepared corpus's version directory)."""
+    path = os.path.join(directory, TOKENIZER_TXT)
+    try:
+        with open(path, encoding="utf-8") as f:
+            name = f.read().strip()
+    except OSError as e:
+        raise DataError(f"no recorded tokenizer in {directory}: {one_line(e)}") from None
+    return load(name, directory)
