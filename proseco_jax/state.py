@@ -82,7 +82,8 @@ class ModelOnMesh:
     def _place(self, init_boxed: Callable[[jax.Array], PyTree]) -> tuple[PyTree, PyTree]:
         """(abstract tree with shardings, shardings) of what `init_boxed(rng)` returns."""
         with sharding.mesh_context(self.mesh, self.rules):
-            boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+            # The key is made while tracing: a compile-only mesh (aot.py) has no device to make it on.
+            boxed = jax.eval_shape(lambda: init_boxed(jax.random.key(0)))
             shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(boxed), shardings

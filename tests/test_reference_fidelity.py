@@ -26,7 +26,8 @@ def _model_and_params(cfg: DiTConfig, seed: int = 0, noise: float = 0.3):
     params = model.init(jax.random.key(seed), jnp.zeros((1, L), jnp.int32), jnp.zeros((1,)))["params"]
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    return model, jax.tree.unflatten(tree, [x + noise * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    noisy = [x + noise * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return model, jax.tree.unflatten(tree, noisy)
 
 
 @pytest.mark.parametrize("conditioned", [False, True])
@@ -117,8 +118,9 @@ def test_block_sampler_defaults_follow_llada_evaluation():
 
 
 def _ctx(block_end: int) -> StepContext:
-    return StepContext(step=jnp.asarray(0), t=jnp.asarray(1.0), s=jnp.asarray(0.5), is_last=jnp.asarray(False),
-                       steps_left_in_block=jnp.asarray(2), block_end=jnp.asarray(block_end),
+    return StepContext(step=jnp.asarray(0), t=jnp.asarray(1.0), s=jnp.asarray(0.5),
+                       is_last=jnp.asarray(False), steps_left_in_block=jnp.asarray(2),
+                       block_end=jnp.asarray(block_end),
                        block_done=jnp.asarray(True), run_corrector=jnp.asarray(False))
 
 
