@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import CONFIG, REPO, assert_usage_error, run_binary, tiny_config
 
-from proseco_jax import config_base, inference, samples_io, sharding, train
+from proseco_jax import checkpoint, config_base, inference, samples_io, sharding, state, train
 from proseco_jax.errors import Halted, UsageError
 
 
@@ -100,6 +100,8 @@ def _damage(step_dir: str, kind: str) -> None:
         for path in glob.glob(os.path.join(step_dir, "data_iter", "*")):
             with open(path, "w") as f:
                 f.write("{garbage")
+    elif kind == "no_iterator":
+        shutil.rmtree(os.path.join(step_dir, "data_iter"))
     elif kind == "empty_step":
         shutil.rmtree(step_dir)
         os.makedirs(step_dir)
@@ -107,7 +109,7 @@ def _damage(step_dir: str, kind: str) -> None:
         shutil.rmtree(os.path.join(step_dir, "state"))
 
 
-DAMAGE = ["truncated_array", "no_metadata", "garbage_iterator", "empty_step", "no_state"]
+DAMAGE = ["truncated_array", "no_metadata", "garbage_iterator", "no_iterator", "empty_step", "no_state"]
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -299,3 +301,35 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
         path.write_text(text)
         assert_usage_error(run_binary("train.py", f"--config={path}", f"--workdir={tmp_path / 'w'}"),
                            "cannot load the config")
+
+
+def test_sampling_refuses_non_finite_parameters(trained, data_dir, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    config = config_base.resolve(_config(data_dir))
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    placed = state.ModelOnMesh.create(config, mesh)
+    manager = checkpoint.make_manager(workdir, 5)
+    abstract, _, _ = placed.train_state(train.make_optimizer(config.train))
+    step, restored = checkpoint.restore(manager, abstract, None)
+    poisoned = restored.replace(ema_params=jax.tree.map(lambda x: x * np.nan, restored.ema_params))
+    checkpoint.save(manager, step + 1, poisoned, None)
+    manager.wait_until_finished()
+    manager.close()
+    with pytest.raises(UsageError, match="non-finite parameters"):
+        inference.load_model(config, workdir, mesh=mesh)
+
+
+def test_an_interrupted_sweep_keeps_the_rows_it_finished(tiny_trained_workdir):
+    from proseco_jax.data import chain as markov_chain
+    from proseco_jax.data import datasets
+    from proseco_jax.evaluation import grid
+
+    workdir, _, overrides = tiny_trained_workdir
+    config = config_base.resolve(tiny_config(*overrides))
+    loaded = inference.load_model(config, workdir, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+    chain = markov_chain.load_chain(datasets.load(config.data).chain_path)
+    settings = [grid.Setting("MDLM", config.sampling.replace(sampler="mdlm", steps=t)) for t in (2, 3, 4)]
+    asked = []
+    rows, outputs = grid.run_sweep(loaded, settings, chain, 4, workers=1, progress=None,
+                                   stop=lambda: asked.append(1) or len(asked) > 1)
+    assert len(rows) == len(outputs) == 1 and rows[0]["steps"] == 4  # the longest row ran first

@@ -117,14 +117,18 @@ def evaluate_setting(loaded: Any, setting: Setting, chain: markov_chain.MarkovCh
 
 def run_sweep(loaded: Any, grid: Sequence[Setting], chain: markov_chain.MarkovChain, num_samples: int, *,
               sampler_label: str | None = None, workers: int = 2,
-              progress: Callable[[str], None] | None = print
+              progress: Callable[[str], None] | None = print,
+              stop: Callable[[], bool] | None = None,
               ) -> tuple[list[Row], list[dict[str, np.ndarray]]]:
     """`evaluate_setting` for every setting of the grid, a progress line per row: (rows, samples).
 
     Every setting compiles its own sampler, and XLA compiles on one core: `workers` threads let one
     setting compile while another samples. Rows come back in grid order and do not depend on `workers`.
+    Once `stop()` is true no further setting starts: the rows finished by then come back.
     """
-    def one(i: int) -> tuple[Row, dict[str, np.ndarray]]:
+    def one(i: int) -> tuple[Row, dict[str, np.ndarray]] | None:
+        if stop is not None and stop():
+            return None
         row, out = evaluate_setting(loaded, grid[i], chain, num_samples, sampler_label=sampler_label)
         if progress is not None:
             progress(f"[{i + 1}/{len(grid)}] {report.row_summary(row)}")
@@ -134,4 +138,5 @@ def run_sweep(loaded: Any, grid: Sequence[Setting], chain: markov_chain.MarkovCh
     order = sorted(range(len(grid)), key=lambda i: -grid[i].applied.max_nfe)
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         done = dict(zip(order, pool.map(one, order)))
-    return [done[i][0] for i in range(len(grid))], [done[i][1] for i in range(len(grid))]
+    finished = [done[i] for i in range(len(grid)) if done[i] is not None]
+    return [row for row, _ in finished], [out for _, out in finished]

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from proseco_jax import config_base
+from proseco_jax import checkpoint, config_base
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import grid, headline, report, scoring
+from proseco_jax.stopping import StopRequest
 
 MDLM_TRAINED = "mdlm (MDLM-trained)"  # the sampler label of the rows of a model trained without corrector
 
@@ -45,6 +46,7 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
 
     config = config_base.resolve(config)
     check_request(config, num_samples)
+    checkpoint.ensure_writable(output_dir, "output directory")
     data = datasets.load(config.data)
     chain = markov_chain.load_chain(data.chain_path)
     length = config.data.length
@@ -53,10 +55,12 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     progress(report.data_summary(reference))
     loaded = inference.load_model(config, workdir)
     progress(f"sampling the model of {workdir} (step {loaded.step}): {num_samples} samples per row")
-    rows, outputs = grid.run_sweep(loaded, grid.default_grid(config.sampling, length, quick=quick), chain,
-                                   num_samples, progress=progress)
+    settings = grid.default_grid(config.sampling, length, quick=quick)
+    with StopRequest("the rows being sampled") as stop:
+        rows, outputs = grid.run_sweep(loaded, settings, chain, num_samples, progress=progress,
+                                       stop=lambda: stop.requested)
     head = headline.claims(rows, reference)
-    if mdlm_workdir:
+    if mdlm_workdir and not stop.requested:
         mdlm_model = inference.load_model(config, mdlm_workdir)
         progress(f"sampling the MDLM-trained model of {mdlm_workdir} (step {mdlm_model.step})")
         mdlm_settings = grid.mdlm_grid(config.sampling, length, quick=quick)
@@ -67,6 +71,8 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     results = {"data": reference, "rows": rows, "headline": head,
                "model": {"workdir": os.path.abspath(workdir), "step": loaded.step,
                          **report.validation_bits(workdir)}}
+    if stop.requested:  # Keep what was sampled: the rows finished before the stop.
+        results["interrupted"] = f"{len(rows)} of {len(settings)} rows"
     json_path = os.path.join(output_dir, "results.json")
     png_path = os.path.join(output_dir, "quality_vs_nfe.png")
     report.write_json(json_path, results)
@@ -75,4 +81,7 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     for line in headline.lines(head) + (headline.lines(head["vs_mdlm_trained"]) if mdlm_workdir else []):
         progress(line)
     progress(f"wrote {json_path} and {png_path}")
+    if stop.requested:
+        progress(f"{stop.signal_name}: stopped after {len(rows)} of {len(settings)} rows (in results.json); "
+                 "rerun the same command to sample every row")
     return results, outputs
