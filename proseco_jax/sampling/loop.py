@@ -215,64 +215,31 @@ def _log_probs(apply_fn: ApplyFn, plan: Plan, params: Any, tokens: jax.Array, si
 
 
 def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
-                 step: jax.Array) -> SamplerState:
-    """Unmasking step `step` (int32 []); every decision is a device boolean, so one trace serves all T.
-
-    The predictor call and the corrector's calls are iterations of one `lax.while_loop` around a single
-    model call, so the compiled program holds the model once (half the compile time of two call sites).
-    Iteration 0 predicts from z; iterations 1..S run the corrector's fixed point on y, while it changes.
-    """
+          step: jax.Array) -> SamplerState:
+    """Unmasking step `step` (int32 []); every decision is a device boolean, so one trace serves all T."""
     ctx = plan.context(step)
     rng, prior_key, corrector_key, unmask_key = jax.random.split(state.rng, 4)
-    tokens, active, corrector = state.tokens, state.active, plan.corrector
-    movable = plan.movable(fixed, ctx)
-    correct = (ctx.run_corrector & jnp.any(active)) if corrector is not None else jnp.asarray(False)
-    steps = corrector.steps if corrector is not None else 0
+    tokens = state.tokens
 
-    def call(k, y, need, cached):
-        """The one model call site: z at k = 0, the corrector's y at k >= 1; skipped when nobody needs it."""
-        inputs = jnp.where(k == 0, tokens, y)
-        sigma = plan.sigma(ctx.t)
-        if corrector is not None:
-            sigma = jnp.where(k == 0, sigma, plan.corrector_sigma(jnp.maximum(k - 1, 0)))
-        fresh = jax.lax.cond(jnp.any(need), lambda: _log_probs(apply_fn, plan, params, inputs, sigma),
-                             lambda: cached)
-        return jnp.where(need[:, None, None], fresh, cached)
-
-    def body(carry):
-        k, logp, y, c, need, predictor_nfe, corrector_nfe, calls = carry
-        calls = calls + jnp.any(need)
-        if corrector is None:
-            return k + 1, call(k, y, need, logp), y, c, need, predictor_nfe + need, corrector_nfe, calls
-
-        def predicted(_):
-            fresh = call(k, y, need, logp)
-            # The corrector starts from the prediction; its first iteration calls for every active sample.
-            return fresh, corrector.initial(prior_key, tokens, fresh, fixed), fresh, active
-
-        def corrected(_):
-            fresh = call(k, y, need, c)
-            y_next = corrector.update(jax.random.fold_in(corrector_key, k - 1), fresh, y, movable)
-            return logp, y_next, fresh, jnp.any(y_next != y, axis=-1) & active
-
-        logp, y, c, next_need = jax.lax.cond(k == 0, predicted, corrected, None)
-        return (k + 1, logp, y, c, next_need, predictor_nfe + (need & (k == 0)),
-                corrector_nfe + (need & (k > 0)), calls)
-
-    def more(carry):
-        k, need = carry[0], carry[4]
-        go_on = jnp.any(need) if corrector is None or corrector.stops_at_fixed_point else True
-        return (k == 0) | (correct & (k <= steps) & go_on)
-
-    need = ~state.logp_valid & active
-    init = (jnp.zeros((), jnp.int32), state.logp, tokens, state.logp, need, state.predictor_nfe,
-            state.corrector_nfe, state.model_calls)
-    _, logp, y, c, _, predictor_nfe, corrector_nfe, calls = jax.lax.while_loop(more, body, init)
-    if corrector is not None:
-        tokens = jnp.where(correct, corrector.merge(tokens, y, movable, active), tokens)
-        logp = jnp.where(correct & active[:, None, None], c, logp)
-    state = state.replace(rng=rng, tokens=tokens, logp=logp, predictor_nfe=predictor_nfe,
-                          corrector_nfe=corrector_nfe, model_calls=calls)
+    need = ~state.logp_valid & state.active
+    fresh = jax.lax.cond(
+        jnp.any(need),
+        lambda: _log_probs(apply_fn, plan, params, tokens, plan.sigma(ctx.t)),
+        lambda: state.logp,
+    )
+    state = state.replace(
+        rng=rng,
+        logp=jnp.where(need[:, None, None], fresh, state.logp),
+        predictor_nfe=state.predictor_nfe + need,
+        model_calls=state.model_calls + jnp.any(need),
+    )
+    if plan.corrector is not None:
+        state = jax.lax.cond(
+            ctx.run_corrector & jnp.any(state.active),
+            lambda st: _correct(apply_fn, plan, params, fixed, st, ctx, prior_key, corrector_key),
+            lambda st: st,
+            state,
+        )
     before = state.tokens
     after, conf = plan.unmasker(unmask_key, before, state.logp, state.conf, fixed, ctx)
     out = plan.finish_step(state, before, after, conf, ctx)
@@ -280,9 +247,45 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
     if s.nucleus_refilter and s.nucleus_p < 1.0:
         # The reference caches the nucleus-filtered log-probs of a predictor step (a corrector step leaves
         # its own, unfiltered), so a later step that reuses the cache filters them once more.
+        corrected = (ctx.run_corrector & jnp.any(state.active)) if plan.corrector is not None else False
         filtered = ops.nucleus_log_probs(state.logp, s.nucleus_p)
-        out = out.replace(logp=jnp.where(correct, out.logp, filtered))
+        out = out.replace(logp=jnp.where(corrected, out.logp, filtered))
     return out
+
+
+def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
+             ctx: StepContext, prior_key: jax.Array, corrector_key: jax.Array) -> SamplerState:
+    """The corrector's fixed-point loop as a `lax.while_loop` of at most S iterations."""
+    corrector = plan.corrector
+    active = state.active
+    movable = plan.movable(fixed, ctx)
+    y0 = corrector.initial(prior_key, state.tokens, state.logp, fixed)
+
+    def body(carry):
+        j, y, c, need, nfe, calls = carry
+        fresh = jax.lax.cond(
+            jnp.any(need),
+            lambda: _log_probs(apply_fn, plan, params, y, plan.corrector_sigma(j)),
+            lambda: c,
+        )
+        c = jnp.where(need[:, None, None], fresh, c)
+        y_next = corrector.update(jax.random.fold_in(corrector_key, j), c, y, movable)
+        changed = jnp.any(y_next != y, axis=-1) & active
+        return j + 1, y_next, c, changed, nfe + need, calls + jnp.any(need)
+
+    def cond(carry):
+        j, need = carry[0], carry[3]
+        more = jnp.any(need) if corrector.stops_at_fixed_point else True
+        return (j < corrector.steps) & more
+
+    init = (jnp.zeros((), jnp.int32), y0, state.logp, active, state.corrector_nfe, state.model_calls)
+    _, y, c, _, nfe, calls = jax.lax.while_loop(cond, body, init)
+    return state.replace(
+        tokens=corrector.merge(state.tokens, y, movable, active),
+        logp=jnp.where(active[:, None, None], c, state.logp),
+        corrector_nfe=nfe,
+        model_calls=calls,
+    )
 
 
 def _batch_sharding(mesh: Mesh | None, batch_size: int) -> NamedSharding | None:
