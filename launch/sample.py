@@ -34,11 +34,11 @@ _DISTRIBUTED = cli.DistributedFlags()
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 
 
-def records(out: dict[str, np.ndarray]) -> list[dict]:
-    """One JSON record per sample of a batch. The Markov language has no surface form: text is 'tN ...'."""
+def records(out: dict[str, np.ndarray], decode) -> list[dict]:
+    """One JSON record per sample of a batch; `decode` turns its tokens into its text."""
     rows = []
     for i, tokens in enumerate(out["tokens"]):
-        row = {"tokens": tokens.tolist(), "text": " ".join(f"t{int(t)}" for t in tokens),
+        row = {"tokens": tokens.tolist(), "text": decode(tokens),
                **{key: int(out[key][i]) for key in ("nfe", "predictor_nfe", "corrector_nfe")}}
         if "history" in out:
             row["history"] = out["history"][:, i].tolist()
@@ -74,6 +74,7 @@ def main(argv):
         say(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
         return
     loaded = inference.load_model(config, _WORKDIR.value)
+    decode = inference.text_decoder(config, warn=say)
     settings = config.sampler_settings
     say(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
           f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
@@ -82,7 +83,7 @@ def main(argv):
     with StopRequest("the current batch") as stop:
         for out in inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value):
             if primary:
-                samples_io.append(output, records(out))
+                samples_io.append(output, records(out, decode))
             done += out["tokens"].shape[0]
             rate = (done - first) / (time.time() - start)
             say(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "

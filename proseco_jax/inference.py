@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -98,6 +98,26 @@ def check_workdir_config(config: Config, workdir: str) -> None:
               for name in fields if configlib.get(config, name) != configlib.get(recorded, name)]
     if differ:
         raise UsageError(f"the config does not match the model trained in {workdir}: {'; '.join(differ[:4])}")
+
+
+def text_decoder(config: Config, warn: Callable[[str], None] = print) -> Callable[[np.ndarray], str]:
+    """tokens int [L] -> the text a samples file records: the corpus's tokenizer decodes text corpora; the
+    Markov language has no surface form, so its tokens read 'tN'. When the tokenizer cannot be had (a
+    trained BPE whose corpus is not prepared here, a GPT-2 tokenizer offline), ids are written instead and
+    `warn` says why, in one line."""
+    if config.data.name == "markov":
+        return lambda tokens: " ".join(f"t{int(t)}" for t in tokens)
+    from proseco_jax.data import datasets, tokenizers
+
+    try:
+        if config.data.tokenizer.startswith("bpe:"):  # Trained with the corpus and saved next to it.
+            tokenizer = datasets.load(config.data).tokenizer
+        else:
+            tokenizer = tokenizers.load(config.data.tokenizer, config.data.tokenizer_path)
+    except UsageError as e:
+        warn(f"text is written as token ids: {str(e).splitlines()[0]}")
+        return lambda tokens: " ".join(str(int(t)) for t in tokens)
+    return tokenizer.decode
 
 
 def sample_batches(

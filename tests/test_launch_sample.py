@@ -103,3 +103,18 @@ def test_negative_corrector_steps_is_a_config_error():
 def test_missing_checkpoint_is_a_one_line_usage_error(tmp_path):
     with pytest.raises(UsageError, match="no checkpoint"):
         inference.load_model(config_base.resolve(tiny_config()), str(tmp_path))
+
+
+def test_samples_of_a_text_corpus_are_decoded_with_its_tokenizer():
+    config = config_base.resolve(tiny_config("--config.data.name=text_files", "--config.data.tokenizer=bytes",
+                                             "--config.data.vocab_size=259"))
+    decode = inference.text_decoder(config)
+    assert decode(np.asarray([256, 104, 105, 257, 258])) == "hi"  # BOS, 'h', 'i', EOS, PAD
+    markov = inference.text_decoder(config_base.resolve(tiny_config()))
+    assert markov(np.asarray([3, 1])) == "t3 t1"
+    warnings = []
+    offline = config_base.resolve(tiny_config("--config.data.name=text_files", "--config.data.tokenizer=gpt2",
+                                              "--config.data.vocab_size=50257",
+                                              "--config.data.tokenizer_path=/nonexistent/tokenizer.json"))
+    assert inference.text_decoder(offline, warn=warnings.append)(np.asarray([7, 8])) == "7 8"
+    assert len(warnings) == 1 and "token ids" in warnings[0]
