@@ -202,11 +202,7 @@ def build(config: Config, mesh: Mesh) -> Compiled:
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
     """Raises UsageError (one line) for training settings that cannot run on this mesh and these processes."""
-    t, d = config.train, config.data
-    if d.name == "markov" and t.eval_every > 0 and t.eval_batches * t.batch_size > d.num_eval:
-        needed = t.eval_batches * t.batch_size
-        raise UsageError(f"validation needs train.eval_batches * train.batch_size = {needed} held-out "
-                         f"sequences, but data.num_eval={d.num_eval}")
+    t = config.train
     dp = sharding.data_parallel_size(mesh)
     if t.batch_size % (dp * t.micro_batches):
         raise UsageError(

@@ -158,6 +158,7 @@ def _config(data_dir, **overrides):
         ({"model.num_heads": 3}, "model.num_heads"),
         ({"mesh.tensor": 8, "mesh.data": 1, "model.num_heads": 4}, "not divisible by mesh.tensor"),
         ({"train.learning_rate": float("nan")}, "train.learning_rate"),
+        ({"train.eval_batches": 100}, "validation needs train.eval_batches"),  # 1,600 > the 128 held out
     ],
 )
 def test_bad_input_is_a_one_line_usage_error_before_any_work(overrides, message, tmp_path, data_dir):
