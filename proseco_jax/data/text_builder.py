@@ -9,6 +9,10 @@ through `as_data_source` (no TensorFlow), as the Markov corpus is (`markov_build
                   `validation_documents` (100,000, as the reference) documents are the validation split
     text8         a local text8.zip: the standard 90M / 5M / 5M character split (train / validation / test),
                   cut into plain chunks of L characters (the `chars` tokenizer, no BOS/EOS: as D3PM and md4)
+    lm1b          One Billion Words: the release's files (`data.files`: its directory or a glob, see
+                  `text_sources.lm1b_files`), or, with no files, `datasets.load_dataset("lm1b")` (online or
+                  from its cache); a sentence a line, detokenised as MDLM does; the training files are the
+                  train split, the held-out files the validation split (the `test` split MDLM validates on)
 
 Every example is `{'tokens': int32 [L], 'mask': uint8 [L]}` (mask 0 on padding), packed by `packing.py`.
 Documents are tokenised by `data.num_proc` worker processes (`parallel_encode.py`). The config name
@@ -45,11 +49,12 @@ from proseco_jax.data import packing, tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
 from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
-from proseco_jax.data.text_sources import Corpus, describe_files, list_files
+from proseco_jax.data.text_sources import Corpus, describe_files, detokenize_lm1b, list_files, lm1b_files
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SOURCES_JSON = "sources.json"
 OWT_HUB_NAME = "Skylion007/openwebtext"
+LM1B_HUB_NAME = "lm1b"  # MDLM's `datasets` name; splits train and test, one sentence per row in `text`.
 BPE_TRAIN_CHARS = 100_000_000  # A bpe:N tokenizer is trained on at most this much of the train split.
 _TEXT8_PIECE = 1 << 20  # text8 is one long document, handed to the workers in pieces of this many chars.
 _DESCRIPTION = "A text corpus tokenised and packed into fixed-length sequences with a padding mask."
@@ -101,6 +106,14 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _documents(self) -> tuple[Splits, list[str]]:
         """The splits' documents and the files they are read from."""
         raise NotImplementedError
+
+    @classmethod
+    def local_files(cls, cfg: TextConfig) -> list[str]:
+        """The source files of `cfg` that are here now ([] if none): what a prepared corpus is checked
+        against."""
+        if not cfg.files:
+            return []
+        return sorted(p for p in glob.glob(cfg.files, recursive=True) if os.path.isfile(p))
 
     @classmethod
     def check_inputs(cls, cfg: TextConfig) -> None:
@@ -185,21 +198,21 @@ class TextFiles(_TextBuilder, skip_registration=True):
         return _document_splits(corpus, min(n - 1, max(1, math.ceil(cfg.validation_fraction * n)))), paths
 
 
-def _datasets_library():
+def _datasets_library(corpus: str = "OpenWebText"):
     try:
         import datasets as hf_datasets
     except ImportError:
-        raise DataError("data.files is empty, so OpenWebText is loaded with the `datasets` library, which is "
-                        "not installed: pip install datasets, or set data.files to local shards") from None
+        raise DataError(f"data.files is empty, so {corpus} is loaded with the `datasets` library, which is "
+                        "not installed: pip install datasets, or set data.files to local files") from None
     return hf_datasets
 
 
-def _hub_openwebtext_files() -> list[str]:
+def _hub_files(hub_name: str, corpus: str, split: str) -> list[str]:
+    """The arrow files of the `datasets` cache that hold `split` of `hub_name` (downloaded if need be)."""
     try:
-        dataset = _datasets_library().load_dataset(OWT_HUB_NAME, split="train")
+        dataset = _datasets_library(corpus).load_dataset(hub_name, split=split)
     except Exception as e:  # noqa: BLE001 - offline, missing cache, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {OWT_HUB_NAME} ({one_line(e)}); set data.files to local shards"
-                        ) from None
+        raise DataError(f"cannot load {hub_name} ({one_line(e)}); set data.files to local files") from None
     return [f["filename"] for f in dataset.cache_files]
 
 
@@ -218,12 +231,50 @@ class OpenWebText(_TextBuilder, skip_registration=True):
 
     def _documents(self) -> tuple[Splits, list[str]]:
         cfg: TextConfig = self.builder_config
-        paths = list_files(cfg.files) if cfg.files else _hub_openwebtext_files()
+        paths = list_files(cfg.files) if cfg.files else _hub_files(OWT_HUB_NAME, "OpenWebText", TRAIN)
         corpus = Corpus.open(paths, cfg.text_field, "file")
         if corpus.size <= cfg.validation_documents:
             raise DataError(f"OpenWebText has {corpus.size:,} documents, not more than "
                             f"data.validation_documents={cfg.validation_documents:,}")
         return _document_splits(corpus, cfg.validation_documents), paths
+
+
+def _detokenized(corpus: Corpus) -> Callable[[], Iterator[str]]:
+    """A reader of the corpus's sentences, stripped and detokenised as MDLM does."""
+    return lambda: (detokenize_lm1b(line.strip()) for line in corpus.read(0, corpus.size))
+
+
+class LM1B(_TextBuilder, skip_registration=True):
+    """One Billion Words, one sentence per document, in file order: train = training-monolingual files,
+    validation = heldout-monolingual files (the split MDLM's LM1B runs validate on, its `test`)."""
+
+    name = "lm1b"
+
+    @classmethod
+    def check_inputs(cls, cfg: TextConfig) -> None:
+        if cfg.files:
+            lm1b_files(cfg.files)
+        else:
+            _datasets_library("LM1B")
+
+    def _documents(self) -> tuple[Splits, list[str]]:
+        cfg: TextConfig = self.builder_config
+        if cfg.files:
+            parts = lm1b_files(cfg.files)
+            corpora = [Corpus.open(paths, cfg.text_field, "line") for paths in parts]
+        else:
+            parts = [_hub_files(LM1B_HUB_NAME, "LM1B", split) for split in (TRAIN, TEST)]
+            corpora = [Corpus.open(paths, "text", "file") for paths in parts]
+        splits = {split: (corpus.size, _detokenized(corpus))
+                  for split, corpus in zip((TRAIN, VALIDATION), corpora)}
+        return splits, [p for paths in parts for p in paths]
+
+    @classmethod
+    def local_files(cls, cfg: TextConfig) -> list[str]:
+        try:
+            return [p for paths in lm1b_files(cfg.files) for p in paths] if cfg.files else []
+        except DataError:
+            return []
 
 
 def _read_text8(path: str) -> str:
@@ -262,10 +313,11 @@ class Text8(_TextBuilder, skip_registration=True):
         return splits, [path]
 
 
-BUILDERS: dict[str, type[_TextBuilder]] = {"text_files": TextFiles, "owt": OpenWebText, "text8": Text8}
+BUILDERS: dict[str, type[_TextBuilder]] = {"text_files": TextFiles, "owt": OpenWebText, "text8": Text8,
+                                           "lm1b": LM1B}
 # The settings that change each corpus's data, besides tokenizer, packing and length.
 _SETTINGS = {"text_files": ("files", "text_field", "document_per", "validation_fraction"),
-             "owt": ("files", "text_field", "validation_documents"), "text8": ("files",)}
+             "owt": ("files", "text_field", "validation_documents"), "text8": ("files",), "lm1b": ("files",)}
 
 
 def text_config(data_config: Any) -> TextConfig:
@@ -278,7 +330,7 @@ def text_config(data_config: Any) -> TextConfig:
         files = os.path.join(data_directory(value("data_dir")), "text8.zip")
     if kind == "text_files" and not files:
         raise DataError("data.name=text_files needs data.files, a glob of local text files")
-    tokenizer_path = value("tokenizer_path") if tokenizer == "gpt2" else ""
+    tokenizer_path = value("tokenizer_path") if tokenizer in ("gpt2", "bert") else ""
     settings = {k: value(k) for k in _SETTINGS[kind]}
     settings.update(files=_absolute(files), tokenizer=tokenizer, tokenizer_path=_absolute(tokenizer_path),
                     packing=value("packing"), length=value("length"))
@@ -329,11 +381,11 @@ def _check_sources(sources: dict[str, RandomAccessSource], cfg: TextConfig, voca
             raise DataError(f"split {split} holds token ids outside [0, {vocab_size})")
 
 
-def _check_files_unchanged(cfg: TextConfig, version_dir: str) -> None:
-    """A prepared corpus whose source files are still here must have been made from these very files."""
-    if not cfg.files:
-        return
-    paths = sorted(p for p in glob.glob(cfg.files, recursive=True) if os.path.isfile(p))
+def _check_files_unchanged(cfg: Any, version_dir: str, paths: list[str] | None = None) -> None:
+    """A prepared corpus whose source files are still here (`paths`, default: those matching `cfg.files`)
+    must have been made from these very files."""
+    if paths is None:
+        paths = _TextBuilder.local_files(cfg)
     if not paths:  # Prepared elsewhere (or the files were removed): the data stands on its own.
         return
     try:
@@ -364,7 +416,7 @@ def prepare_text(data_config: Any) -> PreparedText:
     data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
     version_dir = tfds_build.version_dir_of(builder_cls, data_dir, cfg)
     if _is_prepared(version_dir):
-        _check_files_unchanged(cfg, version_dir)
+        _check_files_unchanged(cfg, version_dir, builder_cls.local_files(cfg))
     else:
         if os.path.isdir(version_dir):
             raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")

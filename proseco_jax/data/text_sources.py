@@ -7,6 +7,11 @@ A corpus is the sorted list of files matching a glob. By extension:
     anything else    UTF-8 text: the whole file is one document, or each non-blank line is one
                      (`document_per` = "file" | "line")
 Documents are numbered across files in that order; a split is a range of those numbers (`Corpus.read`).
+
+LM1B's release (`1-billion-word-language-modeling-benchmark-r13output`) holds one tokenised sentence a line
+in training-monolingual.tokenized.shuffled/news.en-NNNNN-of-00100 (training) and
+heldout-monolingual.tokenized.shuffled/news.en.heldout-NNNNN-of-00050 (held out); `lm1b_files` finds them
+and `detokenize_lm1b` undoes the release's spacing around punctuation as MDLM does before tokenising.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ import dataclasses
 import glob
 import json
 import os
+import re
 from collections.abc import Iterator
 
 from proseco_jax.data.errors import DataError, one_line
 
 DOCUMENT_PER = ("file", "line")
 _BATCH_ROWS = 1024
+LM1B_RELEASE = "1-billion-word-language-modeling-benchmark-r13output"
+LM1B_TRAIN = os.path.join("training-monolingual.tokenized.shuffled", "news.en-*")
+LM1B_HELDOUT = os.path.join("heldout-monolingual.tokenized.shuffled", "news.en.heldout-*")
+_LM1B_TRAIN_NAME = re.compile(r"news\.en-\d+-of-\d+")
+_LM1B_HELDOUT_NAME = re.compile(r"news\.en\.heldout-\d+-of-\d+")
 
 
 def _kind(path: str) -> str:
@@ -154,3 +165,56 @@ def describe_files(paths: list[str]) -> list[list]:
     """[name relative to the files' common directory, size] of each file: what `changed_files` compares."""
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     return [[os.path.relpath(os.path.abspath(p), root), os.path.getsize(p)] for p in paths]
+
+
+def lm1b_files(files: str) -> tuple[list[str], list[str]]:
+    """(training files, held-out files) of LM1B, sorted: `files` is the release directory (or the directory
+    above it), or a glob whose matches are told apart by name (news.en-* and news.en.heldout-*)."""
+    root = os.path.expanduser(files)
+    if os.path.isdir(root):
+        if os.path.isdir(os.path.join(root, LM1B_RELEASE)):
+            root = os.path.join(root, LM1B_RELEASE)
+        found = [sorted(p for p in glob.glob(os.path.join(root, g)) if os.path.isfile(p))
+                 for g in (LM1B_TRAIN, LM1B_HELDOUT)]
+    else:
+        paths = list_files(files)
+        found = [[p for p in paths if pattern.fullmatch(os.path.basename(p))]
+                 for pattern in (_LM1B_TRAIN_NAME, _LM1B_HELDOUT_NAME)]
+    train, heldout = found
+    if not train or not heldout:
+        raise DataError(f"data.files={files!r} holds {len(train)} LM1B training file(s) (news.en-*) and "
+                        f"{len(heldout)} held-out file(s) (news.en.heldout-*); both are needed: point it at "
+                        f"the {LM1B_RELEASE} directory")
+    return train, heldout
+
+
+# MDLM's LM1B detokenisation, as (pattern, replacement) rules applied in order to each sentence. Each rule
+# closes the release's spaces around one kind of punctuation; a literal rule replaces every occurrence.
+_LM1B_RULES = [(re.compile(pattern), replacement) for pattern, replacement in [
+    (re.escape("http : / / "), "http://"),
+    (re.escape("https : / / "), "https://"),
+    (r" (?='\w)", ""),  # a space before an apostrophe that starts a word: "it 's" -> "it's"
+    (r" (\w+) \. ", r" \1. "),
+    (r" (\w+) \.$", r" \1."),
+    (re.escape(" ? "), "? "),
+    (r" \?$", "?"),
+    (re.escape(" ! "), "! "),
+    (r" !$", "!"),
+    (re.escape(" , "), ", "),
+    (re.escape(" : "), ": "),
+    (re.escape(" ; "), "; "),
+    (re.escape(" / "), "/"),
+    (r'" ([^"]+) "', r'"\1"'),  # the spaces inside a pair of quotes, brackets or parentheses
+    (r"' ([^']+) '", r"'\1'"),
+    (r"\( ([^()]+) \)", r"(\1)"),
+    (r"\[ ([^\[\]]+) \]", r"[\1]"),
+    (re.escape("$ "), "$"),
+    (re.escape("£ "), "£"),
+]]
+
+
+def detokenize_lm1b(sentence: str) -> str:
+    """An LM1B sentence as MDLM feeds it to the tokenizer: "Hello , world ." -> "Hello, world."."""
+    for pattern, replacement in _LM1B_RULES:
+        sentence = pattern.sub(replacement, sentence)
+    return sentence

@@ -3,6 +3,9 @@
     gpt2     GPT-2's byte-level BPE (50257 ids; <|endoftext|> = 50256 is BOS, EOS and padding), read from a
              local tokenizer.json or a directory holding one (or vocab.json + merges.txt), else from the
              Hugging Face hub by name
+    bert     bert-base-uncased's WordPiece (30522 ids, lower-cased, accents stripped), as MDLM tokenises
+             LM1B: [CLS] = 101 is BOS, [SEP] = 102 is EOS, [PAD] = 0 pads; read from a local vocab.txt or
+             tokenizer.json (or a directory holding one), else from the Hugging Face hub by name
     chars    text8's 27 symbols, a-z = 0..25 and space = 26; no special ids (text8 is cut into plain chunks)
     bytes    UTF-8 bytes 0..255, then BOS = 256, EOS = 257, PAD = 258 (259 ids)
     bpe:N    a byte-level BPE of N ids trained on the corpus when it is prepared (ids 0, 1, 2 are BOS, EOS,
@@ -25,10 +28,14 @@ import numpy as np
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.errors import UsageError
 
-NAMES = ("gpt2", "chars", "bytes", "bpe:N")
+NAMES = ("gpt2", "bert", "chars", "bytes", "bpe:N")
 GPT2_VOCAB = 50257
 GPT2_EOS = 50256
 GPT2_HUB_NAME = "gpt2"
+BERT_VOCAB = 30522
+BERT_HUB_NAME = "bert-base-uncased"
+BERT_VOCAB_TXT = "vocab.txt"
+BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}  # bert-base-uncased's.
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_TXT = "tokenizer.txt"
 CHARS = "abcdefghijklmnopqrstuvwxyz "
@@ -42,6 +49,8 @@ def vocab_size_of(name: str) -> int:
     """V of the tokenizer `name` (without loading it); raises UsageError for an unknown name."""
     if name == "gpt2":
         return GPT2_VOCAB
+    if name == "bert":
+        return BERT_VOCAB
     if name == "chars":
         return len(CHARS)
     if name == "bytes":
@@ -121,7 +130,8 @@ class CharTokenizer(Tokenizer):
 
 
 class BPETokenizer(Tokenizer):
-    """A `tokenizers.Tokenizer` (GPT-2 or a BPE trained on the corpus) under this interface."""
+    """A `tokenizers.Tokenizer` (GPT-2, BERT's WordPiece or a BPE trained on the corpus) under this
+    interface."""
 
     vectorised = False
 
@@ -149,7 +159,7 @@ def _library():
     try:
         import tokenizers as hf_tokenizers
     except ImportError:
-        raise UsageError("the gpt2 and bpe:N tokenizers need the `tokenizers` library: pip install "
+        raise UsageError("the gpt2, bert and bpe:N tokenizers need the `tokenizers` library: pip install "
                          "tokenizers (or pip install -e '.[text]')") from None
     return hf_tokenizers
 
@@ -205,6 +215,53 @@ def _gpt2(path: str) -> BPETokenizer:
     return BPETokenizer("gpt2", tok, GPT2_VOCAB, GPT2_EOS, GPT2_EOS, GPT2_EOS)
 
 
+def _wordpiece_from_vocab(path: str):
+    """bert-base-uncased's pipeline around the WordPiece vocabulary of a vocab.txt (one token a line)."""
+    lib = _library()
+    try:
+        tok = lib.Tokenizer(lib.models.WordPiece.from_file(path, unk_token="[UNK]"))
+    except Exception as e:  # noqa: BLE001 - the Rust parser raises a bare Exception for a bad file.
+        raise DataError(f"tokenizer bert: {path} is not a WordPiece vocab.txt ({one_line(e)})") from None
+    # Lower-casing with accents stripped, Chinese characters split, control characters removed: the
+    # uncased model's BasicTokenizer; then whitespace and punctuation splitting, and "##" continuations.
+    tok.normalizer = lib.normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = lib.pre_tokenizers.BertPreTokenizer()
+    tok.decoder = lib.decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([t for t in BERT_SPECIALS if tok.token_to_id(t) is not None])
+    return tok
+
+
+def _bert(path: str) -> BPETokenizer:
+    if path and os.path.isdir(path):
+        json_path, txt_path = os.path.join(path, TOKENIZER_JSON), os.path.join(path, BERT_VOCAB_TXT)
+        if not os.path.exists(json_path) and not os.path.exists(txt_path):
+            raise DataError(f"tokenizer bert: {path} holds neither {TOKENIZER_JSON} nor {BERT_VOCAB_TXT}")
+        path = json_path if os.path.exists(json_path) else txt_path
+    if path and path.endswith(".json"):
+        tok, where = _read_json("bert", path), path
+    elif path:
+        if not os.path.isfile(path):
+            raise DataError(f"tokenizer bert: {path} does not exist")
+        tok, where = _wordpiece_from_vocab(path), path
+    else:
+        lib = _library()
+        try:
+            tok = lib.Tokenizer.from_pretrained(BERT_HUB_NAME)
+        except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
+            raise DataError(f"cannot load the {BERT_HUB_NAME} tokenizer from the Hugging Face hub "
+                            f"({one_line(e)}); set data.tokenizer_path to a local vocab.txt") from None
+        where = f"the hub's {BERT_HUB_NAME!r}"
+    size = tok.get_vocab_size(with_added_tokens=True)
+    ids = {t: tok.token_to_id(t) for t in BERT_SPECIALS}
+    if size != BERT_VOCAB or ids != BERT_SPECIALS:
+        found = ", ".join(f"{t} {i}" for t, i in ids.items())
+        expected = ", ".join(f"{t} {i}" for t, i in BERT_SPECIALS.items())
+        raise DataError(f"tokenizer bert: {where} is not {BERT_HUB_NAME}'s ({size} ids; {found}; expected "
+                        f"{BERT_VOCAB} ids; {expected})")
+    return BPETokenizer("bert", tok, BERT_VOCAB, ids["[CLS]"], ids["[SEP]"], ids["[PAD]"])
+
+
 def _bpe(name: str, tok: Any) -> BPETokenizer:
     ids = [tok.token_to_id(s) for s in BPE_SPECIALS]
     if ids != [0, 1, 2]:
@@ -229,7 +286,8 @@ def train_bpe(name: str, texts: Iterable[str]) -> BPETokenizer:
 
 
 def load(name: str, directory: str = "") -> Tokenizer:
-    """The tokenizer `name`; `directory` holds its tokenizer.json (gpt2: a file or directory, '' = hub).
+    """The tokenizer `name`; `directory` holds its tokenizer.json (gpt2: a file or directory; bert: a
+    vocab.txt, a tokenizer.json or a directory holding one; '' = the hub).
 
     Raises:
       UsageError: unknown name. DataError: the tokenizer file is missing or does not parse.
@@ -241,6 +299,8 @@ def load(name: str, directory: str = "") -> Tokenizer:
         return CharTokenizer()
     if name == "gpt2":
         return _gpt2(directory)
+    if name == "bert":
+        return _bert(directory)
     if not directory:
         raise DataError(f"tokenizer {name} is trained when the corpus is prepared; no directory given")
     return _bpe(name, _read_json(name, directory))
