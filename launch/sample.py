@@ -3,6 +3,18 @@
     python launch/sample.py --config=configs/synthetic.py --workdir=runs/synthetic --output=samples.jsonl \
         --num_samples=64 [--config.sampling.sampler=proseco --config.sampling.preset=balanced]
 
+Text prompts (LLaDA-style models with a Hugging Face tokenizer):
+
+    python launch/sample.py --workdir=runs/llada --output=answers.jsonl --chat \
+        --prompt="What is 3 + 4?" [--prompt_file=questions.jsonl] [--tokenizer=DIR] [--gen_length=256]
+
+--prompt_file holds one prompt per line, or JSONL objects with `prompt` (text) or `messages` (chat
+messages); their other fields (e.g. `task_id`) are copied into the samples. --chat applies the tokenizer's
+chat template. Each prompt keeps its tokens and is followed by --gen_length generated positions (0: what
+the longest prompt leaves of data.length); the block sampler stops at the tokenizer's EOS. Each record adds
+`prompt_index`, `sample_index`, `prompt_length`, `completion_ids` (generated ids before EOS / end of turn)
+and `text` (the completion alone) to `tokens` (prompt included) and the NFE counts.
+
 Without --config, the workdir's config.json (written by launch/train.py or launch/convert.py) is used.
 Loads the EMA parameters of the latest checkpoint in --workdir and writes one JSON object per sample:
 `tokens`, `text`, `nfe`, `predictor_nfe`, `corrector_nfe` (and `history`, every iterate, with --history).
@@ -11,8 +23,6 @@ the mesh's data axes. Each finished batch is appended to --output at once: Ctrl-
 the current batch, and rerunning the same command continues the file (--noresume starts it over).
 """
 
-import time
-
 import jax
 import numpy as np
 from absl import flags
@@ -20,16 +30,28 @@ from ml_collections import config_flags
 
 from proseco_jax import cli, config_base, inference, samples_io, stopping
 from proseco_jax.errors import UsageError
-from proseco_jax.stopping import StopRequest
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
                                           "workdir's config.json.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL file to write, one sample per line.", required=True)
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "How many samples the file should hold.",
-                                    lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "How many samples the file should hold (default "
+                                    "16); with text prompts, samples per prompt (default 1).", lower_bound=1)
 _HISTORY = flags.DEFINE_bool("history", False, "Also write every iterate z_t of each sample ('history').")
-_PROMPT = flags.DEFINE_string("prompt", "", "Comma-separated token ids of a fixed prefix, e.g. '3,17,5'.")
+_PROMPT_IDS = flags.DEFINE_string("prompt_ids", "", "Comma-separated token ids of a fixed prefix, e.g. "
+                                  "'3,17,5'.")
+_PROMPT = flags.DEFINE_string("prompt", "", "A text prompt (needs the model's tokenizer).")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", "", "Text prompts: one per line, or JSONL with 'prompt' or "
+                                   "'messages'.")
+_CHAT = flags.DEFINE_bool("chat", False, "Apply the tokenizer's chat template to text prompts (else BOS + "
+                          "text).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "Hugging Face tokenizer directory (or hub id) of text "
+                                 "prompts (default: data.tokenizer_path, or the workdir when it holds "
+                                 "tokenizer.json).")
+_GEN_LENGTH = flags.DEFINE_integer("gen_length", 0, "Text prompts: positions generated after each prompt (0: "
+                                   "what the longest prompt leaves of data.length).", lower_bound=0)
+_STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "Text prompts: the block sampler stops at the "
+                                 "tokenizer's EOS when sampling.eos_id is -1.")
 _DISTRIBUTED = cli.DistributedFlags()
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 
@@ -52,7 +74,44 @@ def parse_prompt(text: str) -> np.ndarray | None:
     try:
         return np.asarray([int(x) for x in text.split(",")], np.int32)
     except ValueError:
-        raise UsageError(f"--prompt must be comma-separated integer token ids, got {text!r}") from None
+        raise UsageError(f"--prompt_ids must be comma-separated integer token ids, got {text!r}") from None
+
+
+def prompt_records() -> list[dict]:
+    """The text prompts of --prompt or --prompt_file (never both)."""
+    if _PROMPT.value and _PROMPT_FILE.value:
+        raise UsageError("give --prompt or --prompt_file, not both")
+    if _PROMPT_IDS.value:
+        raise UsageError("--prompt_ids (token ids) and text prompts exclude each other")
+    if _PROMPT.value:
+        return [{"prompt": _PROMPT.value}]
+    return samples_io.read_prompts(_PROMPT_FILE.value)
+
+
+def sample_text(config, output: str, primary: bool, say) -> None:
+    """Completes the text prompts into `output`, resuming after the samples it already holds."""
+    if _HISTORY.value:
+        raise UsageError("--history is not written for text prompts")
+    tokenizer = inference.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
+    per_prompt = _NUM_SAMPLES.value or 1
+    run = inference.prepare_prompts(config, tokenizer, prompt_records(), chat=_CHAT.value,
+                                    gen_length=_GEN_LENGTH.value, samples_per_prompt=per_prompt,
+                                    stop_at_eos=_STOP_AT_EOS.value)
+    total = len(run.ids) * per_prompt
+    done = samples_io.prepare_output(output, resume=_RESUME.value) if primary else 0
+    if primary and done:
+        run.check_written(samples_io.read_jsonl(output), output)
+    done = stopping.agreed_value(done)
+    if done >= total:
+        say(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
+        return
+    loaded = inference.load_model(config, _WORKDIR.value)
+    s = run.settings
+    say(f"completing {len(run.ids)} prompts x {per_prompt} ({total - done} samples left) into {output} "
+        f"(checkpoint step {loaded.step}): {s.sampler}, T={s.steps}, {run.gen_length} generated positions, "
+        f"eos_id={s.eos_id}, batches of {s.batch_size}", flush=True)
+    samples_io.write_batches(inference.complete_prompts(loaded, tokenizer, run, start=done), output,
+                             done=done, total=total, step=loaded.step, primary=primary, say=say)
 
 
 def main(argv):
@@ -66,8 +125,14 @@ def main(argv):
         inference.check_workdir_config(config, _WORKDIR.value)
     else:
         config = inference.workdir_config(_WORKDIR.value)
-    output, total = _OUTPUT.value, _NUM_SAMPLES.value
-    prompt = parse_prompt(_PROMPT.value)
+    if _PROMPT.value or _PROMPT_FILE.value:
+        sample_text(config, _OUTPUT.value, primary, say)
+        return
+    if _CHAT.value or _TOKENIZER.value or _GEN_LENGTH.value:
+        raise UsageError("--chat, --tokenizer and --gen_length belong to text prompts (--prompt, "
+                         "--prompt_file)")
+    output, total = _OUTPUT.value, _NUM_SAMPLES.value or 16
+    prompt = parse_prompt(_PROMPT_IDS.value)
     done = samples_io.prepare_output(output, resume=_RESUME.value) if primary else 0
     done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
     if done >= total:
@@ -77,22 +142,11 @@ def main(argv):
     decode = inference.text_decoder(config, warn=say)
     settings = config.sampler_settings
     say(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
-          f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
-          f"{settings.batch_size}", flush=True)
-    start, first = time.time(), done
-    with StopRequest("the current batch") as stop:
-        for out in inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value):
-            if primary:
-                samples_io.append(output, records(out, decode))
-            done += out["tokens"].shape[0]
-            rate = (done - first) / (time.time() - start)
-            say(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {np.mean(out['nfe']):.1f} | "
-                f"ETA {(total - done) / max(rate, 1e-9):.0f} s", flush=True)
-            if stop.agreed() and done < total:
-                say(f"{stop.signal_name or 'stop'}: {done} of {total} samples are in {output}; rerun the "
-                    "same command to continue", flush=True)
-                return
-    say(f"wrote {done} samples (checkpoint step {loaded.step}) to {output}", flush=True)
+        f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
+        f"{settings.batch_size}", flush=True)
+    batches = inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value)
+    samples_io.write_batches((records(out, decode) for out in batches), output, done=done, total=total,
+                             step=loaded.step, primary=primary, say=say)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from proseco_jax.errors import UsageError
+from proseco_jax.stopping import StopRequest
 
 Record = dict[str, Any]
 
@@ -86,3 +88,54 @@ def append(path: str, records: Iterable[Record]) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_prompts(path: str) -> list[Record]:
+    """The prompts of a prompt file: a JSONL file (a `.jsonl` name, or a first line that is a JSON object)
+    of objects with `prompt` (text) or `messages` (chat messages [{role, content}, ...]) and any other
+    fields (kept with the samples, e.g. `task_id`), else one text prompt per non-empty line. Each record
+    has `prompt` or `messages`; one-line UsageError for a missing, empty or malformed file."""
+    if not os.path.isfile(path):
+        raise UsageError(f"prompt file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"cannot read prompt file {path}: {e.strerror or e}") from None
+    first = next((line for line in lines if line.strip()), "")
+    if path.endswith(".jsonl") or first.lstrip().startswith("{"):
+        records = read_jsonl(path)
+        for number, record in enumerate(records, 1):
+            text, messages = record.get("prompt"), record.get("messages")
+            if not isinstance(text, str) and not (isinstance(messages, list) and messages):
+                raise UsageError(f"{path} record {number} has neither a text 'prompt' nor a list of "
+                                 "'messages'")
+    else:
+        records = [{"prompt": line} for line in lines if line.strip()]
+    if not records:
+        raise UsageError(f"prompt file {path} holds no prompt")
+    return records
+
+
+def write_batches(batches: Iterable[list[Record]], path: str, *, done: int, total: int, step: int,
+                  primary: bool = True, say: Callable[..., None] = print) -> int:
+    """Appends each batch of records to `path` as it comes (process 0 alone writes), saying progress;
+    Ctrl-C or SIGTERM stops after the current batch. Returns how many samples the file then holds."""
+    start, first = time.time(), done
+    with StopRequest("the current batch") as stop:
+        for rows in batches:
+            if primary:
+                append(path, rows)
+            done += len(rows)
+            rate = (done - first) / max(time.time() - start, 1e-9)
+            mean_nfe = sum(r["nfe"] for r in rows) / max(len(rows), 1)
+            say(f"{done}/{total} samples | {rate:.2f} samples/s | mean NFE {mean_nfe:.1f} | ETA "
+                f"{(total - done) / max(rate, 1e-9):.0f} s", flush=True)
+            if stop.agreed() and done < total:
+                say(f"{stop.signal_name or 'stop'}: {done} of {total} samples are in {path}; rerun the "
+                    "same command to continue", flush=True)
+                return done
+    say(f"wrote {done} samples (checkpoint step {step}) to {path}", flush=True)
+    return done

@@ -43,7 +43,7 @@ def test_sample_binary_writes_the_jsonl_contract(tiny_trained_workdir, tmp_path)
 
 
 def test_sample_binary_reports_bad_input_in_one_line(tiny_trained_workdir, tmp_path):
-    assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt=1,99"), "99")
+    assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt_ids=1,99"), "99")
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
@@ -118,3 +118,10 @@ def test_samples_of_a_text_corpus_are_decoded_with_its_tokenizer():
                                               "--config.data.tokenizer_path=/nonexistent/tokenizer.json"))
     assert inference.text_decoder(offline, warn=warnings.append)(np.asarray([7, 8])) == "7 8"
     assert len(warnings) == 1 and "token ids" in warnings[0]
+
+
+def test_text_prompts_without_a_tokenizer_are_a_one_line_usage_error(tmp_path):
+    config = config_base.resolve(tiny_config())  # the Markov language records no tokenizer directory
+    with pytest.raises(UsageError, match="--tokenizer=DIR") as info:
+        inference.chat_tokenizer(config, workdir=str(tmp_path))
+    assert "\n" not in str(info.value)

@@ -360,3 +360,44 @@ def test_wrong_logit_shape_and_unshardable_batch_raise_value_error():
         with pytest.raises(ValueError, match="not divisible"):
             sample(table_model, None, PROSECO, RNG, schedule=SCHEDULE, batch_size=4, length=L, mask_id=MASK,
                    mesh=mesh, host_loop=host_loop)
+
+
+WIDE, ABOVE = V + 4, V + 2  # a table with [MASK] (= V) inside it and ids above it, as LLaDA's
+
+
+def above_mask_model(params, tokens, sigma):
+    """[MASK] has the highest logit and id ABOVE (> mask id) the next one, at every position."""
+    del params, sigma
+    logits = jnp.zeros((WIDE,)).at[MASK].set(1e3).at[ABOVE].set(50.0)
+    return jnp.broadcast_to(logits, tokens.shape + (WIDE,))
+
+
+@pytest.mark.parametrize("settings", [
+    Sampling(sampler="mdlm", steps=4),
+    Sampling(sampler="proseco", steps=4, corrector_steps=1),
+    Sampling(sampler="llada_block", steps=4, block_length=4, corrector_steps=1),
+], ids=["mdlm", "proseco", "llada_block"])
+def test_ids_above_the_mask_are_sampled_when_read_and_the_mask_never_is(settings):
+    prompted = settings.sampler == "llada_block"
+    prompt = np.array([ABOVE + 1, 1], np.int32) if prompted else None  # prompts may hold ids above the mask
+    wide = run(settings, model=above_mask_model, length=10 if prompted else 8, vocab_size=WIDE, prompt=prompt)
+    tokens, history = np.asarray(wide.tokens), np.asarray(wide.history)
+    generated = tokens[:, 2:] if prompted else tokens
+    np.testing.assert_array_equal(generated, ABOVE)
+    assert not (history[0] == ABOVE).all(), "everything was decoded at once: the test proves little"
+    if prompted:
+        np.testing.assert_array_equal(tokens[:, :2], np.broadcast_to(prompt, (B, 2)))
+    narrow = run(settings, model=above_mask_model, length=8)  # reads [0, mask id] only
+    assert ((np.asarray(narrow.tokens) >= 0) & (np.asarray(narrow.tokens) < MASK)).all()
+
+
+def test_ids_above_the_vocabulary_read_or_the_mask_itself_are_rejected_in_prompts_and_eos():
+    kwargs = dict(schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK, vocab_size=WIDE)
+    for prompt in ([1, WIDE], [1, MASK]):
+        with pytest.raises(ValueError, match=f"other than \\[MASK\\] = {MASK}"):
+            sample(above_mask_model, None, PROSECO, RNG, prompt=np.array(prompt, np.int32), **kwargs)
+    with pytest.raises(ValueError, match="eos_id"):
+        sample(above_mask_model, None, Sampling(sampler="llada_block", steps=4, block_length=4, eos_id=MASK),
+               RNG, **kwargs)
+    with pytest.raises(ValueError, match="logits of shape"):
+        sample(table_model, None, PROSECO, RNG, **kwargs)  # its logits stop at the mask id

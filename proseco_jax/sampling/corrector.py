@@ -39,7 +39,8 @@ class Corrector:
         return self.rule != "sample"
 
     def initial(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, fixed: jax.Array) -> jax.Array:
-        """y_0 [B, L] from the predictor log-probs logp [B, L, V+1]; fixed positions keep their tokens."""
+        """y_0 [B, L] from the predictor log-probs logp [B, L, vocab_size]; fixed positions keep their
+        tokens."""
         if self.prior == "argmax":
             y = jnp.argmax(logp, axis=-1).astype(jnp.int32)
         else:  # From the nucleus of the prediction, as the reference draws it from its (filtered) cache.
@@ -48,7 +49,7 @@ class Corrector:
         return jnp.where(keep, tokens, y)
 
     def update(self, key: jax.Array, c: jax.Array, y: jax.Array, movable: jax.Array) -> jax.Array:
-        """y_{j+1} [B, L] from c [B, L, V+1] and y_j; only `movable` [B, L] positions may change."""
+        """y_{j+1} [B, L] from c [B, L, vocab_size] and y_j; only `movable` [B, L] positions may change."""
         if self.rule == "argmax":
             proposal = jnp.argmax(c, axis=-1).astype(jnp.int32)
             return jnp.where(movable, proposal, y)

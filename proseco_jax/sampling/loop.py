@@ -13,6 +13,8 @@ it would follow alone. NFE is counted per sample, as the reference counts it for
 NFE per call on a changed z, one corrector NFE per call on a changed y (always for the first corrector
 iteration of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given
 `rng` and independent of how the batch is sharded over a mesh (jax's partitionable threefry).
+The sampler reads `vocab_size` ids of the logits ([0, mask_id] by default; a model whose [MASK] lies inside
+a larger table, as LLaDA's, passes the whole table) and never proposes [MASK] itself.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from proseco_jax.sampling.settings import SamplingError, check_inputs
 from proseco_jax.sampling.unmasking import ConfidenceOrdered, Remasking, StepContext, stop_at_eos
 from proseco_jax.schedules import Schedule
 
-# apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1]. params is a traced
+# apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= vocab_size]. params is a traced
 # argument of the compiled sampler; apply_fn is part of its cache key, so keep the same object across calls.
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 Unmasker = Remasking | ConfidenceOrdered
@@ -50,7 +52,7 @@ class SamplerState:
 
     tokens: jax.Array  # int32 [B, L]: z
     rng: jax.Array  # PRNG key, split once per step
-    logp: jax.Array  # [B, L, V+1]: cached log-probs that drive the next unmasking
+    logp: jax.Array  # [B, L, vocab_size]: cached log-probs that drive the next unmasking
     logp_valid: jax.Array  # bool [B]: logp is current for tokens (no model call needed)
     active: jax.Array  # bool [B]: False once a sample stopped at end-of-sequence
     conf: jax.Array  # float32 [B, L]: ReMDM-conf scores (-inf where masked)
@@ -78,6 +80,7 @@ class Plan:
     batch_size: int
     length: int
     mask_id: int
+    vocab_size: int  # ids read from the logits, [MASK] among them
     prompt_len: int
     unmasker: Unmasker
     corrector: Corrector | None
@@ -145,7 +148,7 @@ class Plan:
         state = SamplerState(
             tokens=tokens,
             rng=rng,
-            logp=jnp.zeros(shape + (self.mask_id + 1,), self.dtype),
+            logp=jnp.zeros(shape + (self.vocab_size,), self.dtype),
             logp_valid=jnp.zeros((self.batch_size,), bool),
             active=jnp.ones((self.batch_size,), bool),
             conf=jnp.full(shape, -jnp.inf, jnp.float32),
@@ -169,13 +172,17 @@ class Plan:
 
 
 def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length: int, mask_id: int,
-              mesh: Mesh | None = None, prompt: Any = None, infill: Any = None) -> Plan:
+              mesh: Mesh | None = None, prompt: Any = None, infill: Any = None,
+              vocab_size: int | None = None) -> Plan:
     """Validates the inputs (raising SamplingError, a ValueError), builds the strategies once and lays the
-    batch over the mesh's BATCH_AXES. This is the one place that turns `settings.sampler` into behaviour."""
+    batch over the mesh's BATCH_AXES. This is the one place that turns `settings.sampler` into behaviour.
+    vocab_size: ids read from the logits, [MASK] among them (None: mask_id + 1)."""
     s = settings.resolved()
     blocked = s.sampler == "llada_block"
+    vocab_size = int(mask_id) + 1 if vocab_size is None else vocab_size
     prompt_len = check_inputs(s, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
-                              infill=infill, block_length=s.block_length if blocked else None)
+                              infill=infill, block_length=s.block_length if blocked else None,
+                              vocab_size=vocab_size)
     if s.confidence_ordered:
         unmasker = ConfidenceOrdered(mask_id, s.temperature, s.nucleus_p, s.remasking, s.confidence_threshold)
     else:
@@ -195,6 +202,7 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
         batch_size=int(batch_size),
         length=int(length),
         mask_id=int(mask_id),
+        vocab_size=int(vocab_size),
         prompt_len=prompt_len,
         unmasker=unmasker,
         corrector=corrector,
@@ -205,13 +213,14 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
 
 
 def _log_probs(apply_fn: ApplyFn, plan: Plan, params: Any, tokens: jax.Array, sigma: jax.Array) -> jax.Array:
-    """[B, L, V+1] log-probs of the model at tokens [B, L]; checks the logits' shape while tracing."""
+    """[B, L, vocab_size] log-probs of the model at tokens [B, L] ([MASK] at -inf); checks the logits'
+    shape while tracing."""
     logits = apply_fn(params, tokens, sigma)
-    if logits.ndim != 3 or logits.shape[:2] != tokens.shape or logits.shape[-1] < plan.mask_id + 1:
+    if logits.ndim != 3 or logits.shape[:2] != tokens.shape or logits.shape[-1] < plan.vocab_size:
         raise SamplingError(f"apply_fn returned logits of shape {list(logits.shape)}; expected "
-                            f"[{tokens.shape[0]}, {tokens.shape[1]}, {plan.mask_id + 1}] "
-                            "(V real tokens + [MASK])")
-    return ops.log_probs_without_mask(logits, plan.mask_id, plan.dtype)
+                            f"[{tokens.shape[0]}, {tokens.shape[1]}, >= {plan.vocab_size}] "
+                            "(the real tokens and [MASK])")
+    return ops.log_probs_without_mask(logits, plan.mask_id, plan.dtype, plan.vocab_size)
 
 
 def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
@@ -361,17 +370,19 @@ def sample(
     infill: tuple[jax.Array, jax.Array] | None = None,
     return_history: bool = False,
     host_loop: bool = False,
+    vocab_size: int | None = None,
 ) -> SampleOutput:
     """Draws batch_size sequences of `length` tokens in one compiled program; see the module docstring.
 
     Args:
-      apply_fn: the model, apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= V+1].
+      apply_fn: the model, apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits
+        [B, L, >= vocab_size].
       params: its parameters (any pytree, None for a model without), a traced argument.
       settings: the `sampling` config section; its preset and an empty parameterization ("subs") are
         resolved here.
       rng: PRNG key.
       schedule: the masking schedule the model was trained with.
-      mask_id: the [MASK] id, equal to V, the number of real tokens.
+      mask_id: the [MASK] id, equal to V, the number of real tokens below it.
       mesh: shard the batch over its ("data", "fsdp") axes; the tokens equal those drawn without a mesh. A
         model that places logical sharding constraints may need the caller's mesh/rules context around this.
       prompt: int32 [P] or [B, P]: a fixed prefix.
@@ -380,9 +391,12 @@ def sample(
       host_loop: dispatch the same jitted step T times from Python instead of fusing the steps in one
         `lax.scan`, the way a direct port of the PyTorch reference steps its sampler (the benchmark's
         baseline for what the scan buys). Same tokens, NFE counts, model calls and history.
+      vocab_size: how many ids to read from the logits, [MASK] among them (`Config.output_vocab_size`);
+        None reads [0, mask_id]. Ids above the mask (LLaDA's chat tokens) may then be proposed; [MASK]
+        never is.
     """
     plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
-                     prompt=prompt, infill=infill)
+                     prompt=prompt, infill=infill, vocab_size=vocab_size)
     if host_loop:
         return _host_loop(apply_fn, plan, params, rng, prompt, infill, return_history)
     return _sample_jit(rng, prompt, infill, params, apply_fn=apply_fn, plan=plan,
@@ -390,10 +404,12 @@ def sample(
 
 
 def lower_sample(apply_fn: ApplyFn, params: Any, settings: Sampling, rng: Any, *, schedule: Schedule,
-                 mask_id: int, batch_size: int, length: int, mesh: Mesh | None = None) -> jax.stages.Lowered:
+                 mask_id: int, batch_size: int, length: int, mesh: Mesh | None = None,
+                 vocab_size: int | None = None) -> jax.stages.Lowered:
     """The program `sample` runs, lowered for abstract params and rng (ShapeDtypeStructs with shardings),
     so that it compiles ahead of time for a target that need not be attached (`proseco_jax/aot.py`)."""
-    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh)
+    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
+                     vocab_size=vocab_size)
     return _sample_jit.lower(rng, None, None, params, apply_fn=apply_fn, plan=plan, return_history=False)
 
 

@@ -4,7 +4,9 @@ The settings are the typed `config_base.Sampling` section, whose constructor alr
 (names, ranges, ReMDM's loop window). What depends on the run is checked here, before anything compiles:
 batch and length, prompt and infill shapes and token ids, the x64 switch that float64 sampling needs, and
 the geometry of confidence-ordered samplers, which commit at least one token per step (T <= generated
-positions) and, in blocks, an even number of steps per block (block_length | L - P, blocks | T).
+positions) and, in blocks, an even number of steps per block (block_length | L - P, blocks | T). Token ids
+are those of the model's output vocabulary [0, vocab_size) less [MASK]: ids above the mask exist when the
+[MASK] lies inside a larger table (LLaDA: [MASK] 126336 of 126464 ids, the chat template's tokens above it).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ def check_inputs(
     prompt: Any = None,
     infill: tuple[Any, Any] | None = None,
     block_length: int | None = None,
+    vocab_size: int | None = None,
 ) -> int:
     """Checks shapes and token ids against the settings; returns the prompt length P.
 
     Args:
       prompt: int [P] or [B, P]; infill: (tokens int [B, L], keep_mask bool [B, L]).
       block_length: tokens per block of a blocked confidence-ordered sampler (None: one block).
+      vocab_size: ids the sampler reads from the logits, [MASK] among them (None: mask_id + 1).
     Token ids are checked only where the arrays are concrete (not tracers of an outer jit).
     """
     if settings.precision == "float64" and not jax.config.jax_enable_x64:
@@ -50,8 +54,13 @@ def check_inputs(
     _at_least("batch_size", batch_size, 1)
     _at_least("length", length, 1)
     _at_least("mask_id (= V, the number of real tokens)", mask_id, 1)
-    if settings.eos_id >= mask_id:
-        raise SamplingError(f"sampling.eos_id={settings.eos_id} is not a real token id in [0, {mask_id})")
+    vocab_size = mask_id + 1 if vocab_size is None else vocab_size
+    if int(vocab_size) != vocab_size or vocab_size <= mask_id:
+        raise SamplingError(f"vocab_size={vocab_size!r} must be an integer above mask_id={mask_id} (the ids "
+                            "read from the logits, [MASK] among them)")
+    if settings.eos_id >= vocab_size or settings.eos_id == mask_id:
+        raise SamplingError(f"sampling.eos_id={settings.eos_id} is not a real token id "
+                            f"{_real_ids(mask_id, vocab_size)}")
     prompt_len = 0
     if prompt is not None:
         shape = tuple(np.shape(prompt))
@@ -61,7 +70,7 @@ def check_inputs(
         if prompt_len >= length:
             raise SamplingError(f"prompt of length {prompt_len} leaves nothing to generate in a sequence of "
                                 f"length {length}")
-        _check_ids("prompt", prompt, mask_id)
+        _check_ids("prompt", prompt, mask_id, vocab_size)
     generated = np.full((batch_size,), length - prompt_len)
     if infill is not None:
         if not isinstance(infill, (tuple, list)) or len(infill) != 2:
@@ -75,7 +84,7 @@ def check_inputs(
         if keep_np is not None:
             keep_np = keep_np.astype(bool)
             if tokens_np is not None:
-                _check_ids("infill tokens", np.where(keep_np, tokens_np, 0), mask_id)
+                _check_ids("infill tokens", np.where(keep_np, tokens_np, 0), mask_id, vocab_size)
             generated = (~keep_np[:, prompt_len:]).sum(axis=1)
     _check_geometry(settings, length - prompt_len, int(generated.min()), block_length)
     return prompt_len
@@ -105,12 +114,20 @@ def _concrete(array: Any) -> np.ndarray | None:
     return np.asarray(array)
 
 
-def _check_ids(name: str, array: Any, mask_id: int):
+def _real_ids(mask_id: int, vocab_size: int) -> str:
+    """The real token ids in words: [0, V), or [0, vocab_size) less [MASK] when the mask lies inside."""
+    if vocab_size == mask_id + 1:
+        return f"in [0, {mask_id})"
+    return f"in [0, {vocab_size}) other than [MASK] = {mask_id}"
+
+
+def _check_ids(name: str, array: Any, mask_id: int, vocab_size: int):
     values = _concrete(array)
     if values is None or values.size == 0:
         return
     if not np.issubdtype(values.dtype, np.integer):
         raise SamplingError(f"{name} must hold integer token ids, got dtype {values.dtype}")
     low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= mask_id:
-        raise SamplingError(f"{name} holds ids in [{low}, {high}], outside the real tokens [0, {mask_id})")
+    if low < 0 or high >= vocab_size or bool(np.any(values == mask_id)):
+        raise SamplingError(f"{name} holds ids in [{low}, {high}], outside the real tokens "
+                            f"{_real_ids(mask_id, vocab_size)}")

@@ -57,14 +57,15 @@ class Remasking:
 
     def __call__(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
                  fixed: jax.Array, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
-        """tokens int32 [B, L], logp [B, L, V+1], conf float32 [B, L], fixed bool [B, L] -> (tokens, conf)."""
+        """tokens int32 [B, L], logp [B, L, vocab_size] ([MASK] at -inf), conf float32 [B, L], fixed bool
+        [B, L] -> (tokens, conf)."""
         dtype = logp.dtype
         mask_t, mask_s, alpha_t, sigma = self._rates(tokens, conf, fixed, ctx)
         mask_t, mask_s, alpha_t = (jnp.asarray(x, dtype) for x in (mask_t, mask_s, alpha_t))
         sigma = jnp.where(fixed, 0.0, jnp.broadcast_to(jnp.asarray(sigma, dtype), tokens.shape))
         sigma = jnp.where(ctx.is_last, 0.0, sigma)
         logp = ops.nucleus_log_probs(logp, self.nucleus_p)
-        column = jnp.arange(self.mask_id + 1)
+        column = jnp.arange(logp.shape[-1])  # [MASK] may lie inside the table, ids above it real
         unmask = (mask_t - mask_s + sigma * alpha_t) / mask_t
         stay = jnp.maximum(mask_s - sigma * alpha_t, 0.0) / mask_t
         masked_q = jnp.where(column == self.mask_id, jnp.log(stay)[..., None],
@@ -135,7 +136,7 @@ class ConfidenceOrdered:
 
     def __call__(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
                  fixed: jax.Array, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
-        """tokens int32 [B, L], logp [B, L, V+1] -> (tokens, conf unchanged)."""
+        """tokens int32 [B, L], logp [B, L, vocab_size] -> (tokens, conf unchanged)."""
         proposal_key, rank_key = jax.random.split(key)
         proposal = ops.gumbel_argmax(proposal_key, ops.nucleus_log_probs(logp, self.nucleus_p),
                                      self.temperature)
