@@ -382,3 +382,27 @@ def test_make_mesh_names_the_three_axes_with_auto_axis_types():
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
     assert sharding.data_parallel_size(mesh) == 4
+
+
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_bfloat16_contraction_matches_float32_products_of_the_rounded_operands(n_in):
+    """The bf16 matmul (f32 accumulation, bf16 operands in the forward and both backward products) gives
+    the value and gradients of a float32 dot of the bf16-rounded operands, up to bf16 rounding of the
+    incoming gradient and of the results."""
+    from proseco_jax.models import layers
+
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    in_shape = (8, 4)[:n_in] if n_in == 2 else (32,)
+    x = jax.random.normal(kx, (2, 16, *in_shape)).astype(jnp.bfloat16)
+    kernel = (0.2 * jax.random.normal(kk, (*in_shape, 3, 8))).astype(jnp.bfloat16)
+    cotangent = jax.random.normal(kg, (2, 16, 3, 8))
+
+    value_and_grads = jax.value_and_grad(
+        lambda a, b: jnp.sum(layers.contract(a, b, n_in) * cotangent), argnums=(0, 1))
+    value, grads = value_and_grads(x, kernel)  # bf16 operands: the mixed-precision products
+    value32, grads32 = value_and_grads(x.astype(jnp.float32), kernel.astype(jnp.float32))  # plain f32
+    assert layers.contract(x, kernel, n_in).dtype == jnp.float32
+    np.testing.assert_allclose(float(value), float(value32), rtol=1e-5)
+    for grad, grad32 in zip(grads, grads32):
+        assert grad.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(grad32), rtol=2e-2, atol=2e-2)

@@ -133,7 +133,8 @@ class DiTBlock(nn.Module):
             (3, h, d // h), ("embed", None, "heads", "kv"), dtype=dt, param_dtype=pdt, init=cfg.init,
             name="qkv"
         )(y)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # A split, not three slices: its gradient is one concatenation, not three padded copies summed.
+        q, k, v = (a[:, :, 0] for a in jnp.split(qkv, 3, axis=2))
         q = nn.with_logical_constraint(
             layers.apply_rotary(q, cos, sin), ("batch", "length", "act_heads", None)
         )

@@ -9,6 +9,8 @@ embeddings (RoPE, Su et al.) rotate q and k; every parameter carries logical axi
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -58,7 +60,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     qb = q.reshape(b, length, hkv, group, dh).transpose(0, 2, 3, 1, 4).reshape(b * hkv, group * length, dh)
     scores = jnp.matmul(qb, kb.transpose(0, 2, 1), preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores * (dh**-0.5), axis=-1).astype(v.dtype)
-    out = jnp.matmul(probs, vb)  # [B*Hkv, G*L, Dh]
+    out = jnp.matmul(probs, vb, preferred_element_type=jnp.float32).astype(v.dtype)  # [B*Hkv, G*L, Dh]
     return out.reshape(b, hkv, group, length, dh).transpose(0, 3, 1, 2, 4).reshape(b, length, h, dh)
 
 
@@ -105,6 +107,48 @@ def uniform(bound: float) -> nn.initializers.Initializer:
     return init
 
 
+def _contract_dims(x_ndim: int, n_in: int) -> tuple:
+    """dot_general dimension numbers of x [..., *in] . kernel [*in, *out]."""
+    return (tuple(range(x_ndim - n_in, x_ndim)), tuple(range(n_in))), ((), ())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _contract_mixed(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    return jax.lax.dot_general(x, kernel, _contract_dims(x.ndim, n_in), preferred_element_type=jnp.float32)
+
+
+def _contract_mixed_fwd(x, kernel, n_in):
+    return _contract_mixed(x, kernel, n_in), (x, kernel)
+
+
+def _contract_mixed_bwd(n_in, residuals, g):
+    x, kernel = residuals
+    g = g.astype(x.dtype)
+    n_out, batch = kernel.ndim - n_in, x.ndim - n_in
+    # dx = g . kernel^T over the output axes; dkernel = x^T . g over the leading (token) axes.
+    dx_dims = ((tuple(range(g.ndim - n_out, g.ndim)), tuple(range(n_in, kernel.ndim))), ((), ()))
+    dk_dims = ((tuple(range(batch)), tuple(range(batch))), ((), ()))
+    dx = jax.lax.dot_general(g, kernel, dx_dims, preferred_element_type=jnp.float32)
+    dk = jax.lax.dot_general(x, g, dk_dims, preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_contract_mixed.defvjp(_contract_mixed_fwd, _contract_mixed_bwd)
+
+
+def contract(x: jax.Array, kernel: jax.Array, n_in: int) -> jax.Array:
+    """x [..., *in] . kernel [*in, *out] -> float32 [..., *out], contracting the last n_in axes of x.
+
+    float32 operands: a plain dot. Narrower ones (bfloat16) multiply in their dtype and accumulate in
+    float32, in the forward and in both backward products (the incoming gradient is cast to the operands'
+    dtype first), as a TPU's matrix unit does; on CPUs with bf16 matrix instructions this is also the fast
+    path, which a dot returning bf16 does not reach on XLA:CPU.
+    """
+    if x.dtype == jnp.float32:
+        return jax.lax.dot_general(x, kernel, _contract_dims(x.ndim, n_in))
+    return _contract_mixed(x, kernel, n_in)
+
+
 class Dense(nn.Module):
     """y = x . kernel (+ bias), contracting the last `contract` axes of x; kernel [*in, *features].
 
@@ -137,14 +181,12 @@ class Dense(nn.Module):
             bias_init = nn.initializers.zeros
         kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, self.axes),
                             (*in_shape, *self.features), self.param_dtype)
-        contract_x = tuple(range(x.ndim - n_in, x.ndim))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                ((contract_x, tuple(range(n_in))), ((), ())))
-        if self.use_bias:
+        y = contract(x.astype(self.dtype), kernel.astype(self.dtype), n_in)
+        if self.use_bias:  # Added to the float32 accumulator, as its gradient is summed in float32.
             bias = self.param("bias", nn.with_logical_partitioning(bias_init, self.axes[n_in:]),
                               self.features, self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+            y = y + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
 
 
 def dense(
