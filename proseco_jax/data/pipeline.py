@@ -9,6 +9,8 @@ process p of P receives rows [p * B / P, (p + 1) * B / P) of every global batch.
 are disjoint, their union is exactly the single-process batch, the stream does not depend on the
 number of processes, and epochs flow into each other without dropping examples. The iterator's state
 (`get_state`/`set_state`, or orbax via `data_iterator_checkpoint_args`) is one integer per process.
+Fine-tuning pairs (`{'tokens', 'prompt_length'}`) come with `'mask'` [B, L], 1 on the response positions
+(position >= prompt_length): the per-token mask the train step takes, here marking what SFT masks and scores.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def _describe(source: RandomAccessSource) -> str:
     return f"the {split} split in {where}" if where else type(source).__name__
 
 
+def response_mask(prompt_length: np.ndarray, length: int) -> np.ndarray:
+    """uint8 [B, L]: 1 at the positions >= prompt_length [B] (the response and its EOS padding)."""
+    return (np.arange(length)[None, :] >= np.asarray(prompt_length)[:, None]).astype(np.uint8)
+
+
 def _read(source: RandomAccessSource, indices: Sequence[int]) -> dict[str, np.ndarray]:
     """Reads examples `indices` and stacks each feature: {name: [len(indices), ...]}."""
     indices = [int(i) for i in indices]
@@ -66,6 +73,8 @@ def _read(source: RandomAccessSource, indices: Sequence[int]) -> dict[str, np.nd
     batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
     if "tokens" in batch:
         batch["tokens"] = batch["tokens"].astype(np.int32, copy=False)
+    if "prompt_length" in batch:
+        batch["mask"] = response_mask(batch["prompt_length"], batch["tokens"].shape[1])
     return batch
 
 

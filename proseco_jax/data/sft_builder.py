@@ -1,0 +1,368 @@
+"""A tfds corpus of supervised fine-tuning pairs: (prompt, response) conversations tokenised once into
+array_record files under `data_dir` and read through `as_data_source` (no TensorFlow), as `text_builder.py`.
+
+Records come from local JSONL files (`data.files`, one JSON object per non-blank line) or, with no files,
+from a Hugging Face dataset through the `datasets` library (`data.hub_dataset`, online or from its cache;
+that path is not exercised offline). A record is either
+
+    {"prompt": "...", "response": "..."}                     (field names: data.prompt_field/response_field)
+    {"messages": [{"role": "user", "content": "..."}, ...]}   (data.messages_field; the last message must be
+                                                              the assistant's answer, the response)
+
+and becomes, through the chat template of `data.tokenizer_path` (`chat.ChatTokenizer`),
+
+    {'tokens': int32 [L], 'prompt_length': int32}    tokens = [prompt | response ... EOS | EOS padding]
+
+with L = data.length. As in LLaDA's SFT the EOS padding belongs to the response (the loss scores it); a
+response longer than what the prompt leaves of L is cut at L. The last `validation_fraction` of the records
+(at least one) is the validation split. The config name is a digest of every setting that changes the data;
+the tokenizer's files are copied next to the data (`tokenizer/`), and a prepared corpus whose source files
+or tokenizer changed since is refused. Everything is written in tfds's temporary directory, renamed into
+place once complete, under a file lock (`tfds_build.build_once`): a reader never sees half a corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from proseco_jax.data import tfds_build
+from proseco_jax.data.chat import FILES as TOKENIZER_FILES
+from proseco_jax.data.chat import ChatTokenizer
+from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
+from proseco_jax.data.text_sources import describe_files, list_files
+
+TRAIN, VALIDATION = "train", "validation"
+SOURCES_JSON = "sources.json"  # The source files' names and sizes and the split sizes.
+TOKENIZER_DIR = "tokenizer"
+_DESCRIPTION = "Prompt/response pairs tokenised with a chat template and padded with EOS to a fixed length."
+
+
+@dataclasses.dataclass
+class SFTConfig(tfds.core.BuilderConfig):
+    """One tokenised SFT corpus; build it with `sft_config` so that the name matches the settings."""
+
+    files: str = ""
+    hub_dataset: str = ""
+    tokenizer_path: str = ""
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    length: int = 4096
+    mask_id: int = -1
+    validation_fraction: float = 0.05
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """The corpus's records in order: `count` of them, `read(start, stop)` yields (where, record) pairs."""
+
+    count: int
+    read: Any  # Callable[[int, int], Iterator[tuple[str, Any]]]
+
+
+def _jsonl_counts(paths: list[str]) -> list[int]:
+    counts = []
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                counts.append(sum(1 for line in f if line.strip()))
+        except OSError as e:
+            raise DataError(f"cannot read {p}: {one_line(e)}") from None
+    return counts
+
+
+def _read_jsonl(paths: list[str], counts: list[int], start: int, stop: int) -> Iterator[tuple[str, Any]]:
+    first = 0
+    for path, count in zip(paths, counts):
+        lo, hi = max(start - first, 0), min(stop - first, count)
+        first += count
+        if lo >= hi:
+            continue
+        k = 0
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if k >= hi:
+                    break
+                if k >= lo:
+                    where = f"{path}:{number}"
+                    try:
+                        yield where, json.loads(line)
+                    except ValueError as e:
+                        raise DataError(f"{where}: not JSON ({one_line(e)})") from None
+                k += 1
+
+
+def _hub_records(name: str) -> Records:
+    """The rows of a Hugging Face dataset ("org/name" or "org/name:split", default split train)."""
+    try:
+        import datasets as hf_datasets
+    except ImportError:
+        raise DataError("data.files is empty, so the SFT data is loaded with the `datasets` library, which "
+                        "is not installed: pip install datasets, or set data.files to local JSONL files"
+                        ) from None
+    repo, _, split = name.partition(":")
+    try:
+        rows = hf_datasets.load_dataset(repo, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors: all mean "give local files".
+        raise DataError(f"cannot load {name} ({one_line(e)}); set data.files to local JSONL files") from None
+
+    def read(start: int, stop: int) -> Iterator[tuple[str, Any]]:
+        for i in range(start, stop):
+            yield f"{name}[{i}]", rows[i]
+
+    return Records(len(rows), read)
+
+
+def open_records(cfg: SFTConfig) -> tuple[Records, list[str]]:
+    """The records `cfg` names and the local files they come from (none for a hub dataset)."""
+    if not cfg.files:
+        return _hub_records(cfg.hub_dataset), []
+    paths = list_files(cfg.files)
+    counts = _jsonl_counts(paths)
+    return Records(sum(counts), functools.partial(_read_jsonl, paths, counts)), paths
+
+
+def conversation(record: Any, where: str, cfg: SFTConfig) -> tuple[list[dict[str, Any]], str]:
+    """(the messages before the answer, the answer) of one record; DataError naming `where` if malformed."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object")
+    if cfg.messages_field in record:
+        messages = record[cfg.messages_field]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: {cfg.messages_field!r} is not a non-empty list of messages")
+        last = messages[-1]
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            raise DataError(f"{where}: the last of {cfg.messages_field!r} is not an assistant message (the "
+                            "response)")
+        if not isinstance(last.get("content"), str):
+            raise DataError(f"{where}: the assistant message has no string 'content' (the response)")
+        return list(messages[:-1]), last["content"]
+    response = record.get(cfg.response_field)
+    if not isinstance(response, str):
+        fields = ", ".join(sorted(record)) or "none"
+        raise DataError(f"{where}: no string field {cfg.response_field!r} (the response) and no "
+                        f"{cfg.messages_field!r} (fields: {fields})")
+    prompt = record.get(cfg.prompt_field)
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: no string field {cfg.prompt_field!r} (the prompt)")
+    return [{"role": "user", "content": prompt}], response
+
+
+def encode_example(tokenizer: ChatTokenizer, record: Any, where: str, cfg: SFTConfig
+                   ) -> tuple[dict[str, np.ndarray], bool]:
+    """(`{'tokens': int32 [L], 'prompt_length': int32}`, whether the response was cut at L) of one record;
+    EOS padding after the response."""
+    before, answer = conversation(record, where, cfg)
+    try:
+        ids, prompt_length = tokenizer.example_ids(before, answer)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    if prompt_length >= cfg.length:
+        raise DataError(f"{where}: the prompt is {prompt_length} tokens, which leaves no room for the "
+                        f"response in data.length={cfg.length}")
+    if cfg.mask_id >= 0 and cfg.mask_id in ids:
+        raise DataError(f"{where}: the text holds the [MASK] token (id {cfg.mask_id} = data.vocab_size)")
+    tokens = np.full(cfg.length, tokenizer.eos_id, np.int32)
+    tokens[: min(len(ids), cfg.length)] = ids[: cfg.length]
+    return {"tokens": tokens, "prompt_length": np.int32(prompt_length)}, len(ids) > cfg.length
+
+
+def _split(count: int, fraction: float) -> tuple[int, int]:
+    """(train, validation) record counts: the last `fraction` (at least one) is held out."""
+    if count < 2:
+        raise DataError(f"sft_jsonl needs at least 2 records to hold one out for validation, found {count}")
+    held_out = min(count - 1, max(1, math.ceil(fraction * count)))
+    return count - held_out, held_out
+
+
+# ---------------------------------------------------------------------------------------------- builder
+
+
+class SFTJsonl(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Tokenises the records of `open_records` with the chat template; train then validation split."""
+
+    name = "sft_jsonl"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> os.PathLike | None:
+        """None: nothing is downloaded, so tfds has no checksums to look for next to the code."""
+        return None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict({
+                "tokens": tfds.features.Tensor(shape=(self.builder_config.length,), dtype=np.int32),
+                "prompt_length": tfds.features.Scalar(dtype=np.int32),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, np.ndarray]]]]:
+        del dl_manager  # Nothing is downloaded.
+        cfg: SFTConfig = self.builder_config
+        records, files = open_records(cfg)
+        n_train, n_val = _split(records.count, cfg.validation_fraction)
+        tokenizer = ChatTokenizer.load(cfg.tokenizer_path)
+        # self.data_dir is tfds's temporary directory here: these files appear together with the data.
+        copy = os.path.join(self.data_dir, TOKENIZER_DIR)
+        os.makedirs(copy)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(tokenizer.origin, name)):
+                shutil.copyfile(os.path.join(tokenizer.origin, name), os.path.join(copy, name))
+        with open(os.path.join(self.data_dir, SOURCES_JSON), "w", encoding="utf-8") as f:
+            json.dump({"files": describe_files(files) if files else [], "hub_dataset": cfg.hub_dataset,
+                       "records": {TRAIN: n_train, VALIDATION: n_val}}, f, indent=1)
+        return {TRAIN: self._generate_examples(records, 0, n_train, tokenizer),
+                VALIDATION: self._generate_examples(records, n_train, n_train + n_val, tokenizer)}
+
+    def _generate_examples(self, records: Records, start: int, stop: int, tokenizer: ChatTokenizer
+                           ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        cut = 0
+        for i, (where, record) in enumerate(records.read(start, stop)):
+            example, was_cut = encode_example(tokenizer, record, where, self.builder_config)
+            cut += was_cut
+            yield i, example
+        if cut:
+            print(f"sft_jsonl: {cut} of {stop - start} responses were cut at data.length="
+                  f"{self.builder_config.length}", flush=True)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if path else ""
+
+
+def _tokenizer_location(path: str) -> str:
+    """A local tokenizer directory made absolute; a hub id as written."""
+    expanded = os.path.expanduser(path)
+    return os.path.abspath(expanded) if os.path.exists(expanded) or path.startswith((".", "/", "~")) else path
+
+
+def sft_config(data_config: Any) -> SFTConfig:
+    """The builder config of the SFT corpus `data_config` describes (name = the settings' digest)."""
+    value = functools.partial(_data_config_value, data_config)
+    files, hub = value("files"), value("hub_dataset")
+    if not files and not hub:
+        raise DataError("data.name=sft_jsonl needs data.files (a glob of JSONL files) or data.hub_dataset")
+    if not value("tokenizer_path"):
+        raise DataError("data.name=sft_jsonl needs data.tokenizer_path, a Hugging Face tokenizer directory "
+                        "or hub id")
+    settings = dict(files=_absolute(files), hub_dataset="" if files else hub,
+                    tokenizer_path=_tokenizer_location(value("tokenizer_path")),
+                    prompt_field=value("prompt_field"), response_field=value("response_field"),
+                    messages_field=value("messages_field"), length=int(value("length")),
+                    mask_id=int(value("vocab_size")), validation_fraction=float(value("validation_fraction")))
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return SFTConfig(name=f"l{settings['length']}_{digest}", description="SFT pairs.", **settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSFT:
+    """A prepared SFT corpus: its splits as random-access sources, where it lives, and its tokenizer."""
+
+    sources: dict[str, RandomAccessSource]
+    version_dir: str
+    tokenizer: ChatTokenizer
+
+
+def _check_files_unchanged(cfg: SFTConfig, version_dir: str) -> None:
+    """A prepared corpus whose JSONL files are still here must have been made from these very files."""
+    paths = sorted(glob.glob(os.path.expanduser(cfg.files), recursive=True)) if cfg.files else []
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:  # Prepared elsewhere (or the files were removed): the data stands on its own.
+        return
+    try:
+        with open(os.path.join(version_dir, SOURCES_JSON), encoding="utf-8") as f:
+            recorded = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
+    if describe_files(paths) != recorded:
+        raise DataError(f"the files matching data.files={cfg.files!r} changed since {version_dir} was "
+                        "prepared; delete that directory to prepare them again")
+
+
+def _check_tokenizer_unchanged(cfg: SFTConfig, version_dir: str) -> None:
+    """A local tokenizer directory still here must hold the files the corpus was tokenised with."""
+    source, copy = cfg.tokenizer_path, os.path.join(version_dir, TOKENIZER_DIR)
+    if not os.path.isdir(source):
+        return
+    for name in TOKENIZER_FILES:
+        a, b = os.path.join(source, name), os.path.join(copy, name)
+        if os.path.isfile(a) != os.path.isfile(b) or (os.path.isfile(a) and not filecmp.cmp(a, b, False)):
+            raise DataError(f"the tokenizer in {source} changed since {version_dir} was prepared ({name}); "
+                            "delete that directory to prepare it again")
+
+
+def _check_sources(sources: dict[str, RandomAccessSource], cfg: SFTConfig) -> None:
+    for split, source in sources.items():
+        if len(source) == 0:
+            raise DataError(f"split {split} is empty")
+        record = source[0]
+        tokens, prompt_length = np.asarray(record["tokens"]), np.asarray(record["prompt_length"])
+        if tokens.shape != (cfg.length,) or tokens.dtype != np.int32 or prompt_length.shape != ():
+            raise DataError(f"split {split} holds tokens {tokens.dtype}{list(tokens.shape)}, expected "
+                            f"int32[{cfg.length}] with a prompt length")
+
+
+def prepare_sft(data_config: Any) -> PreparedSFT:
+    """Builds the SFT corpus `data_config` describes if needed (once per settings) and opens it.
+
+    Raises:
+      DataError (one line): no files match, a record without a response or with a prompt longer than L
+        (naming its file and line), a tokenizer that cannot be read, data_dir not writable, prepared data
+        that is damaged or whose sources changed.
+    """
+    cfg = sft_config(data_config)
+    data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
+    version_dir = tfds_build.version_dir_of(SFTJsonl, data_dir, cfg)
+    if _is_prepared(version_dir):
+        _check_files_unchanged(cfg, version_dir)
+        _check_tokenizer_unchanged(cfg, version_dir)
+    else:
+        if os.path.isdir(version_dir):
+            raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
+        if cfg.files:
+            list_files(cfg.files)
+        ChatTokenizer.load(cfg.tokenizer_path)  # Fails before anything is written.
+
+        def announce(where: str) -> None:
+            print(f"preparing sft_jsonl/{cfg.name} in {where}", flush=True)
+
+        try:
+            tfds_build.build_once(SFTJsonl(data_dir=data_dir, config=cfg), data_dir, announce)
+        except OSError as e:
+            raise DataError(f"cannot build sft_jsonl in {data_dir}: {one_line(e)}") from e
+
+    hint = f"delete {version_dir} to rebuild"
+    try:
+        tokenizer = ChatTokenizer.load(os.path.join(version_dir, TOKENIZER_DIR))
+        sources = dict(SFTJsonl(data_dir=data_dir, config=cfg).as_data_source())
+        _check_sources(sources, cfg)
+    except DataError as e:
+        raise DataError(f"sft_jsonl corpus {cfg.name}: {e}; {hint}") from e
+    except Exception as e:  # noqa: BLE001 - missing or truncated array_record files fail inside tfds.
+        raise DataError(f"sft_jsonl corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
+    return PreparedSFT(sources=sources, version_dir=version_dir, tokenizer=tokenizer)
