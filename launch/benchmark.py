@@ -7,9 +7,10 @@
         --config.sampling.steps=64 --config.sampling.corrector_steps=2
 
 Both programs of a benchmark run in the same process, alternating (`proseco_jax/benchmarking.py`); `mfu` is
-model FLOP/s over XLA's fp32 matmul rate measured in the same run. Only figures measured in this run are
-printed; the last line of stdout is one JSON object. The `tiny` and `large` shapes are those at which the
-authors' PyTorch code is timed by its own harness: compare with it only when both run on the same machine.
+model FLOP/s over XLA's matmul rate in the model's compute dtype (`model.dtype`), measured in the same run.
+Only figures measured in this run are printed; the last line of stdout is one JSON object. The `tiny` and
+`large` shapes are those at which the authors' PyTorch code is timed by its own harness: compare with it
+only when both run on the same machine.
 """
 
 import json

@@ -3,14 +3,15 @@
 `time_programs` compiles each program once (the first call, reported as its compile time), warms each up,
 then alternates timed calls between the programs so that a busy spell of the machine slows them alike, and
 reports the median of each. `CpuMeter` records how many cores other processes kept busy meanwhile; MFU is a
-model's matmul FLOP/s over XLA's fp32 matmul rate measured in the same run. Two benchmarks use it: the
-ProSeCo train step against an MDLM-only step (`bench_train_step`), and the on-device scan sampler against a
-Python loop over the same jitted step (`bench_sample`).
+model's matmul FLOP/s over XLA's matmul rate (in the model's compute dtype) measured in the same run.
+Two benchmarks use it: the ProSeCo train step against an MDLM-only step (`bench_train_step`), and the
+on-device scan sampler against a Python loop over the same jitted step (`bench_sample`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -103,11 +104,12 @@ def time_programs(programs: dict[str, Callable[[Any, int], Any]], state: dict[st
                    {n: min(t) for n, t in times.items()}, outputs, meter.other_cores_busy)
 
 
-def matmul_flops_per_sec(runs: int = 5, warmup: int = 2) -> float:
-    """Best FLOP/s of a jitted fp32 (2048 x 2048) @ (2048 x 2048) over `runs` timed calls."""
-    a, b = (jax.random.normal(k, (MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
+def matmul_flops_per_sec(runs: int = 5, warmup: int = 2, dtype: Any = jnp.float32) -> float:
+    """Best FLOP/s of a jitted (2048 x 2048) @ (2048 x 2048) over `runs` timed calls, with operands in
+    `dtype` and float32 accumulation (how the models multiply in that dtype, `layers.contract`)."""
+    a, b = (jax.random.normal(k, (MATMUL_SIZE, MATMUL_SIZE), jnp.float32).astype(dtype)
             for k in jax.random.split(jax.random.key(0), 2))
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
     for _ in range(warmup):
         timed(dot, a, b)
     best = min(timed(dot, a, b)[0] for _ in range(runs))
@@ -223,13 +225,15 @@ BENCHMARKS = {"train_step": bench_train_step, "sample": bench_sample}
 
 def run(what: str, config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
     """One benchmark with the machine's matmul rate measured before and after it, and MFU figures."""
-    matmul_before = matmul_flops_per_sec()
+    dtype = jnp.dtype(getattr(config.model, "dtype", "float32"))  # MFU against the model's matmul dtype.
+    matmul_before = matmul_flops_per_sec(dtype=dtype)
     figures = BENCHMARKS[what](config, mesh, steps=steps, warmup=warmup)
     # The best of both measurements is the machine's rate; a busy spell only lowers it.
-    matmul_gflops = max(matmul_before, matmul_flops_per_sec()) / 1e9
+    matmul_gflops = max(matmul_before, matmul_flops_per_sec(dtype=dtype)) / 1e9
     mfu = {key.removesuffix("model_gflops_per_sec") + "mfu": value / matmul_gflops
            for key, value in figures.items() if key.endswith("model_gflops_per_sec")}
-    return {"what": what, **figures, **mfu, "matmul_gflops": matmul_gflops, "devices": mesh.devices.size,
+    return {"what": what, **figures, **mfu, "matmul_gflops": matmul_gflops, "matmul_dtype": dtype.name,
+            "devices": mesh.devices.size,
             "mesh": dict(mesh.shape), "platform": jax.devices()[0].platform, "jax_version": jax.__version__,
             "load_avg_1min": os.getloadavg()[0]}
 

@@ -322,6 +322,16 @@ def test_check_mesh_rejects_a_batch_not_divisible_by_the_data_parallel_size():
         _check(config, mesh)
 
 
+def test_check_mesh_rejects_a_batch_the_processes_cannot_split(monkeypatch):
+    config = tiny_config(data=1, fsdp=1, tensor=1)
+    config.train.batch_size = 8
+    mesh = one_device_mesh(config)
+    _check(config, mesh)
+    monkeypatch.setattr(jax, "process_count", lambda: 3)  # as on a 3-host slice
+    with pytest.raises(UsageError, match="not divisible by 3 processes"):
+        _check(config, mesh)
+
+
 def test_config_rejects_a_sequence_longer_than_the_model():
     config = tiny_config()
     config.data.length = LENGTH + 1
