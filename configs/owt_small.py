@@ -15,8 +15,9 @@ Where each setting comes from in the authors' code (`kuleshov-group/proseco`):
 
     python launch/prepare_data.py --config=configs/owt_small.py --config.data.files='owt/*.parquet' \
         --config.data.tokenizer_path=gpt2/tokenizer.json --config.data.data_dir=/data/proseco
-    python launch/train.py --config=configs/owt_small.py --workdir=/mnt/bucket/owt_small --config.mesh.fsdp=8 \
-        --config.data.files='owt/*.parquet' --config.data.tokenizer_path=gpt2/tokenizer.json ...
+    python launch/train.py --config=configs/owt_small.py --workdir=/mnt/bucket/owt_small \
+        --config.mesh.fsdp=8 --config.data.files='owt/*.parquet' \
+        --config.data.tokenizer_path=gpt2/tokenizer.json ...
 """
 
 from proseco_jax import config_base
