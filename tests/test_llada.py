@@ -323,3 +323,25 @@ def test_bfloat16_compute_stays_close_to_float32(reference, loaded):
     f32 = np.asarray(placed.under_mesh(jax.jit(placed.apply_fn))(params, tokens, sigma))
     bf16 = np.asarray(half.under_mesh(jax.jit(half.apply_fn))(params, tokens, sigma))
     assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - f32).max() < 0.05 * np.abs(f32).max()
+
+
+def test_a_converted_workdir_holds_the_checkpoint_and_samples_with_the_model(reference, tmp_path):
+    """launch/convert.py's LLaDA path: the workdir's step-0 weights give the PyTorch model's logits, its
+    config records LLaDA's [MASK] inside the table, and it refuses a second import."""
+    from proseco_jax import inference
+    from proseco_jax.interop import convert
+
+    model, _, directory = reference
+    assert hf.is_llada(directory) and not hf.is_llada(str(tmp_path))
+    workdir = str(tmp_path / "converted")
+    config = convert.import_llada(directory, workdir, config_base.get_config(model="llada"))
+    assert (config.mask_id, config.output_vocab_size) == (MASK, ROWS)
+    loaded_model = inference.load_workdir(workdir)
+    tokens = np.random.default_rng(1).integers(0, ROWS, (2, 16)).astype(np.int32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(tokens).long()).numpy()
+    apply = loaded_model.placed.under_mesh(jax.jit(loaded_model.placed.apply_fn))
+    got = np.asarray(apply(loaded_model.params, tokens, np.zeros(2, np.float32)))
+    assert np.abs(got - want).max() < 1e-4
+    with pytest.raises(UsageError, match="already exists"):
+        convert.import_llada(directory, workdir, config_base.get_config(model="llada"))

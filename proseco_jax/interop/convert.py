@@ -1,12 +1,13 @@
 """Reference checkpoints to workdirs and back.
 
-`import_checkpoint` turns a reference DiT (`sources.Source`) into a workdir that every binary reads like a
-trained one: `config.json` with the model's shape from the source and everything else from a base config,
-and an orbax checkpoint at step 0 whose train state holds the converted weights as both `params` and
-`ema_params`, with a freshly initialised optimizer state. `export_checkpoint` writes a workdir's EMA
-weights back as the authors' Hugging Face model (config.json + model.safetensors). Both first read and
-check everything, then write into a hidden directory next to the target and rename it at the end, so bad
-input or a crash never leaves a half-written workdir.
+`import_checkpoint` turns a reference DiT (`sources.Source`), and `import_llada` a LLaDA checkpoint
+(`interop.llada`), into a workdir that every binary reads like a trained one: `config.json` with the
+model's shape from the source and everything else from a base config, and an orbax checkpoint at step 0
+whose train state holds the converted weights as both `params` and `ema_params`, with a freshly
+initialised optimizer state. `export_checkpoint` writes a workdir's EMA weights back as the authors'
+Hugging Face model (config.json + model.safetensors). Both first read and check everything, then write
+into a hidden directory next to the target and rename it at the end, so bad input or a crash never leaves
+a half-written workdir.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from proseco_jax import checkpoint, config_base, inference, sharding, train
+from proseco_jax import checkpoint, config_base, configlib, inference, sharding, train
 from proseco_jax.config_base import Config
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import layout, sources
 from proseco_jax.models import dit
 from proseco_jax.state import ModelOnMesh, TrainState
+
+if TYPE_CHECKING:  # interop.llada imports this module's directory helpers.
+    from proseco_jax.interop import llada as llada_hf
 
 GPT2_VOCAB = 50257  # Real tokens of the GPT-2 tokenizer (the reference adds [MASK] = 50257).
 
@@ -64,18 +68,30 @@ def _one_device_mesh() -> jax.sharding.Mesh:
 
 
 def _train_state(placed: ModelOnMesh, params: dict[str, Any], config: Config) -> TrainState:
-    """Step 0 of training from `params`: params = ema_params, and the optimizer's initial state."""
+    """Step 0 of training from `params` (host arrays, or arrays already in their shardings): params =
+    ema_params, and the optimizer's initial state."""
     tx = train.make_optimizer(config.train)
     abstract, shardings, _ = placed.train_state(tx)
 
-    def put(tree):
-        return jax.tree.map(lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), tree, abstract.params,
-                            shardings.params)
+    def put(x, a, s):
+        placed = isinstance(x, jax.Array) and x.sharding == s
+        return x if placed else jax.device_put(np.asarray(x, a.dtype), s)
 
-    weights = put(params)
+    weights = jax.tree.map(put, params, abstract.params, shardings.params)
     opt_state = placed.under_mesh(jax.jit(tx.init, out_shardings=shardings.opt_state))(weights)
     step = jax.device_put(np.zeros((), np.int32), shardings.step)
-    return TrainState(step=step, params=weights, ema_params=put(params), opt_state=opt_state)
+    # The EMA starts as the weights: the same arrays, written twice (training restores two copies).
+    return TrainState(step=step, params=weights, ema_params=weights, opt_state=opt_state)
+
+
+def _write_workdir(workdir: str, config: Config, state: TrainState) -> None:
+    """config.json and the step-0 checkpoint, written into a staging directory renamed to `workdir`."""
+    with staged_directory(workdir) as staging:
+        config_base.save_json(config, staging)
+        manager = checkpoint.make_manager(staging, keep=1)
+        checkpoint.save(manager, 0, state, None)
+        manager.wait_until_finished()
+        manager.close()
 
 
 def import_checkpoint(source: sources.Source, workdir: str,
@@ -88,13 +104,43 @@ def import_checkpoint(source: sources.Source, workdir: str,
     padded_vocab = config.model.padded_vocab_size(config.mask_id + 1)
     params = layout.to_params(source.tensors, source.config, padded_vocab, source.origin)
     layout.check_tree(params, placed.abstract_params())
-    state = _train_state(placed, params, config)
-    with staged_directory(workdir) as staging:
-        config_base.save_json(config, staging)
-        manager = checkpoint.make_manager(staging, keep=1)
-        checkpoint.save(manager, 0, state, None)
-        manager.wait_until_finished()
-        manager.close()
+    _write_workdir(workdir, config, _train_state(placed, params, config))
+    return config
+
+
+def llada_config_for(ckpt: llada_hf.Checkpoint, base: ml_collections.ConfigDict) -> Config:
+    """`base` (a LLaDA config: compute dtype, remat, training and sampling settings) with the checkpoint's
+    architecture, its [MASK] as the framework's, and its directory's tokenizer when it has one."""
+    config = copy.deepcopy(base)
+    if config.model.name != "llada":
+        raise UsageError(f"the base config's model.name={config.model.name!r}; a LLaDA checkpoint needs "
+                         "'llada'")
+    kept = ("dtype", "param_dtype", "remat")  # How to compute, not what: the base config's.
+    config.model.update({k: v for k, v in configlib.to_dict(ckpt.model).items() if k not in kept})
+    config.data.vocab_size = ckpt.model.mask_token_id
+    config.data.length = min(config.data.length, ckpt.model.max_length)
+    directory = os.path.dirname(next(iter(ckpt.files.values())))
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        config.data.tokenizer_path = directory
+    return config_base.resolve(config)
+
+
+def import_llada(source: str, workdir: str, base: ml_collections.ConfigDict) -> Config:
+    """Writes `workdir` (absent, or empty) from the LLaDA checkpoint at `source` (a model directory or a
+    Hub repo id) with the settings of `base`; returns its config.
+
+    The weights are streamed tensor by tensor into their shardings on a mesh of every device, fully
+    sharded over its fsdp axis (`llada.load`), so no device and no host holds the whole model at once.
+    """
+    from proseco_jax.interop import llada as llada_hf
+
+    check_new_directory(workdir, "--workdir")
+    ckpt = llada_hf.open_checkpoint(source)
+    config = llada_config_for(ckpt, base)
+    config = config.replace(mesh=config.mesh.replace(data=1, fsdp=-1, tensor=1))
+    placed = ModelOnMesh.create(config, sharding.make_mesh(config.mesh))
+    params = llada_hf.load(ckpt, placed.abstract_params())
+    _write_workdir(workdir, config, _train_state(placed, params, config))
     return config
 
 

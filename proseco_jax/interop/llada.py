@@ -41,6 +41,8 @@ PREFIX = "model.transformer."
 RELEASED = ("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct", "kuleshov-group/proseco-llada-sft")
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Downloaded with the weights: prompts are tokenised with the checkpoint's own tokenizer and chat template.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 # LLaDA's ModelConfig defaults of the fields read here (a config.json field that is absent takes them).
 DEFAULTS = dict(d_model=768, n_heads=12, n_kv_heads=None, multi_query_attention=None, n_layers=12,
@@ -217,13 +219,27 @@ def _weight_files(directory: str) -> dict[str, str]:
     raise UsageError(f"{directory} has neither {sources.SAFETENSORS_INDEX} nor {sources.SAFETENSORS}")
 
 
+def is_llada(source: str) -> bool:
+    """Whether `source` names a LLaDA checkpoint: a model directory whose config.json says model_type
+    'llada', or a Hub repo id of one (the released ones, or any id naming LLaDA)."""
+    if os.path.isdir(source):
+        path = os.path.join(source, sources.HF_CONFIG)
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(values, dict) and values.get("model_type") == "llada"
+    return bool(_REPO_ID.match(source)) and (source in RELEASED or "llada" in source.lower())
+
+
 def open_checkpoint(source: str) -> Checkpoint:
     """The LLaDA checkpoint at `source`: a local model directory, or a Hugging Face repo id (such as
     GSAI-ML/LLaDA-8B-Instruct) downloaded first; reads config.json and the index, no tensor."""
     if os.path.isdir(source):
         directory = source
     elif _REPO_ID.match(source):
-        directory = sources.download(source)
+        directory = sources.download(source, TOKENIZER_FILES)
     else:
         raise UsageError(f"{source} is neither a model directory nor a Hugging Face repo id such as "
                          f"{RELEASED[1]}")

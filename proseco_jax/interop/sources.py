@@ -66,8 +66,8 @@ def _no_ema(ema: bool, source: str) -> None:
                          "holds one set of weights (drop --ema)")
 
 
-def download(repo_id: str) -> str:
-    """The local snapshot of Hub repo `repo_id` (config and weights only)."""
+def download(repo_id: str, extra_patterns: tuple[str, ...] = ()) -> str:
+    """The local snapshot of Hub repo `repo_id` (config and weights, and files matching extra_patterns)."""
     try:
         import huggingface_hub
     except ImportError:
@@ -75,7 +75,8 @@ def download(repo_id: str) -> str:
                          "'proseco_jax[convert]'), or pass a local model directory") from None
     try:
         path = huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=[HF_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors"])
+            repo_id, allow_patterns=[HF_CONFIG, SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors",
+                                     *extra_patterns])
         if not any(os.path.exists(os.path.join(path, name)) for name in (SAFETENSORS, SAFETENSORS_INDEX)):
             path = huggingface_hub.snapshot_download(repo_id, allow_patterns=[HF_CONFIG, TORCH_BIN])
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated, network: all one line.
