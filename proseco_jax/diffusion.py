@@ -37,11 +37,13 @@ ApplyFn = Callable[..., jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What the loss reads from the config: the diffusion and corrector sections and the [MASK] id."""
+    """What the loss reads from the config: the diffusion and corrector sections, the [MASK] id and the ids
+    read from the logits (`Config.output_vocab_size`; None: mask_id + 1, [MASK] last)."""
 
     diffusion: Diffusion
     corrector: Corrector
     mask_id: int
+    vocab_size: int | None = None
 
     @property
     def schedule(self) -> Schedule:
@@ -75,10 +77,10 @@ def log_probs_without_mask(logits: jax.Array, mask_id: int, dtype: Any = jnp.flo
     return jax.nn.log_softmax(jnp.where(is_mask, NEG_INF, logits), axis=-1)
 
 
-def subs_log_probs(logits: jax.Array, z: jax.Array, mask_id: int) -> jax.Array:
+def subs_log_probs(logits: jax.Array, z: jax.Array, mask_id: int, vocab_size: int | None = None) -> jax.Array:
     """The subs parameterisation: [MASK] forbidden; visible tokens of z keep their token with prob 1."""
-    logp = log_probs_without_mask(logits, mask_id)
-    onehot = jax.nn.one_hot(z, mask_id + 1, dtype=jnp.bool_)
+    logp = log_probs_without_mask(logits, mask_id, vocab_size=vocab_size)
+    onehot = jax.nn.one_hot(z, logp.shape[-1], dtype=jnp.bool_)
     copied = jnp.where(onehot, 0.0, NEG_INF)
     return jnp.where((z != mask_id)[..., None], copied, logp)
 
@@ -170,10 +172,11 @@ def proseco_loss(
     weight = schedule.loss_weight(t)
 
     logits1 = apply_fn(params, z, sigma, dropout_rng=rng_drop1)
+    vocab_size = objective.vocab_size
     if objective.diffusion.parameterization == "subs":
-        logp1 = subs_log_probs(logits1, z, mask_id)
+        logp1 = subs_log_probs(logits1, z, mask_id, vocab_size)
     else:
-        logp1 = log_probs_without_mask(logits1, mask_id)
+        logp1 = log_probs_without_mask(logits1, mask_id, vocab_size=vocab_size)
     mdm = _masked_mean(mdm_loss(logp1, x, z, weight, mask_id), token_mask)
     masked = (z == mask_id) * token_mask
     metrics = {
@@ -187,7 +190,8 @@ def proseco_loss(
 
     def with_corrector(_):
         y = corrector_input(rng_y, logp1, x, z, mask_id, c.input, c.use_argmax)
-        logp2 = log_probs_without_mask(apply_fn(params, y, sigma, dropout_rng=rng_drop2), mask_id)
+        logp2 = log_probs_without_mask(apply_fn(params, y, sigma, dropout_rng=rng_drop2), mask_id,
+                                       vocab_size=vocab_size)
         sc_weight = weight if c.weighted else jnp.ones_like(weight)
         sc = _masked_mean(corrector_loss(logp2, x, y, sc_weight, c.upweight_errors), token_mask)
         acc = _masked_mean((jnp.argmax(logp2, -1) == x).astype(jnp.float32), token_mask)
@@ -216,6 +220,7 @@ def nelbo(
     *,
     t: jax.Array | None = None,
     z: jax.Array | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One-sample Monte Carlo estimate of the negative ELBO: (sum of nats, number of tokens).
 
@@ -227,6 +232,6 @@ def nelbo(
         rng_t, rng_mask = jax.random.split(rng)
         t = sample_times(rng_t, x.shape[0], eps, True)
         z = mask_tokens(rng_mask, x, schedule.mask_prob(t), mask_id)
-    logp = subs_log_probs(apply_fn(params, z, schedule.sigma(t)), z, mask_id)
+    logp = subs_log_probs(apply_fn(params, z, schedule.sigma(t)), z, mask_id, vocab_size)
     nats = mdm_loss(logp, x, z, schedule.loss_weight(t), mask_id)
     return jnp.sum(nats * token_mask), jnp.sum(token_mask)

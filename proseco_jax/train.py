@@ -89,7 +89,7 @@ class Pretraining:
     def evaluate(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
                  rng: jax.Array, objective: diffusion.Objective) -> tuple[jax.Array, jax.Array]:
         return diffusion.nelbo(apply_fn, params, tokens, rng, objective.schedule, objective.mask_id,
-                               token_mask=token_mask)
+                               token_mask=token_mask, vocab_size=objective.vocab_size)
 
     def report(self, nats_per_token: float) -> dict[str, float]:
         return {"val_bits_per_token": nats_per_token / math.log(2.0)}
@@ -258,7 +258,8 @@ def build(config: Config, mesh: Mesh) -> Compiled:
     placed = ModelOnMesh.create(config, mesh)
     tx = make_optimizer(config.train)
     abstract, shardings, init = placed.train_state(tx)
-    objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id)
+    objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id,
+                                    config.output_vocab_size)
     loss = loss_of(config)
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     step_fn = functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,

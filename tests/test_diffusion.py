@@ -634,3 +634,21 @@ def test_objective_sections_reject_unknown_options_in_one_line():
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="corrector.input"):
         _config(corrector_input="visible")
+
+
+@pytest.mark.parametrize("parameterization", ["subs", "d3pm"])
+def test_a_mask_inside_a_larger_table_lets_the_loss_score_ids_above_it(parameterization):
+    """LLaDA's [MASK] lies inside its table: with vocab_size set, targets above the mask are scored against
+    a softmax over every id but [MASK] (and never with the mask's logit)."""
+    rows, inner_mask = 12, 6
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, rows)), jnp.float32)
+    x = jnp.asarray([[7, 8, 11, 0, 9], [10, 1, 7, 2, 8]], jnp.int32)  # ids above the mask, and below
+    objective = Objective(DIFFUSION.replace(parameterization=parameterization),
+                          config_base.Corrector(enabled=False), inner_mask, vocab_size=rows)
+    t = jnp.ones((2,))
+    z = jnp.full(x.shape, inner_mask, jnp.int32)  # every position masked
+    loss, _ = diffusion.proseco_loss(lambda p, tok, sig, dropout_rng=None: logits, None, x,
+                                     jax.random.key(0), jnp.int32(0), objective, t=t, z=z)
+    logp = np.asarray(jax.nn.log_softmax(jnp.where(jnp.arange(rows) == inner_mask, -jnp.inf, logits)))
+    weight = float(objective.schedule.loss_weight(t)[0])
+    np.testing.assert_allclose(float(loss), weight * float(np.mean(-_gather(logp, np.asarray(x)))), rtol=1e-5)
