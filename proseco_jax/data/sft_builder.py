@@ -46,7 +46,7 @@ from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_val
 from proseco_jax.data.text_sources import describe_files, list_files
 
 TRAIN, VALIDATION = "train", "validation"
-SOURCES_JSON = "sources.json"  # The source files' names and sizes and the split sizes.
+SOURCES_JSON = tfds_build.SOURCES_JSON
 TOKENIZER_DIR = "tokenizer"
 _DESCRIPTION = "Prompt/response pairs tokenised with a chat template and padded with EOS to a fixed length."
 
@@ -288,22 +288,6 @@ class PreparedSFT:
     tokenizer: ChatTokenizer
 
 
-def _check_files_unchanged(cfg: SFTConfig, version_dir: str) -> None:
-    """A prepared corpus whose JSONL files are still here must have been made from these very files."""
-    paths = sorted(glob.glob(os.path.expanduser(cfg.files), recursive=True)) if cfg.files else []
-    paths = [p for p in paths if os.path.isfile(p)]
-    if not paths:  # Prepared elsewhere (or the files were removed): the data stands on its own.
-        return
-    try:
-        with open(os.path.join(version_dir, SOURCES_JSON), encoding="utf-8") as f:
-            recorded = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
-    if describe_files(paths) != recorded:
-        raise DataError(f"the files matching data.files={cfg.files!r} changed since {version_dir} was "
-                        "prepared; delete that directory to prepare them again")
-
-
 def _check_tokenizer_unchanged(cfg: SFTConfig, version_dir: str) -> None:
     """A local tokenizer directory still here must hold the files the corpus was tokenised with."""
     source, copy = cfg.tokenizer_path, os.path.join(version_dir, TOKENIZER_DIR)
@@ -339,7 +323,8 @@ def prepare_sft(data_config: Any) -> PreparedSFT:
     data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
     version_dir = tfds_build.version_dir_of(SFTJsonl, data_dir, cfg)
     if _is_prepared(version_dir):
-        _check_files_unchanged(cfg, version_dir)
+        paths = sorted(glob.glob(os.path.expanduser(cfg.files), recursive=True)) if cfg.files else []
+        tfds_build.check_files_unchanged(version_dir, [p for p in paths if os.path.isfile(p)], cfg.files)
         _check_tokenizer_unchanged(cfg, version_dir)
     else:
         if os.path.isdir(version_dir):

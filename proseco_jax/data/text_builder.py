@@ -52,7 +52,7 @@ from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
 from proseco_jax.data.text_sources import Corpus, describe_files, detokenize_lm1b, list_files, lm1b_files
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
-SOURCES_JSON = "sources.json"
+SOURCES_JSON = tfds_build.SOURCES_JSON
 OWT_HUB_NAME = "Skylion007/openwebtext"
 LM1B_HUB_NAME = "lm1b"  # MDLM's `datasets` name; splits train and test, one sentence per row in `text`.
 BPE_TRAIN_CHARS = 100_000_000  # A bpe:N tokenizer is trained on at most this much of the train split.
@@ -335,7 +335,7 @@ def text_config(data_config: Any) -> TextConfig:
     settings.update(files=_absolute(files), tokenizer=tokenizer, tokenizer_path=_absolute(tokenizer_path),
                     packing=value("packing"), length=value("length"))
     # Paths enter the name as written (made absolute), not their contents: hosts that only read a corpus
-    # prepared elsewhere find it without the source files (`_check_files_unchanged` guards edits).
+    # prepared elsewhere find it without the source files (`tfds_build.check_files_unchanged` guards edits).
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{tokenizer.replace(':', '')}_{settings['packing']}_l{settings['length']}_{digest}"
     return TextConfig(name=name, description=f"{kind} tokenised with {tokenizer}.", **settings)
@@ -381,23 +381,6 @@ def _check_sources(sources: dict[str, RandomAccessSource], cfg: TextConfig, voca
             raise DataError(f"split {split} holds token ids outside [0, {vocab_size})")
 
 
-def _check_files_unchanged(cfg: Any, version_dir: str, paths: list[str] | None = None) -> None:
-    """A prepared corpus whose source files are still here (`paths`, default: those matching `cfg.files`)
-    must have been made from these very files."""
-    if paths is None:
-        paths = _TextBuilder.local_files(cfg)
-    if not paths:  # Prepared elsewhere (or the files were removed): the data stands on its own.
-        return
-    try:
-        with open(os.path.join(version_dir, SOURCES_JSON), encoding="utf-8") as f:
-            recorded = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
-    if describe_files(paths) != recorded:
-        raise DataError(f"the files matching data.files={cfg.files!r} changed since {version_dir} was "
-                        "prepared; delete that directory to prepare them again")
-
-
 def prepare_text(data_config: Any) -> PreparedText:
     """Builds the text corpus `data_config` describes if needed (once per settings) and opens it.
 
@@ -416,7 +399,7 @@ def prepare_text(data_config: Any) -> PreparedText:
     data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
     version_dir = tfds_build.version_dir_of(builder_cls, data_dir, cfg)
     if _is_prepared(version_dir):
-        _check_files_unchanged(cfg, version_dir, builder_cls.local_files(cfg))
+        tfds_build.check_files_unchanged(version_dir, builder_cls.local_files(cfg), cfg.files)
     else:
         if os.path.isdir(version_dir):
             raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")

@@ -9,6 +9,7 @@ a reader never sees half a corpus. A build that fails also removes the empty dir
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,25 @@ import tensorflow_datasets as tfds
 from proseco_jax.config_base import data_directory
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.markov_builder import _exclusive_lock, _is_prepared, _quiet_tfds
+from proseco_jax.data.text_sources import describe_files
+
+SOURCES_JSON = "sources.json"  # A corpus's source files (names and sizes) and its split sizes.
+
+
+def check_files_unchanged(version_dir: str, paths: list[str], files_glob: str) -> None:
+    """DataError unless the source files `paths` (those matching data.files = files_glob) are the ones the
+    corpus in version_dir was prepared from (its SOURCES_JSON). No paths: the corpus was prepared
+    elsewhere (or its files were removed) and stands on its own."""
+    if not paths:
+        return
+    try:
+        with open(os.path.join(version_dir, SOURCES_JSON), encoding="utf-8") as f:
+            recorded = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
+    if describe_files(paths) != recorded:
+        raise DataError(f"the files matching data.files={files_glob!r} changed since {version_dir} was "
+                        "prepared; delete that directory to prepare them again")
 
 
 def created_data_dir(data_dir: str) -> str:
