@@ -1,6 +1,9 @@
-"""The demo on the embedded Markov language: train ProSeCo, then quality against NFE, MDLM vs ProSeCo.
+"""The demo: train ProSeCo, then quality against NFE, MDLM vs ProSeCo, on the embedded Markov language
+or on local text.
 
     python launch/demo.py --workdir=runs/demo [--quick] [--compare_training] [--config.FIELD=VALUE]
+    python launch/demo.py --config=configs/text_files.py --config.data.files='docs/*.txt' \
+        --workdir=runs/text_demo [--evaluator_dir=gpt2] [--quick]
 
 Builds the sparse Markov corpus (first run only), trains a tiny DiT with the ProSeCo objective for 400
 steps (configs/synthetic.py; a rerun resumes from the workdir's checkpoints), samples it with MDLM, ReMDM and
@@ -10,6 +13,12 @@ ProSeCo needs to reach MDLM's best transition error; error and entropy at the ma
 with the tokens the corrector rewrote marked [tA→tB], and the model's validation bits per token against
 the chain's entropy. --compare_training also trains a plain MDLM model (corrector.enabled=False, same
 budget) in WORKDIR/mdlm and adds its rows. --quick is a smoke run of a few minutes at most.
+
+On text (configs/text_files.py: a tiny byte-level DiT on any local text, its own 1200 steps) the same
+steps run on the text grid (`grid.text_grid`); samples are shown as decoded text, MDLM's plain and
+ProSeCo's with every character (or token) the corrector rewrote marked [a→b]; the likelihood section
+sets the validation bits per token against the unigram entropy of the corpus's own training tokens, and
+gen-PPL (the headline's quality figure) is scored under the GPT-2 of --evaluator_dir when given.
 """
 
 import os
@@ -19,7 +28,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from proseco_jax import cli, config_base, train
-from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import datasets
 from proseco_jax.evaluation import report, sweep
 
@@ -34,8 +42,11 @@ _COMPARE = flags.DEFINE_bool("compare_training", False, "Also train plain MDLM w
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row (default 96; quick: 32).",
                                     lower_bound=1)
 _SHOW = flags.DEFINE_integer("show", 3, "Samples printed with the corrector's rewrites marked.")
+_EVALUATOR_DIR = flags.DEFINE_string("evaluator_dir", None, "Text: local Hugging Face GPT-2 directory "
+                                     "(config.json, model.safetensors, tokenizer.json) scoring gen-PPL.")
 
-# Fields set unless given on the command line: the default budget (about 10 minutes on 2 CPU cores) ...
+# Fields set unless given on the command line: the Markov language's budget (about 10 minutes on 2 CPU
+# cores; a text config keeps its own) ...
 _DEMO_FIELDS = {"train.num_steps": 400}
 # ... and --quick, a smoke run (training ~1/7 of that).
 _QUICK_FIELDS = {"train.num_steps": 60, "train.warmup_steps": 10, "train.log_every": 10,
@@ -46,7 +57,8 @@ def _configure(config, num_samples: int) -> None:
     """Applies the demo's fields and one sampling batch per row to the ConfigDict, except where the
     command line set them."""
     given = config_flags.get_override_values(flags.FLAGS["config"])
-    fields = dict(_QUICK_FIELDS if _QUICK.value else _DEMO_FIELDS, **{"sampling.batch_size": num_samples})
+    budget = _QUICK_FIELDS if _QUICK.value else _DEMO_FIELDS if config.data.name == "markov" else {}
+    fields = dict(budget, **{"sampling.batch_size": num_samples})
     for name, value in fields.items():
         if name not in given:
             section, field = name.split(".")
@@ -69,7 +81,7 @@ def main(argv):
     start = time.time()
     config_dict = cli.config_or_fail(_CONFIG)
     num_samples = (32 if _QUICK.value else 96) if _NUM_SAMPLES.value is None else _NUM_SAMPLES.value
-    sweep.check_request(config_dict, num_samples)
+    sweep.check_request(config_dict, num_samples, _EVALUATOR_DIR.value)
     _configure(config_dict, num_samples)
     config = config_base.resolve(config_dict)
     workdir = _WORKDIR.value
@@ -82,14 +94,21 @@ def main(argv):
 
     print(report.banner("sweep: quality against NFE"), flush=True)
     results, outputs = sweep.sweep_workdirs(config, workdir, workdir, num_samples=num_samples,
-                                            quick=_QUICK.value, mdlm_workdir=mdlm_workdir)
-    chain = markov_chain.load_chain(datasets.load(config.data).chain_path)
-    for line in report.correction_lines(results, outputs, chain, config.mask_id, _SHOW.value):
+                                            quick=_QUICK.value, mdlm_workdir=mdlm_workdir,
+                                            evaluator_dir=_EVALUATOR_DIR.value)
+    renderer = sweep.make_scorer(config, datasets.load(config.data))  # shows tokens; scores nothing here
+    if renderer.kind == "text":
+        for line in report.sample_lines(results, outputs, renderer, "mdlm", _SHOW.value):
+            print(line, flush=True)
+    for line in report.correction_lines(results, outputs, renderer, config.mask_id, _SHOW.value):
         print(line, flush=True)
     print(report.banner("likelihood"), flush=True)
-    print(report.bits_line(workdir, "ProSeCo model"), flush=True)
+    unigram = results["data"]["unigram_bits_per_token"]
+    print(f"unigram baseline: the training tokens' own unigram entropy is {unigram:.4f} bits/token "
+          f"({results['data']['unigram_tokens']:,} tokens)", flush=True)
+    print(report.bits_line(workdir, "ProSeCo model", unigram), flush=True)
     if mdlm_workdir:
-        print(report.bits_line(mdlm_workdir, "MDLM model"), flush=True)
+        print(report.bits_line(mdlm_workdir, "MDLM model", unigram), flush=True)
     print(f"\ndemo done in {time.time() - start:.0f} s", flush=True)
 
 

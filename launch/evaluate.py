@@ -6,7 +6,7 @@
 Markov language (`data.name='markov'`): every sample is scored exactly against the chain that generated
 the data (`chain.npz` of the config's corpus, or --chain): transition error, validity, chain NLL and
 perplexity, entropy, and the mean NFE per sample; held-out data scored the same way is written under
-`data`. Text (`data.name='owt'`): generative perplexity under a local Hugging Face GPT-2 directory
+`data`. Text (text_files, owt, text8): generative perplexity under a local Hugging Face GPT-2 directory
 (--evaluator_dir) and unigram entropy, plus MAUVE against --reference samples when the optional
 `mauve-text` package is installed. With --workdir, the model's last validation bits per token is added,
 and --config may be left out (the workdir's config.json is then used).

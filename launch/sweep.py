@@ -2,11 +2,18 @@
 
     python launch/sweep.py --config=configs/synthetic.py --workdir=runs/synthetic [--num_samples=128] \
         [--output_dir=DIR] [--mdlm_workdir=runs/synthetic_mdlm] [--quick]
+    python launch/sweep.py --config=configs/text_files.py --workdir=runs/text --evaluator_dir=gpt2 \
+        --config.data.files='docs/*.txt' [--num_samples=64] [--quick]
 
-Rows: MDLM over T in {4, 8, 16, 32, 64}, ReMDM at two T, ProSeCo with (S, omega) in {(1, 1), (2, 1),
-(2, 2)} over T in {4, 8, 16, 32}, and the `max` preset; each scored against the Markov chain, held-out data as
-the reference. Writes OUTPUT_DIR/results.json (data, rows, headline) and OUTPUT_DIR/quality_vs_nfe.png,
-and prints the table and the headline (NFE ProSeCo needs to reach MDLM's best transition error; error and
+The corpus picks how rows are scored. Markov language: MDLM over T in {4, 8, 16, 32, 64}, ReMDM at two
+T, ProSeCo with (S, omega) in {(1, 1), (2, 1), (2, 2)} over T in {4, 8, 16, 32}, and the `max` preset,
+each scored against the chain. Text (text_files, owt, text8): MDLM, ReMDM and ProSeCo (omega = 1, S in
+{1, 2}) at T in {L/8, L/4, L/2, L} (the paper's 128..1024 at L = 1024; fewer rows below L = 512), and
+the `max` preset, each scored by gen-PPL under the local Hugging Face GPT-2 of --evaluator_dir (the
+decoded text retokenized), the mean per-sample unigram entropy of the token ids, and MAUVE when
+`mauve-text` is installed. Held-out data scored the same way is the reference. Writes
+OUTPUT_DIR/results.json (data, rows, headline) and OUTPUT_DIR/quality_vs_nfe.png, and prints the table
+and the headline (NFE ProSeCo needs to reach MDLM's best transition error or gen-PPL; that figure and
 entropy at the max preset). --mdlm_workdir adds the MDLM rows of a model trained without the corrector.
 """
 
@@ -23,18 +30,24 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results.json and th
 _MDLM_WORKDIR = flags.DEFINE_string("mdlm_workdir", None, "Workdir of the same model trained as plain MDLM "
                                     "(corrector.enabled=False): adds its MDLM rows.")
 _QUICK = flags.DEFINE_bool("quick", False, "A few rows only (MDLM and ProSeCo at two T, the max preset).")
+_EVALUATOR_DIR = flags.DEFINE_string("evaluator_dir", None, "Text: local Hugging Face GPT-2 directory "
+                                     "(config.json, model.safetensors, tokenizer.json) scoring gen-PPL.")
+_NUM_DATA = flags.DEFINE_integer("num_data", None, "Held-out sequences scored as the data reference "
+                                 "(default: 1000 for the Markov language, --num_samples for text).",
+                                 lower_bound=1)
 
 
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config_dict = cli.config_or_fail(_CONFIG)
-    sweep.check_request(config_dict, _NUM_SAMPLES.value)
+    sweep.check_request(config_dict, _NUM_SAMPLES.value, _EVALUATOR_DIR.value, need_evaluator=True)
     if "sampling.batch_size" not in config_flags.get_override_values(flags.FLAGS["config"]):
         config_dict.sampling.batch_size = _NUM_SAMPLES.value  # one compiled call per row
     output_dir = _OUTPUT_DIR.value or _WORKDIR.value
     sweep.sweep_workdirs(config_base.resolve(config_dict), _WORKDIR.value, output_dir,
-                         num_samples=_NUM_SAMPLES.value, quick=_QUICK.value, mdlm_workdir=_MDLM_WORKDIR.value)
+                         num_samples=_NUM_SAMPLES.value, quick=_QUICK.value, mdlm_workdir=_MDLM_WORKDIR.value,
+                         num_data=_NUM_DATA.value, evaluator_dir=_EVALUATOR_DIR.value)
 
 
 if __name__ == "__main__":

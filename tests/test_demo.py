@@ -1,6 +1,7 @@
-"""The sweep and the demo: `launch/demo.py --quick` end to end (results.json and the PNG), the notebook,
-the one-line errors of the demo and sweep binaries, and the pure pieces the sweep is made of: the grid of
-settings, the headline claims, the corrections read from a history and the report."""
+"""The sweep and the demo on the Markov language: `launch/demo.py --quick` end to end (results.json and the
+PNG), the notebook, the one-line errors of the demo and sweep binaries, and the pure pieces the sweep is
+made of: the grid of settings, the headline claims, the corrections read from a history and the report.
+Text: tests/test_text_sweep.py."""
 
 import json
 import math
@@ -82,21 +83,21 @@ def test_notebook_executes_with_tiny_settings(tmp_path, monkeypatch):
 
 def test_demo_and_sweep_report_bad_input_in_one_line_with_exit_code_2(tmp_path):
     demo = run_binary("demo.py", f"--workdir={tmp_path / 'demo'}", "--config.data.name=text_files",
-                      "--config.data.vocab_size=259")
-    assert_usage_error(demo, "data.name='markov'")
+                      "--config.data.vocab_size=259", f"--evaluator_dir={tmp_path / 'absent'}")
+    assert_usage_error(demo, "is not a directory")
     assert not (tmp_path / "demo").exists()  # rejected before training
     swept = run_binary("sweep.py", f"--config={CONFIG}", f"--workdir={tmp_path}", "--num_samples=0")
     assert_usage_error(swept, "num_samples")
 
 
-@pytest.mark.parametrize("override, num_samples, message",
-                         [("--config.data.name=text_files", 8, "data.name='markov'"),
-                          ("", 0, "must be positive")])
-def test_sweep_rejects_other_data_and_no_samples_before_any_work(tmp_path, override, num_samples, message):
-    extra = [override, "--config.data.vocab_size=259"] if override else []  # 259: the bytes tokenizer
-    config = config_base.resolve(tiny_config(f"--config.data.data_dir={tmp_path / 'data'}", *extra))
+@pytest.mark.parametrize("evaluator, num_samples, message",
+                         [(True, 8, "scored against its chain"), (False, 0, "must be positive")])
+def test_sweep_rejects_an_evaluator_for_markov_and_no_samples_before_any_work(tmp_path, evaluator,
+                                                                              num_samples, message):
+    config = config_base.resolve(tiny_config(f"--config.data.data_dir={tmp_path / 'data'}"))
     with pytest.raises(UsageError, match=message):
-        sweep.sweep_workdirs(config, str(tmp_path / "work"), str(tmp_path / "out"), num_samples=num_samples)
+        sweep.sweep_workdirs(config, str(tmp_path / "work"), str(tmp_path / "out"), num_samples=num_samples,
+                             evaluator_dir=str(tmp_path) if evaluator else None)
     assert not os.listdir(tmp_path)  # no corpus built, nothing written
 
 
@@ -175,7 +176,7 @@ def test_headline_reports_a_bar_not_met_when_no_proseco_row_reaches_mdlm():
                             baseline="mdlm (MDLM-trained)")
     assert other["baseline_best"]["transition_error"] == 0.03 and other["method_match"]["nfe"] == 12.0
     assert headline.lines(headline.claims(rows[:1], DATA)) == ["headline: needs rows of both 'mdlm' and "
-                                                               "'proseco'"]
+                                                               "'proseco' with 'transition_error'"]
 
 
 M = 9  # [MASK] of the history tests

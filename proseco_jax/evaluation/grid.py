@@ -2,10 +2,11 @@
 
 A `Setting` is a family label (its curve in the plot) and the config's `sampling` section with the
 sampler, T steps, S corrector steps and omega changed (`Sampling.replace`); every other sampling field is
-the config's. Each row draws `num_samples` sequences and scores them against the Markov chain
-(`chain.markov_metrics`) next to their mean NFE per sample, the x-axis of the paper's figures, and what
-the corrector rewrote (`scoring.rewrite_scores`). The NFE bound per sample is `Sampling.max_nfe`,
-T + S ceil(T / omega).
+the config's. Each row draws `num_samples` sequences and scores them with the sweep's scorer
+(`scoring.MarkovScorer`: against the Markov chain; `scoring.TextScorer`: gen-PPL, entropy, MAUVE) next to
+their mean NFE per sample, the x-axis of the paper's figures, and what the corrector rewrote. The NFE
+bound per sample is `Sampling.max_nfe`, T + S ceil(T / omega). The grids: `default_grid` for the Markov
+language's short sequences, `text_grid` for text (the paper's OpenWebText grid, scaled to the length).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from proseco_jax import config_base
-from proseco_jax.data import chain as markov_chain
 from proseco_jax.evaluation import report, scoring
 
 Row = dict[str, Any]
@@ -73,10 +73,41 @@ def default_grid(base: config_base.Sampling, length: int, *, quick: bool = False
     return grid + [preset_setting(base, "max")]
 
 
-def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
-    """The MDLM settings of `default_grid`, for a second, MDLM-trained model."""
+def text_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
+    """The sweep for text models of sequences of `length` tokens, every setting built from `base`.
+
+    The paper's OpenWebText comparison scaled to the length: T in {L/8, L/4, L/2, L} (128..1024 at
+    L = 1024). For L >= 512, MDLM, ReMDM and ProSeCo with the corrector after every unmasking step
+    (omega = 1, as the reference's evaluation runs it) and S in {1, 2}, all at every T, and the `max`
+    preset: 17 rows. Shorter sequences get a smaller grid: MDLM at every T, ReMDM at L/8 and L/2,
+    ProSeCo (S = 1 and 2, omega = 1) at L/8, L/4, L/2, and the `max` preset: 13 rows. `quick` keeps five:
+    MDLM and ProSeCo (S = 2, omega = 1) at L/8 and L/2, and the `max` preset.
+    """
+    steps = sorted({max(1, length // d) for d in (8, 4, 2, 1)})
+    if quick:
+        pair = sorted({steps[0], steps[-2] if len(steps) > 1 else steps[0]})
+        grid = [setting(base, "MDLM", "mdlm", t) for t in pair]
+        grid += [setting(base, "ProSeCo S=2 ω=1", "proseco", t, 2, 1) for t in pair]
+        return grid + [preset_setting(base, "max")]
+    long = length >= 512
+    remdm_steps = steps if long else sorted({steps[0], steps[-2] if len(steps) > 1 else steps[0]})
+    corrected_steps = steps if long else (steps[:-1] or steps)
+    grid = [setting(base, "MDLM", "mdlm", t) for t in steps]
+    grid += [setting(base, "ReMDM", "remdm", t) for t in remdm_steps]
+    for corrector_steps in (1, 2):
+        family = f"ProSeCo S={corrector_steps} ω=1"
+        grid += [setting(base, family, "proseco", t, corrector_steps, 1) for t in corrected_steps]
+    return grid + [preset_setting(base, "max")]
+
+
+GRIDS = {"markov": default_grid, "text": text_grid}  # by `Scorer.kind`
+
+
+def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False,
+              kind: str = "markov") -> list[Setting]:
+    """The MDLM settings of the `kind` grid (`GRIDS`), for a second, MDLM-trained model."""
     return [dataclasses.replace(s, family="MDLM (MDLM-trained)")
-            for s in default_grid(base, length, quick=quick) if s.sampling.sampler == "mdlm"]
+            for s in GRIDS[kind](base, length, quick=quick) if s.sampling.sampler == "mdlm"]
 
 
 def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: bool = False,
@@ -93,9 +124,12 @@ def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: 
     return out
 
 
-def evaluate_setting(loaded: Any, setting: Setting, chain: markov_chain.MarkovChain, num_samples: int, *,
+def evaluate_setting(loaded: Any, setting: Setting, scorer: scoring.Scorer, num_samples: int, *,
                      sampler_label: str | None = None) -> tuple[Row, dict[str, np.ndarray]]:
-    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples)."""
+    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples).
+
+    scorer: a `scoring.Scorer` (a `MarkovChain` is scored as its `MarkovScorer`)."""
+    scorer = scoring.as_scorer(scorer)
     start = time.time()
     out = sample_setting(loaded, setting, num_samples, history=True)
     run = setting.applied
@@ -108,14 +142,14 @@ def evaluate_setting(loaded: Any, setting: Setting, chain: markov_chain.MarkovCh
         "preset": setting.sampling.preset,
     }
     row.update(scoring.nfe_means(out))
-    row.update(markov_chain.markov_metrics(out["tokens"], chain))
-    row.update(scoring.rewrite_scores(out["history"], chain, loaded.config.mask_id))
+    row.update(scorer.score(out["tokens"]))
+    row.update(scorer.rewrites(out["history"], loaded.config.mask_id))
     row["num_samples"] = int(out["tokens"].shape[0])
     row["seconds"] = time.time() - start
     return row, out
 
 
-def run_sweep(loaded: Any, grid: Sequence[Setting], chain: markov_chain.MarkovChain, num_samples: int, *,
+def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: scoring.Scorer, num_samples: int, *,
               sampler_label: str | None = None, workers: int = 2,
               progress: Callable[[str], None] | None = print,
               stop: Callable[[], bool] | None = None,
@@ -125,13 +159,16 @@ def run_sweep(loaded: Any, grid: Sequence[Setting], chain: markov_chain.MarkovCh
     Every setting compiles its own sampler, and XLA compiles on one core: `workers` threads let one
     setting compile while another samples. Rows come back in grid order and do not depend on `workers`.
     Once `stop()` is true no further setting starts: the rows finished by then come back.
+    scorer: a `scoring.Scorer` (a `MarkovChain` is scored as its `MarkovScorer`).
     """
+    scorer = scoring.as_scorer(scorer)
+
     def one(i: int) -> tuple[Row, dict[str, np.ndarray]] | None:
         if stop is not None and stop():
             return None
-        row, out = evaluate_setting(loaded, grid[i], chain, num_samples, sampler_label=sampler_label)
+        row, out = evaluate_setting(loaded, grid[i], scorer, num_samples, sampler_label=sampler_label)
         if progress is not None:
-            progress(f"[{i + 1}/{len(grid)}] {report.row_summary(row)}")
+            progress(f"[{i + 1}/{len(grid)}] {report.row_summary(row, scorer)}")
         return row, out
 
     # Longest first (by the NFE bound), so no long row runs alone at the end.

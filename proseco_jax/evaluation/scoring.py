@@ -7,15 +7,22 @@ chain's exact entropy per token next to it). Text: generative perplexity under a
 (`text_metrics.token_nll`), unigram entropy, and MAUVE against reference samples when `mauve-text` is
 installed. Bad input (a missing or malformed file, ids outside the vocabulary, an evaluator that does
 not load) is a `UsageError` with one line naming the file and the sample.
+
+A sweep scores its rows through one strategy chosen by the corpus (`make_scorer`): `MarkovScorer` (exact,
+against the chain) or `TextScorer` (gen-PPL under an evaluator GPT-2, MDLM's entropy of the token ids,
+MAUVE when installed). Both score token arrays [N, L], give the held-out data's figures as the reference
+row, count what a corrector rewrote, and render tokens for the marked samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -111,6 +118,13 @@ class Evaluator:
     config: Any
     encode: Callable[[str], list[int]] | None
 
+    @functools.cached_property
+    def logits_fn(self) -> Callable[..., Any]:
+        """`gpt2.apply_fn` of the module, one function object per evaluator (so its programs are reused)."""
+        from proseco_jax.evaluation import gpt2
+
+        return gpt2.apply_fn(self.module)
+
 
 def load_evaluator(directory: str) -> Evaluator:
     """The GPT-2 of a local Hugging Face directory, with its tokenizer.json when `tokenizers` is installed."""
@@ -155,11 +169,11 @@ def _text_sequences(records: Sequence[Record], source: str, evaluator: Evaluator
 def _score_text_records(records: Sequence[Record], source: str, evaluator: Evaluator, length: int
                         ) -> tuple[Record, list[np.ndarray]]:
     """(gen-PPL, scored tokens, entropy, count) of records cut to `length` evaluator tokens; the ids."""
-    from proseco_jax.evaluation import gpt2, text_metrics
+    from proseco_jax.evaluation import text_metrics
 
     sequences = [s[:length] for s in _text_sequences(records, source, evaluator)]
     cfg = evaluator.config
-    total, count = text_metrics.token_nll(sequences, gpt2.apply_fn(evaluator.module), evaluator.params,
+    total, count = text_metrics.token_nll(sequences, evaluator.logits_fn, evaluator.params,
                                           cfg.n_positions, cfg.eos_token_id)
     if count == 0:
         raise UsageError(f"{source}: no token to score (every sample is shorter than two tokens)")
@@ -217,3 +231,193 @@ def rewrite_scores(history: np.ndarray, chain: markov_chain.MarkovChain, mask_id
     first, changed = corrections(history, mask_id)
     return {"rewritten": float(changed.sum(axis=1).mean()),
             "transition_error_first_decoded": markov_chain.forbidden_count(first, chain) / first[:, 1:].size}
+
+
+def unigram_bits(token_arrays: Iterable[np.ndarray]) -> tuple[float, int]:
+    """Entropy in bits per token of the unigram distribution of all the tokens given, and their count.
+
+    The figure a model that ignores context reaches: -sum_v p(v) log2 p(v), p the tokens' frequencies.
+    """
+    counts = np.zeros(0, np.int64)
+    for tokens in token_arrays:
+        hist = np.bincount(np.asarray(tokens, np.int64).reshape(-1))
+        if hist.size > counts.size:
+            counts = np.concatenate([counts, np.zeros(hist.size - counts.size, np.int64)])
+        counts[: hist.size] += hist
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("unigram_bits needs at least one token")
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum()), total
+
+
+def split_tokens(source: Any, max_sequences: int | None = None, chunk: int = 1024) -> Iterable[np.ndarray]:
+    """The real tokens (padding left out where the items carry a `mask`) of the first `max_sequences`
+    items of a random-access split, one int array [L'] per item, read `chunk` items at a time."""
+    num = len(source) if max_sequences is None else min(int(max_sequences), len(source))
+    many = getattr(source, "__getitems__", None)
+    for start in range(0, num, chunk):
+        indices = range(start, min(start + chunk, num))
+        items = many(list(indices)) if many is not None else [source[i] for i in indices]
+        for item in items:
+            tokens = np.asarray(item["tokens"])
+            mask = item.get("mask") if isinstance(item, Mapping) else None
+            yield tokens[np.asarray(mask) > 0] if mask is not None else tokens
+
+
+class Scorer(Protocol):
+    """How a sweep scores token arrays of one corpus (see the module docstring)."""
+
+    kind: str  # "markov" | "text": written to results.json
+    quality: str  # the row key of the quality figure (lower is better) the headline and the plot read
+    quality_label: str  # that figure in words
+    separator: str  # between the rendered tokens of a sample
+    mark_legend: str  # how to read a marked sample
+    columns: tuple[tuple[str, str, str], ...]  # (row key, header, format) of the table
+
+    def reference(self, tokens: np.ndarray) -> Record: ...  # held-out data int [N, L] -> the data row
+    def score(self, tokens: np.ndarray) -> Record: ...  # samples int [N, L] -> the row's metrics
+    def rewrites(self, history: np.ndarray, mask_id: int) -> Record: ...  # history [T, N, L]
+    def render(self, token: int) -> str: ...  # one token as the marked samples show it
+    def mark(self, first: int, final: int) -> str: ...  # a rewritten token
+    def sample_note(self, first: np.ndarray, final: np.ndarray) -> str: ...  # per marked sample, or ""
+    def summary(self, row: Record) -> str: ...  # the row's metrics on one line
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovScorer:
+    """Exact scores against the chain that generated the data: transition error is the quality figure.
+    (Rendering tokens and rows needs no chain: `MarkovScorer()` does that.)"""
+
+    chain: markov_chain.MarkovChain | None = None
+    kind = "markov"
+    quality = "transition_error"
+    quality_label = "transition error (fraction forbidden)"
+    separator = " "  # between the rendered tokens of a sample
+    mark_legend = "[tA→tB] was decoded as tA and rewritten by the corrector to tB"
+    columns = (("transition_error", "trans.err", ".4f"), ("validity", "valid", ".3f"),
+               ("chain_nll", "chainNLL", ".4f"), ("entropy", "entropy", ".3f"))
+
+    def reference(self, tokens: np.ndarray) -> Record:
+        return data_reference(tokens, self.chain, int(tokens.shape[1]))
+
+    def score(self, tokens: np.ndarray) -> Record:
+        return markov_chain.markov_metrics(tokens, self.chain)
+
+    def rewrites(self, history: np.ndarray, mask_id: int) -> Record:
+        return rewrite_scores(history, self.chain, mask_id)
+
+    def render(self, token: int) -> str:
+        return f"t{token}"
+
+    def mark(self, first: int, final: int) -> str:
+        return f"[t{first}→t{final}]"
+
+    def sample_note(self, first: np.ndarray, final: np.ndarray) -> str:
+        before = markov_chain.forbidden_count(first, self.chain)
+        after = markov_chain.forbidden_count(final, self.chain)
+        return f"forbidden transitions: {before} as first decoded, {after} after correction"
+
+    def summary(self, row: Record) -> str:
+        first = row.get("transition_error_first_decoded", row["transition_error"])
+        return (f"transition error {row['transition_error']:.4f} (as first decoded {first:.4f}) | "
+                f"entropy {row['entropy']:.3f}")
+
+
+_VISIBLE = {"\n": "⏎", "\t": "⇥", " ": "␣", "": "∅"}
+
+
+class TextScorer:
+    """Text samples: decoded with the corpus's tokenizer, gen-PPL under an evaluator GPT-2 (when one is
+    given) of that text retokenized and cut to `max_length` evaluator tokens (MDLM's rule), entropy as
+    MDLM computes it (the mean per-sample unigram entropy of the generated token ids, nats), and MAUVE
+    against the held-out data's features when `mauve-text` is installed. Gen-PPL is the quality figure."""
+
+    kind = "text"
+    quality = "gen_ppl"
+    quality_label = "gen-PPL under the evaluator"
+    separator = ""
+    mark_legend = ("[a→b] was decoded as a and rewritten by the corrector to b (⏎ newline, ␣ space, "
+                   "∅ nothing)")
+    columns = (("gen_ppl", "gen-PPL", ".2f"), ("mauve", "MAUVE", ".3f"), ("entropy", "entropy", ".3f"))
+
+    def __init__(self, tokenizer: Any, evaluator: Evaluator | None, max_length: int):
+        self.tokenizer = tokenizer
+        self.evaluator = evaluator
+        self.max_length = max_length
+        self._reference_features: np.ndarray | None = None
+        self._specials = {tokenizer.bos_id: "⟨bos⟩", tokenizer.eos_id: "⟨eos⟩", tokenizer.pad_id: "⟨pad⟩"}
+        self._specials.pop(None, None)
+
+    def texts(self, tokens: np.ndarray) -> list[str]:
+        """The decoded text of each sample of tokens int [N, L] (special ids left out)."""
+        return [self.tokenizer.decode(row.tolist()) for row in np.asarray(tokens)]
+
+    def _scores(self, tokens: np.ndarray, source: str) -> tuple[Record, np.ndarray | None]:
+        from proseco_jax.evaluation import text_metrics
+
+        tokens = np.asarray(tokens)
+        row: Record = {"entropy": text_metrics.unigram_entropy(tokens), "num_samples": int(tokens.shape[0])}
+        if self.evaluator is None:
+            return row, None
+        records = [{"tokens": t.tolist(), "text": text} for t, text in zip(tokens, self.texts(tokens))]
+        scores, sequences = _score_text_records(records, source, self.evaluator, self.max_length)
+        row.update(gen_ppl=scores["gen_ppl"], scored_tokens=scores["scored_tokens"])
+        features = None
+        if importlib.util.find_spec("mauve") is not None and all(len(s) for s in sequences):
+            from proseco_jax.evaluation import gpt2
+
+            hidden = gpt2.apply_fn(self.evaluator.module, return_hidden=True)
+            features = text_metrics.last_token_features(sequences, hidden, self.evaluator.params,
+                                                        self.evaluator.config.n_positions)
+        return row, features
+
+    def reference(self, tokens: np.ndarray) -> Record:
+        row, self._reference_features = self._scores(tokens, "held-out data")
+        return row
+
+    def score(self, tokens: np.ndarray) -> Record:
+        from proseco_jax.evaluation import text_metrics
+
+        row, features = self._scores(tokens, "samples")
+        if features is not None and self._reference_features is not None:
+            row["mauve"] = text_metrics.mauve_score(self._reference_features, features)
+        return row
+
+    def rewrites(self, history: np.ndarray, mask_id: int) -> Record:
+        _, changed = corrections(history, mask_id)
+        return {"rewritten": float(changed.sum(axis=-1).mean())}
+
+    def render(self, token: int) -> str:
+        token = int(token)
+        return self._specials.get(token) or self.tokenizer.decode([token])
+
+    def mark(self, first: int, final: int) -> str:
+        shown = [self.render(t) for t in (first, final)]
+        return "[{}→{}]".format(*(_VISIBLE.get(s) or s.replace("\n", "⏎") for s in shown))
+
+    def sample_note(self, first: np.ndarray, final: np.ndarray) -> str:
+        return ""
+
+    def summary(self, row: Record) -> str:
+        ppl = f"gen-PPL {row['gen_ppl']:.2f} | " if row.get("gen_ppl") is not None else ""
+        mauve = f"MAUVE {row['mauve']:.3f} | " if row.get("mauve") is not None else ""
+        return f"{ppl}{mauve}entropy {row['entropy']:.3f}"
+
+
+def text_scorer(tokenizer: Any, evaluator_dir: str | None, max_length: int) -> TextScorer:
+    """A `TextScorer` for samples of the corpus's `tokenizer`, with the GPT-2 of `evaluator_dir` if given.
+
+    An evaluator without a tokenizer of its own (no tokenizer.json, or `tokenizers` missing) can only
+    score GPT-2 ids: for another corpus tokenizer that is a UsageError.
+    """
+    evaluator = load_evaluator(evaluator_dir) if evaluator_dir else None
+    if evaluator is not None and evaluator.encode is None and tokenizer.name != "gpt2":
+        raise UsageError(f"the evaluator in {evaluator_dir} has no tokenizer.json (or `tokenizers` is not "
+                         f"installed) to retokenize text of the {tokenizer.name!r} tokenizer")
+    return TextScorer(tokenizer, evaluator, max_length)
+
+
+def as_scorer(scorer: Any) -> Any:
+    """A scorer as is; a `MarkovChain` as the `MarkovScorer` of that chain."""
+    return MarkovScorer(scorer) if isinstance(scorer, markov_chain.MarkovChain) else scorer

@@ -1,5 +1,6 @@
-"""The sweep of a trained workdir: the grid of samplers (`grid`), scored against the Markov chain with
-held-out data as the reference (`scoring`), the paper's claims read off the rows (`headline`), and
+"""The sweep of a trained workdir: the grid of samplers (`grid`), each row scored by the corpus's scorer
+(`scoring.make_scorer`: against the Markov chain, or gen-PPL / entropy / MAUVE for text) with held-out
+data scored the same way as the reference, the paper's claims read off the rows (`headline`), and
 `results.json` with its plot (`report`).
 """
 
@@ -17,67 +18,108 @@ from proseco_jax.evaluation import grid, headline, report, scoring
 from proseco_jax.stopping import StopRequest
 
 MDLM_TRAINED = "mdlm (MDLM-trained)"  # the sampler label of the rows of a model trained without corrector
+UNIGRAM_SEQUENCES = 50_000  # training sequences read for the unigram baseline (all of a small corpus)
 
 
-def check_request(config: Any, num_samples: int) -> None:
+def check_request(config: Any, num_samples: int, evaluator_dir: str | None = None, *,
+                  need_evaluator: bool = False) -> None:
     """Raises UsageError unless a sweep of `num_samples` per row can run on `config` (a `Config` or the
-    ConfigDict a binary is about to fill with `num_samples`), before any work."""
-    if config.data.name != "markov":
-        raise UsageError("the sweep scores samples against the Markov chain (data.name='markov'), got "
-                         f"{config.data.name!r}")
+    ConfigDict a binary is about to fill with `num_samples`), before any work.
+
+    Text corpora are scored under the GPT-2 of `evaluator_dir` (`need_evaluator`: it must be given);
+    the Markov language is scored against its chain and takes no evaluator.
+    """
     if num_samples < 1:
         raise UsageError(f"the number of samples per row must be positive, got {num_samples}")
+    if config.data.name == "markov":
+        if evaluator_dir:
+            raise UsageError("--evaluator_dir scores text; the Markov language (data.name='markov') is "
+                             "scored against its chain")
+        return
+    if evaluator_dir and not os.path.isdir(evaluator_dir):
+        raise UsageError(f"--evaluator_dir {evaluator_dir} is not a directory (a local Hugging Face GPT-2: "
+                         "config.json, model.safetensors, tokenizer.json)")
+    if need_evaluator and not evaluator_dir:
+        raise UsageError(f"a sweep of text (data.name={config.data.name!r}) scores gen-PPL under an "
+                         "evaluator: pass --evaluator_dir, a local Hugging Face GPT-2 directory")
+
+
+def make_scorer(config: config_base.Config, data: Any, evaluator_dir: str | None = None) -> scoring.Scorer:
+    """The scorer of the corpus `data` (`datasets.load(config.data)`): its chain, or its tokenizer and
+    the evaluator of `evaluator_dir` (gen-PPL of at most data.length evaluator tokens per sample)."""
+    if config.data.name == "markov":
+        from proseco_jax.data import chain as markov_chain
+
+        return scoring.MarkovScorer(markov_chain.load_chain(data.chain_path))
+    return scoring.text_scorer(data.tokenizer, evaluator_dir, config.data.length)
+
+
+def data_reference(scorer: scoring.Scorer, data: Any, num_data: int) -> dict[str, Any]:
+    """The held-out reference row (the first `num_data` validation sequences scored by `scorer`) with
+    the unigram entropy of the training tokens in bits per token (`unigram_bits_per_token`, over at
+    most UNIGRAM_SEQUENCES sequences, `unigram_tokens` of them)."""
+    reference = scorer.reference(scoring.held_out_tokens(data.sources["validation"], num_data))
+    bits, count = scoring.unigram_bits(scoring.split_tokens(data.sources["train"], UNIGRAM_SEQUENCES))
+    reference.update(unigram_bits_per_token=bits, unigram_tokens=count)
+    return reference
 
 
 def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: int, quick: bool = False,
-                   mdlm_workdir: str | None = None, num_data: int = 1000,
-                   progress: Callable[[str], None] = print
+                   mdlm_workdir: str | None = None, num_data: int | None = None,
+                   evaluator_dir: str | None = None, progress: Callable[[str], None] = print,
                    ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """The whole sweep of a trained workdir: rows, data reference, headline, results.json and the PNG.
 
+    The corpus picks the scorer and the grid: the Markov language is scored against its chain
+    (`grid.default_grid`); text by gen-PPL under the GPT-2 of `evaluator_dir` (without one: entropy
+    only, and no headline), entropy and MAUVE (`grid.text_grid`). `num_data` held-out sequences are the
+    reference (default: 1000 for the Markov language, `num_samples` for text, whose scoring is costlier).
     `mdlm_workdir` (a model of the same config trained with corrector.enabled=False) adds its MDLM rows
     under sampler "mdlm (MDLM-trained)" and a second headline against them (`headline["vs_mdlm_trained"]`).
     Writes output_dir/results.json and output_dir/quality_vs_nfe.png; returns (the results, the samples
     of each row: tokens [N, L], history [T, N, L], NFE counts).
     """
     from proseco_jax import inference
-    from proseco_jax.data import chain as markov_chain
     from proseco_jax.data import datasets
 
     config = config_base.resolve(config)
-    check_request(config, num_samples)
+    check_request(config, num_samples, evaluator_dir)
     checkpoint.ensure_writable(output_dir, "output directory")
     data = datasets.load(config.data)
-    chain = markov_chain.load_chain(data.chain_path)
+    scorer = make_scorer(config, data, evaluator_dir)
+    if num_data is None:
+        num_data = 1000 if scorer.kind == "markov" else num_samples
     length = config.data.length
-    reference = scoring.data_reference(scoring.held_out_tokens(data.sources["validation"], num_data), chain,
-                                       length)
-    progress(report.data_summary(reference))
+    reference = data_reference(scorer, data, num_data)
+    progress(report.data_summary(reference, scorer))
     loaded = inference.load_model(config, workdir)
     progress(f"sampling the model of {workdir} (step {loaded.step}): {num_samples} samples per row")
-    settings = grid.default_grid(config.sampling, length, quick=quick)
+    settings = grid.GRIDS[scorer.kind](config.sampling, length, quick=quick)
     with StopRequest("the rows being sampled") as stop:
-        rows, outputs = grid.run_sweep(loaded, settings, chain, num_samples, progress=progress,
+        rows, outputs = grid.run_sweep(loaded, settings, scorer, num_samples, progress=progress,
                                        stop=lambda: stop.requested)
-    head = headline.claims(rows, reference)
+    head = headline.claims(rows, reference, quality=scorer.quality)
     if mdlm_workdir and not stop.requested:
         mdlm_model = inference.load_model(config, mdlm_workdir)
         progress(f"sampling the MDLM-trained model of {mdlm_workdir} (step {mdlm_model.step})")
-        mdlm_settings = grid.mdlm_grid(config.sampling, length, quick=quick)
-        more_rows, more_outputs = grid.run_sweep(mdlm_model, mdlm_settings, chain, num_samples,
+        mdlm_settings = grid.mdlm_grid(config.sampling, length, quick=quick, kind=scorer.kind)
+        more_rows, more_outputs = grid.run_sweep(mdlm_model, mdlm_settings, scorer, num_samples,
                                                  sampler_label=MDLM_TRAINED, progress=progress)
         rows, outputs = rows + more_rows, outputs + more_outputs
-        head["vs_mdlm_trained"] = headline.claims(rows, reference, baseline=MDLM_TRAINED)
-    results = {"data": reference, "rows": rows, "headline": head,
-               "model": {"workdir": os.path.abspath(workdir), "step": loaded.step,
-                         **report.validation_bits(workdir)}}
+        head["vs_mdlm_trained"] = headline.claims(rows, reference, baseline=MDLM_TRAINED,
+                                                  quality=scorer.quality)
+    results = {"scorer": scorer.kind, "quality": scorer.quality, "data": reference, "rows": rows,
+               "headline": head, "model": {"workdir": os.path.abspath(workdir), "step": loaded.step,
+                                           **report.validation_bits(workdir)}}
+    if scorer.kind == "text":
+        results["evaluator_dir"] = os.path.abspath(evaluator_dir) if evaluator_dir else None
     if stop.requested:  # Keep what was sampled: the rows finished before the stop.
         results["interrupted"] = f"{len(rows)} of {len(settings)} rows"
     json_path = os.path.join(output_dir, "results.json")
     png_path = os.path.join(output_dir, "quality_vs_nfe.png")
     report.write_json(json_path, results)
     report.plot(results, png_path)
-    progress(report.format_table(rows, reference))
+    progress(report.format_table(rows, reference, scorer))
     for line in headline.lines(head) + (headline.lines(head["vs_mdlm_trained"]) if mdlm_workdir else []):
         progress(line)
     progress(f"wrote {json_path} and {png_path}")

@@ -14,6 +14,7 @@ package.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -74,6 +75,20 @@ def _batches(ids: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray
         yield rows, batch
 
 
+@functools.lru_cache(maxsize=8)
+def _chunk_nll_program(logits_fn: ApplyFn) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """The jitted NLL of every next token of chunks, one per evaluator function (reused across calls):
+    (params, ids int [B, C], mask [B, C]) -> NLL [B, C-1]."""
+
+    @jax.jit
+    def chunk_nll(params: Any, batch: jax.Array, mask: jax.Array) -> jax.Array:
+        logits = logits_fn(params, batch, mask)[:, :-1].astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1)[..., 0]
+
+    return chunk_nll
+
+
 def token_nll(
     sequences: Sequence[np.ndarray],
     logits_fn: ApplyFn,
@@ -90,6 +105,10 @@ def token_nll(
     ids, lengths = _chunks(sequences, context_length)
     if ids.shape[0] == 0 or ids.shape[1] < 2:
         return 0.0, 0
+    # Chunks padded on the right to a power of two (at most C): few shapes, so few compiled programs;
+    # causal attention keeps the real positions' logits unchanged.
+    width = min(context_length, max(16, 1 << (ids.shape[1] - 1).bit_length()))
+    ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
     positions = np.arange(ids.shape[1])
     real = positions[None, :] < lengths[:, None]  # [M, C]
     scored = real.copy()
@@ -97,13 +116,7 @@ def token_nll(
         is_eos = (ids == eos_token_id) & real
         scored &= ~is_eos | (np.cumsum(is_eos, axis=1) == 1)
     scored[:, 0] = False
-
-    @jax.jit
-    def chunk_nll(params: Any, batch: jax.Array, mask: jax.Array) -> jax.Array:  # -> [B, C-1]
-        logits = logits_fn(params, batch, mask)[:, :-1].astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1)[..., 0]
-
+    chunk_nll = _chunk_nll_program(logits_fn)
     total, row = 0.0, 0
     for rows, batch in _batches(ids, batch_size):
         mask = np.zeros(batch.shape, dtype=np.int32)
