@@ -24,7 +24,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference, samples_io, stopping
+from proseco_jax import cli, config_base, inference, samples_io
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import code_eval
 
@@ -78,21 +78,8 @@ def sample_problems(problems: list[code_eval.Problem], path: str, primary: bool,
                for p in problems]
     run = inference.prepare_prompts(config, tokenizer, records, chat=_CHAT.value,
                                     gen_length=_GEN_LENGTH.value, samples_per_prompt=_NUM_SAMPLES.value)
-    total = len(problems) * _NUM_SAMPLES.value
-    done = samples_io.prepare_output(path, resume=_RESUME.value) if primary else 0
-    if primary and done:
-        run.check_written(samples_io.read_jsonl(path), path)
-    done = stopping.agreed_value(done)
-    if done >= total:
-        say(f"{path} already holds the {total} samples", flush=True)
-        return True
-    loaded = inference.load_model(config, _WORKDIR.value)
-    s = run.settings
-    say(f"sampling {total - done} of {total} answers into {path} (checkpoint step {loaded.step}): "
-        f"{s.sampler}, T={s.steps}, {run.gen_length} generated positions, eos_id={s.eos_id}", flush=True)
-    done = samples_io.write_batches(inference.complete_prompts(loaded, tokenizer, run, start=done), path,
-                                    done=done, total=total, step=loaded.step, primary=primary, say=say)
-    return done >= total
+    return inference.write_completions(config, _WORKDIR.value, tokenizer, run, path, resume=_RESUME.value,
+                                       primary=primary, say=say)
 
 
 def main(argv):

@@ -97,21 +97,8 @@ def sample_text(config, output: str, primary: bool, say) -> None:
     run = inference.prepare_prompts(config, tokenizer, prompt_records(), chat=_CHAT.value,
                                     gen_length=_GEN_LENGTH.value, samples_per_prompt=per_prompt,
                                     stop_at_eos=_STOP_AT_EOS.value)
-    total = len(run.ids) * per_prompt
-    done = samples_io.prepare_output(output, resume=_RESUME.value) if primary else 0
-    if primary and done:
-        run.check_written(samples_io.read_jsonl(output), output)
-    done = stopping.agreed_value(done)
-    if done >= total:
-        say(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
-        return
-    loaded = inference.load_model(config, _WORKDIR.value)
-    s = run.settings
-    say(f"completing {len(run.ids)} prompts x {per_prompt} ({total - done} samples left) into {output} "
-        f"(checkpoint step {loaded.step}): {s.sampler}, T={s.steps}, {run.gen_length} generated positions, "
-        f"eos_id={s.eos_id}, batches of {s.batch_size}", flush=True)
-    samples_io.write_batches(inference.complete_prompts(loaded, tokenizer, run, start=done), output,
-                             done=done, total=total, step=loaded.step, primary=primary, say=say)
+    inference.write_completions(config, _WORKDIR.value, tokenizer, run, output, resume=_RESUME.value,
+                                primary=primary, say=say)
 
 
 def main(argv):

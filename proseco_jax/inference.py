@@ -393,3 +393,28 @@ def complete_prompts(loaded: LoadedModel, tokenizer, run: PromptRun, *, start: i
                          "text": tokenizer.decode(ids),
                          **{key: int(out[key][i]) for key in ("nfe", "predictor_nfe", "corrector_nfe")}})
         yield rows
+
+
+def write_completions(config: Config, workdir: str, tokenizer, run: PromptRun, path: str, *, resume: bool,
+                      primary: bool = True, say: Callable[..., None] = print) -> bool:
+    """Samples `run` with the model of `workdir` into the JSONL `path`, resuming after the samples it holds
+    (which must be this run's first ones) unless `resume` is False; process 0 alone writes. Returns whether
+    the file then holds every sample (False: a signal stopped it after a whole batch; a rerun continues)."""
+    from proseco_jax import samples_io, stopping
+
+    total = len(run.ids) * run.samples_per_prompt
+    done = samples_io.prepare_output(path, resume=resume) if primary else 0
+    if primary and done:
+        run.check_written(samples_io.read_jsonl(path), path)
+    done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
+    if done >= total:
+        say(f"{path} already holds {done} samples (asked for {total}); nothing to do", flush=True)
+        return True
+    loaded = load_model(config, workdir)
+    s = run.settings
+    say(f"completing {len(run.ids)} prompts x {run.samples_per_prompt} ({total - done} samples left) into "
+        f"{path} (checkpoint step {loaded.step}): {s.sampler}, T={s.steps}, {run.gen_length} generated "
+        f"positions, eos_id={s.eos_id}, batches of {s.batch_size}", flush=True)
+    done = samples_io.write_batches(complete_prompts(loaded, tokenizer, run, start=done), path, done=done,
+                                    total=total, step=loaded.step, primary=primary, say=say)
+    return done >= total
