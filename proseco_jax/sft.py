@@ -53,14 +53,13 @@ def sft_loss(
     step: jax.Array,
     objective: Objective,
     *,
-    vocab_size: int | None = None,
     p: jax.Array | None = None,
     z: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The fine-tuning objective on x [B, L] with response [B, L] bool; returns (scalar loss, metrics).
 
-    vocab_size: the model's vocabulary when [MASK] is not its last id (LLaDA: 126464 rows, [MASK] 126336);
-    default mask_id + 1. p [B] and z [B, L], when given, replace the drawn masking rate and masked input.
+    The ids read from the logits are `objective.vocab_size` (LLaDA: 126464 rows, [MASK] 126336 inside).
+    p [B] and z [B, L], when given, replace the drawn masking rate and masked input.
     """
     c, mask_id = objective.corrector, objective.mask_id
     response = response.astype(bool)
@@ -72,7 +71,7 @@ def sft_loss(
 
     def log_probs(tokens):
         logits = apply_fn(params, tokens, sigma)
-        return diffusion.log_probs_without_mask(logits, mask_id, vocab_size=vocab_size)
+        return diffusion.log_probs_without_mask(logits, mask_id, vocab_size=objective.vocab_size)
 
     logp1 = log_probs(z)
     mdm = _per_response(diffusion.mdm_loss(logp1, x, z, weight, mask_id), response)
@@ -109,8 +108,6 @@ def sft_nats(
     response: jax.Array,
     rng: jax.Array,
     objective: Objective,
-    *,
-    vocab_size: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Validation: (sum of -log p1[x] / p(t) over the masked response positions, number of response tokens).
 
@@ -122,6 +119,6 @@ def sft_nats(
     response = response.astype(bool)
     p, z = sft_noise(rng, x, response, mask_id, objective.diffusion.train_eps)
     logits = apply_fn(params, z, jnp.zeros((x.shape[0],), jnp.float32))
-    logp1 = diffusion.log_probs_without_mask(logits, mask_id, vocab_size=vocab_size)
+    logp1 = diffusion.log_probs_without_mask(logits, mask_id, vocab_size=objective.vocab_size)
     nats = diffusion.mdm_loss(logp1, x, z, 1.0 / p, mask_id)
     return jnp.sum(jnp.where(response, nats, 0.0)), jnp.sum(response).astype(jnp.float32)

@@ -99,11 +99,7 @@ class Pretraining:
 class FineTuning:
     """ProSeCo fine-tuning (`sft.sft_loss`): the token mask [B, L] marks the response, the only positions
     masked and scored. Validation: the vanilla SFT loss (pass one) per response token, in nats.
-
-    vocab_size: the ids the loss reads from the logits (`Config.output_vocab_size`; [MASK] inside LLaDA's).
     """
-
-    vocab_size: int
 
     def noise(self, rng: jax.Array, tokens: jax.Array, token_mask: jax.Array,
               objective: diffusion.Objective) -> Noise:
@@ -113,25 +109,24 @@ class FineTuning:
     def loss(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
              noise: Noise, rng: jax.Array, step: jax.Array, objective: diffusion.Objective) -> LossOut:
         p, z = noise
-        return sft.sft_loss(apply_fn, params, tokens, token_mask, rng, step, objective,
-                            vocab_size=self.vocab_size, p=p, z=z)
+        return sft.sft_loss(apply_fn, params, tokens, token_mask, rng, step, objective, p=p, z=z)
 
     def evaluate(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
                  rng: jax.Array, objective: diffusion.Objective) -> tuple[jax.Array, jax.Array]:
-        return sft.sft_nats(apply_fn, params, tokens, token_mask, rng, objective, vocab_size=self.vocab_size)
+        return sft.sft_nats(apply_fn, params, tokens, token_mask, rng, objective)
 
     def report(self, nats_per_token: float) -> dict[str, float]:
         return {"val_sft_loss": nats_per_token}
 
 
 Loss = Pretraining | FineTuning
-PRETRAINING = Pretraining()
+PRETRAINING, FINE_TUNING = Pretraining(), FineTuning()
 
 
 def loss_of(config: Config) -> Loss:
     """The loss strategy `config.train.objective` names."""
     if config.train.objective == "sft":
-        return FineTuning(vocab_size=config.output_vocab_size)
+        return FINE_TUNING
     return PRETRAINING
 
 

@@ -17,7 +17,7 @@ EPS = 1e-3
 
 
 def _objective(**corrector) -> Objective:
-    return Objective(config_base.Diffusion(train_eps=EPS), config_base.Corrector(**corrector), MASK)
+    return Objective(config_base.Diffusion(train_eps=EPS), config_base.Corrector(**corrector), MASK, VOCAB)
 
 
 def _batch(seed: int = 0):
@@ -61,7 +61,7 @@ def test_with_the_corrector_off_it_is_llada_sft_exactly():
     p, z = sft.sft_noise(rng, x, response, MASK, EPS)
     table = _table(0)
     loss, metrics = sft.sft_loss(_fake([table]), None, x, response, rng, jnp.asarray(0),
-                                 _objective(enabled=False), vocab_size=VOCAB, p=p, z=z)
+                                 _objective(enabled=False), p=p, z=z)
     logp = _log_softmax_without_mask(np.asarray(table)[np.asarray(z)])
     nll = -np.take_along_axis(logp, np.asarray(x)[..., None], -1)[..., 0]
     masked = np.asarray(z) == MASK
@@ -77,15 +77,13 @@ def test_the_prompt_is_never_masked_nor_scored():
         prompt = ~np.asarray(response)
         np.testing.assert_array_equal(np.asarray(z)[prompt], np.asarray(x)[prompt])
     table, rng = _table(2), jax.random.key(3)
-    base, _ = sft.sft_loss(_fake([table]), None, x, response, rng, jnp.asarray(0), _objective(input="all"),
-                           vocab_size=VOCAB)
+    base, _ = sft.sft_loss(_fake([table]), None, x, response, rng, jnp.asarray(0), _objective(input="all"))
     noisy_prompt = jnp.where(~response[..., None], 50.0 * _table(9)[x], 0.0)
 
     def perturbed(params, tokens, sigma, dropout_rng=None):  # the model's prompt outputs are junk
         return table[tokens] + noisy_prompt
 
-    other, _ = sft.sft_loss(perturbed, None, x, response, rng, jnp.asarray(0), _objective(input="all"),
-                            vocab_size=VOCAB)
+    other, _ = sft.sft_loss(perturbed, None, x, response, rng, jnp.asarray(0), _objective(input="all"))
     assert float(other) == pytest.approx(float(base), rel=1e-6)
 
 
@@ -94,14 +92,14 @@ def test_the_corrector_sees_the_prompt_as_given_and_its_loss_has_no_gradient_int
     x, response = _batch(2)
     calls = []
     sft.sft_loss(_fake([_table(4), _table(5)], calls), None, x, response, jax.random.key(5), jnp.asarray(0),
-                 _objective(input=corrector_input), vocab_size=VOCAB)
+                 _objective(input=corrector_input))
     y = calls[1]
     np.testing.assert_array_equal(y[~np.asarray(response)], np.asarray(x)[~np.asarray(response)])
     assert not np.any(y == MASK)
 
     def corrector_only(tables):
         _, metrics = sft.sft_loss(_fake(tables), None, x, response, jax.random.key(5), jnp.asarray(0),
-                                  _objective(input=corrector_input), vocab_size=VOCAB)
+                                  _objective(input=corrector_input))
         return metrics["corrector_loss"]
 
     pass_one, pass_two = jax.grad(corrector_only)([_table(4), _table(5)])
@@ -113,7 +111,7 @@ def test_a_target_id_above_the_mask_gets_a_finite_loss_and_a_gradient():
 
     def total(table):
         return sft.sft_loss(_fake([table]), None, x, response, jax.random.key(6), jnp.asarray(0),
-                            _objective(), vocab_size=VOCAB)[0]
+                            _objective())[0]
 
     value, grad = jax.value_and_grad(total)(_table(7))
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))

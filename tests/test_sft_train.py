@@ -314,8 +314,8 @@ def test_sft_micro_batches_give_the_full_batch_loss_and_gradient(step_setup):
     config, mesh, compiled, state, tokens, mask = step_setup
     on = config.replace(corrector=config.corrector.replace(enabled=True))
     loss = train.loss_of(on)
-    objective = Objective(on.diffusion, on.corrector, on.mask_id)
-    assert isinstance(loss, train.FineTuning) and loss.vocab_size == on.output_vocab_size == 264
+    objective = Objective(on.diffusion, on.corrector, on.mask_id, on.output_vocab_size)
+    assert isinstance(loss, train.FineTuning) and objective.vocab_size == on.output_vocab_size == 264
     out = {}
     for m in (1, 2):
         fn = jax.jit(lambda p, x, k, msk, m=m: train.loss_and_grads(
