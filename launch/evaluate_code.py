@@ -24,7 +24,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference, samples_io
+from proseco_jax import cli, inference, samples_io
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import code_eval
 
@@ -67,11 +67,7 @@ def chat_prompt(task: str, problem: code_eval.Problem) -> str:
 def sample_problems(problems: list[code_eval.Problem], path: str, primary: bool, say) -> bool:
     """Completes every problem's prompt with the workdir's model into `path` (resuming it); False when a
     signal stopped it early (the file then holds whole samples, and a rerun continues)."""
-    if flags.FLAGS[_CONFIG.name].present:
-        config = config_base.resolve(cli.config_or_fail(_CONFIG))
-        inference.check_workdir_config(config, _WORKDIR.value)
-    else:
-        config = inference.workdir_config(_WORKDIR.value)
+    config = cli.sampling_config(_CONFIG, _WORKDIR.value)
     tokenizer = inference.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
     task = _TASK.value
     records = [{"task_id": p.task_id, "prompt": chat_prompt(task, p) if _CHAT.value else p.prompt}

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference, samples_io, stopping
+from proseco_jax import cli, inference, samples_io, stopping
 from proseco_jax.errors import UsageError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
@@ -107,11 +107,7 @@ def main(argv):
     _DISTRIBUTED.initialize()
     primary = jax.process_index() == 0  # With several processes, process 0 alone writes and reports.
     say = print if primary else (lambda *args, **kwargs: None)
-    if flags.FLAGS[_CONFIG.name].present:
-        config = config_base.resolve(cli.config_or_fail(_CONFIG))
-        inference.check_workdir_config(config, _WORKDIR.value)
-    else:
-        config = inference.workdir_config(_WORKDIR.value)
+    config = cli.sampling_config(_CONFIG, _WORKDIR.value)
     if _PROMPT.value or _PROMPT_FILE.value:
         sample_text(config, _OUTPUT.value, primary, say)
         return

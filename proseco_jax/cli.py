@@ -120,3 +120,15 @@ def config_or_fail(flag_holder):
     if config is None:
         fail("--config is required (e.g. --config=configs/synthetic.py)")
     return config
+
+
+def sampling_config(flag_holder, workdir: str):
+    """The typed config a binary samples `workdir` with: --config (a `DEFINE_config_file` flag) when given,
+    checked against the model recorded in the workdir, else the workdir's own config.json."""
+    from proseco_jax import config_base, inference
+
+    if flags.FLAGS[flag_holder.name].present:
+        config = config_base.resolve(config_or_fail(flag_holder))
+        inference.check_workdir_config(config, workdir)
+        return config
+    return inference.workdir_config(workdir)
