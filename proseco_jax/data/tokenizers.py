@@ -179,6 +179,17 @@ def _read_json(name: str, path: str):
         raise DataError(f"tokenizer {name}: {path} is not a tokenizer.json ({one_line(e)})") from None
 
 
+def _from_hub(hub_name: str, label: str, local: str):
+    """(tokenizer, where it came from) of the Hugging Face hub's `hub_name`; offline or any hub error is a
+    DataError asking for `local` in data.tokenizer_path."""
+    try:
+        tok = _library().Tokenizer.from_pretrained(hub_name)
+    except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
+        raise DataError(f"cannot load the {label} tokenizer from the Hugging Face hub ({one_line(e)}); "
+                        f"set data.tokenizer_path to {local}") from None
+    return tok, f"the hub's {hub_name!r}"
+
+
 def _vocab_and_merges(directory: str):
     """A byte-level BPE from the older vocab.json + merges.txt layout of GPT-2 directories."""
     lib = _library()
@@ -201,13 +212,7 @@ def _gpt2(path: str) -> BPETokenizer:
         tok = _read_json("gpt2", path)
         where = _json_path(path)
     else:
-        lib = _library()
-        try:
-            tok = lib.Tokenizer.from_pretrained(GPT2_HUB_NAME)
-        except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
-            raise DataError(f"cannot load the GPT-2 tokenizer from the Hugging Face hub ({one_line(e)}); set "
-                            "data.tokenizer_path to a local GPT-2 tokenizer.json") from None
-        where = f"the hub's {GPT2_HUB_NAME!r}"
+        tok, where = _from_hub(GPT2_HUB_NAME, "GPT-2", "a local GPT-2 tokenizer.json")
     size, eos = tok.get_vocab_size(with_added_tokens=True), tok.token_to_id("<|endoftext|>")
     if size != GPT2_VOCAB or eos != GPT2_EOS:
         raise DataError(f"tokenizer gpt2: {where} is not GPT-2's ({size} ids, <|endoftext|> = {eos}; "
@@ -245,13 +250,7 @@ def _bert(path: str) -> BPETokenizer:
             raise DataError(f"tokenizer bert: {path} does not exist")
         tok, where = _wordpiece_from_vocab(path), path
     else:
-        lib = _library()
-        try:
-            tok = lib.Tokenizer.from_pretrained(BERT_HUB_NAME)
-        except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
-            raise DataError(f"cannot load the {BERT_HUB_NAME} tokenizer from the Hugging Face hub "
-                            f"({one_line(e)}); set data.tokenizer_path to a local vocab.txt") from None
-        where = f"the hub's {BERT_HUB_NAME!r}"
+        tok, where = _from_hub(BERT_HUB_NAME, BERT_HUB_NAME, "a local vocab.txt")
     size = tok.get_vocab_size(with_added_tokens=True)
     ids = {t: tok.token_to_id(t) for t in BERT_SPECIALS}
     if size != BERT_VOCAB or ids != BERT_SPECIALS:
