@@ -188,19 +188,11 @@ def _safe_open(path: str):
                          ) from None
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
-
-
 def _weight_files(directory: str) -> dict[str, str]:
     """key -> safetensors file, from the index (every shard it names must exist) or the single file."""
     index_path = os.path.join(directory, sources.SAFETENSORS_INDEX)
     if os.path.isfile(index_path):
-        weight_map = _read_json(index_path)
+        weight_map = sources.read_json(index_path)
         weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise UsageError(f"{index_path} has no weight_map of tensor names to shard files")
@@ -223,11 +215,9 @@ def is_llada(source: str) -> bool:
     """Whether `source` names a LLaDA checkpoint: a model directory whose config.json says model_type
     'llada', or a Hub repo id of one (the released ones, or any id naming LLaDA)."""
     if os.path.isdir(source):
-        path = os.path.join(source, sources.HF_CONFIG)
         try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except (OSError, ValueError):
+            values = sources.read_json(os.path.join(source, sources.HF_CONFIG))
+        except UsageError:
             return False
         return isinstance(values, dict) and values.get("model_type") == "llada"
     return bool(_REPO_ID.match(source)) and (source in RELEASED or "llada" in source.lower())
@@ -246,7 +236,7 @@ def open_checkpoint(source: str) -> Checkpoint:
     config_path = os.path.join(directory, sources.HF_CONFIG)
     if not os.path.isfile(config_path):
         raise UsageError(f"{source} is not a Hugging Face model directory: it has no {sources.HF_CONFIG}")
-    values = _read_json(config_path)
+    values = sources.read_json(config_path)
     if not isinstance(values, dict):
         raise UsageError(f"{config_path} is not a JSON object")
     return Checkpoint(origin=source, hf_config=values, model=model_config(values, source),

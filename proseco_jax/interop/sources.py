@@ -87,6 +87,15 @@ def download(repo_id: str, extra_patterns: tuple[str, ...] = ()) -> str:
     return path
 
 
+def read_json(path: str) -> Any:
+    """The JSON value in `path`; a file that is missing or does not parse is a one-line UsageError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+
+
 def read_hf_dir(directory: str, origin: str | None = None) -> Source:
     """A Hugging Face model directory of the reference (config.json + model.safetensors, its shards, or
     pytorch_model.bin)."""
@@ -94,11 +103,7 @@ def read_hf_dir(directory: str, origin: str | None = None) -> Source:
     config_path = os.path.join(directory, HF_CONFIG)
     if not os.path.isfile(config_path):
         raise UsageError(f"{directory} is not a Hugging Face model directory: it has no {HF_CONFIG}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {config_path}: {' '.join(str(e).split())[:200]}") from None
+    values = read_json(config_path)
     if not isinstance(values, dict):
         raise UsageError(f"{config_path} is not a JSON object")
     config = layout.ReferenceConfig.from_hf(values, config_path)
