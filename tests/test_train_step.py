@@ -416,3 +416,30 @@ def test_bfloat16_contraction_matches_float32_products_of_the_rounded_operands(n
     for grad, grad32 in zip(grads, grads32):
         assert grad.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(grad32), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rotary_rotates_each_pair_by_its_angle_and_its_gradient_rotates_back(dtype):
+    """apply_rotary is the rotate-half rotation (x1 cos - x2 sin, x2 cos + x1 sin) at angle p * f_i,
+    computed in float32 whatever x's dtype; a rotation's transpose is the rotation by minus the angle, so
+    the gradient of <apply_rotary(x), g> is g rotated back."""
+    from proseco_jax.models import layers
+
+    b, length, h, dh = 2, 12, 3, 8
+    x = np.asarray(jax.random.normal(jax.random.key(0), (b, length, h, dh)).astype(dtype), np.float64)
+    g = np.asarray(jax.random.normal(jax.random.key(1), (b, length, h, dh)), np.float64)
+    angle = np.arange(length)[:, None] * np.asarray(layers.rotary_frequencies(dh), np.float64)[None, :]
+    cos, sin = np.cos(angle)[None, :, None, :], np.sin(angle)[None, :, None, :]
+
+    def rotate(a, sign):
+        a1, a2 = a[..., : dh // 2], a[..., dh // 2:]
+        return np.concatenate([a1 * cos - sign * a2 * sin, a2 * cos + sign * a1 * sin], axis=-1)
+
+    tables = layers.rotary_tables(length, dh)
+    out, vjp = jax.vjp(lambda a: layers.apply_rotary(a, *tables), jnp.asarray(x, dtype))
+    assert out.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2  # the result is rounded once to x's dtype
+    np.testing.assert_allclose(np.asarray(out, np.float64), rotate(x, 1), rtol=tol, atol=tol)
+    (grad,) = vjp(jnp.asarray(g, dtype))
+    np.testing.assert_allclose(np.asarray(grad, np.float64), rotate(np.asarray(jnp.asarray(g, dtype),
+                               np.float64), -1), rtol=tol, atol=tol)

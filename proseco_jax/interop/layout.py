@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from proseco_jax.errors import UsageError
-from proseco_jax.models import dit
+from proseco_jax.models import dit, layers
 
 PREFIX = "backbone."
 INV_FREQ = PREFIX + "rotary_emb.inv_freq"
@@ -164,8 +164,7 @@ def tensors(ref: ReferenceConfig) -> list[Tensor]:
 
 def inv_freq(head_dim: int) -> np.ndarray:
     """Our rotary frequencies [head_dim // 2] (those of `layers.rotary_tables`), in float32."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    return (np.float32(1.0) / np.power(np.float32(ROTARY_BASE), exponents)).astype(np.float32)
+    return layers.rotary_frequencies(head_dim, ROTARY_BASE)
 
 
 def _problems_line(problems: list[str], origin: str) -> str:

@@ -50,8 +50,8 @@ class DiTConfig(Section):
                             at_least(1))
     vocab_multiple: int = field(8, "Embedding/output tables are padded to a multiple of this (tensor "
                                 "sharding).", at_least(1))
-    dtype: str = field("float32", "Compute dtype of matmuls: 'float32' or 'bfloat16'. Norms and softmax "
-                       "stay fp32.", one_of(*DTYPES))
+    dtype: str = field("float32", "Compute dtype of matmuls: 'float32' or 'bfloat16'. Norms, rotary, GELU "
+                       "and softmax stay fp32.", one_of(*DTYPES))
     param_dtype: str = field("float32", "Storage dtype of parameters.", one_of(*DTYPES))
     init: str = field("reference", "Parameter init: 'reference' as the authors' DiT (PyTorch defaults, "
                       "U(+-1/sqrt(fan_in)); embedding U(+-1/sqrt(d)); adaLN and output zero) or 'xavier' "
@@ -154,9 +154,9 @@ class DiTBlock(nn.Module):
         y = layers.modulate(layers.LayerNorm(pdt, name="norm2")(x), shift_m, scale_m).astype(dt)
         y = layers.dense(
             cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
-            name="mlp_in"
+            out_dtype=jnp.float32, name="mlp_in"
         )(y)
-        y = nn.with_logical_constraint(nn.gelu(y, approximate=True), ("batch", "length", "act_mlp"))
+        y = nn.with_logical_constraint(nn.gelu(y, approximate=True).astype(dt), ("batch", "length", "act_mlp"))
         y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
                          name="mlp_out")(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

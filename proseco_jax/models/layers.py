@@ -28,20 +28,37 @@ def check_head_split(hidden_size: int, num_heads: int) -> None:
                           "heads of even width")
 
 
-def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:
-    """cos, sin tables [length, head_dim // 2] of rotary embeddings."""
-    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    return jnp.cos(angles), jnp.sin(angles)
+def rotary_frequencies(head_dim: int, base: float = 10_000.0) -> np.ndarray:
+    """float32 [head_dim // 2]: 1 / base^(2i / head_dim), computed in float32 as PyTorch's rotary modules do."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / np.power(np.float32(base), exponents)).astype(np.float32)
 
 
-def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates x [B, L, H, Dh] by position: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos = cos[None, :, None, :].astype(x.dtype)
-    sin = sin[None, :, None, :].astype(x.dtype)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rotary tables (cos, sin), float32 [length, 2, head_dim // 2], for `apply_rotary`.
+
+    Angle (p, i) = p * rotary_frequencies(head_dim, base)[i], in float32. cos repeats
+    over the two halves of a head and sin is (-sin, +sin), so the rotation is x cos + swap_halves(x) sin.
+    They are host constants: XLA then reads them instead of recomputing cos and sin inside every fused
+    loop that touches q or k (in the backward pass too).
+    """
+    angles = np.arange(length, dtype=np.float32)[:, None] * rotary_frequencies(head_dim, base)[None, :]
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return np.stack([cos, cos], axis=-2), np.stack([-sin, sin], axis=-2)
+
+
+def apply_rotary(x: jax.Array, cos: np.ndarray, sin: np.ndarray) -> jax.Array:
+    """Rotates x [B, L, H, Dh] by position, in float32, back to x's dtype: halves (x1, x2) ->
+    (x1 cos - x2 sin, x2 cos + x1 sin) with the tables of `rotary_tables`.
+
+    The halves are swapped by reversing an axis of size 2, whose gradient is the same reversal; slicing and
+    concatenating them would make the gradient a sum of zero-padded copies.
+    """
+    b, length, h, dh = x.shape
+    halves = x.astype(jnp.float32).reshape(b, length, h, 2, dh // 2)
+    cos, sin = cos[None, :, None], sin[None, :, None]
+    rotated = halves * cos + jax.lax.rev(halves, (3,)) * sin
+    return rotated.reshape(x.shape).astype(x.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -165,6 +182,7 @@ class Dense(nn.Module):
     init: str = "reference"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    out_dtype: Dtype | None = None  # dtype of the result; None: `dtype` (float32 keeps the accumulator)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -186,7 +204,7 @@ class Dense(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(bias_init, self.axes[n_in:]),
                               self.features, self.param_dtype)
             y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
+        return y.astype(self.dtype if self.out_dtype is None else self.out_dtype)
 
 
 def dense(
@@ -199,12 +217,15 @@ def dense(
     use_bias: bool = False,
     zero_init: bool = False,
     contract_axes: int = 1,
+    out_dtype: Dtype | None = None,
     name: str | None = None,
 ) -> Dense:
-    """A `Dense` whose kernel (and bias) carry the logical axis names `axes` (one per kernel dimension)."""
+    """A `Dense` whose kernel (and bias) carry the logical axis names `axes` (one per kernel dimension).
+    out_dtype=float32 returns the float32 accumulator, for an elementwise function computed in float32
+    before the next matmul (XLA:CPU evaluates bfloat16 elementwise ops through float32, rounding each)."""
     features = features if isinstance(features, tuple) else (features,)
     return Dense(features=features, axes=axes, contract=contract_axes, use_bias=use_bias, zero_init=zero_init,
-                 init=init, dtype=dtype, param_dtype=param_dtype, name=name)
+                 init=init, dtype=dtype, param_dtype=param_dtype, out_dtype=out_dtype, name=name)
 
 
 def timestep_embedding(sigma: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

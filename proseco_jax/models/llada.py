@@ -137,7 +137,7 @@ class LLaDABlock(nn.Module):
                                 init="xavier", name=name)(y)
 
         def rotate(a):  # In float32 (LLaDA's rope_full_precision), back to the compute dtype.
-            a = layers.apply_rotary(a.astype(jnp.float32), cos, sin).astype(dt)
+            a = layers.apply_rotary(a, cos, sin)
             return nn.with_logical_constraint(a, ("batch", "length", "act_heads", None))
 
         # Attention.
@@ -151,8 +151,8 @@ class LLaDABlock(nn.Module):
         # SwiGLU MLP.
         y = layers.LayerNorm(pdt, cfg.rms_norm_eps, center=False, name="mlp_norm")(x).astype(dt)
         gate, up = (layers.dense(cfg.mlp_hidden_size, ("embed", "mlp"), dtype=dt, param_dtype=pdt,
-                                 init="xavier", name=name)(y) for name in ("gate", "up"))
-        h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+                                 init="xavier", out_dtype=jnp.float32, name=name)(y) for name in ("gate", "up"))
+        h = nn.with_logical_constraint((nn.silu(gate) * up).astype(dt), ("batch", "length", "act_mlp"))
         y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init="xavier", name="mlp_out")(h)
         return nn.with_logical_constraint(x + y.astype(jnp.float32), ("batch", "length", "act_embed"))
 
