@@ -11,9 +11,9 @@ against ProSeCo on it:
     python launch/demo.py --config=configs/text_files.py --workdir=runs/text_demo \
         --config.data.files='data/stdlib_docs/*.txt' [--evaluator_dir=path/to/gpt2]
 
-Sized for a 2-core CPU: 1.09M parameters, batch 16 x 128 bytes, 1200 steps, 9.5 minutes on 2 idle
-cores (~4,800 tokens/s; 2,600 with one core busy elsewhere), enough to learn the corpus's spelling and
-frequent words. For subword tokens set `--config.data.tokenizer=bpe:1024
+Sized for a 2-core CPU: 1.09M parameters, batch 16 x 128 bytes, 1200 steps, about 8 minutes on 2 idle
+cores (~5,400 tokens/s; about half that with one core busy elsewhere), enough to learn the corpus's
+spelling and frequent words. For subword tokens set `--config.data.tokenizer=bpe:1024
 --config.data.vocab_size=1024` (the vocabulary must match the tokenizer's).
 """
 
