@@ -9,7 +9,8 @@ perplexity, entropy, and the mean NFE per sample; held-out data scored the same 
 `data`. Text (text_files, owt, text8): generative perplexity under a local Hugging Face GPT-2 directory
 (--evaluator_dir) and unigram entropy, plus MAUVE against --reference samples when the optional
 `mauve-text` package is installed. With --workdir, the model's last validation bits per token is added,
-and --config may be left out (the workdir's config.json is then used).
+and --config may be left out (the workdir's config.json is then used; a --config given with it must
+describe the same model).
 Bad input (a missing or malformed samples file, ids outside the vocabulary, a missing chain or evaluator)
 is one line on stderr and exit code 2.
 """
@@ -19,7 +20,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base, inference
+from proseco_jax import cli, config_base
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import datasets
 from proseco_jax.errors import UsageError
@@ -65,10 +66,10 @@ def _text_metrics(config: config_base.Config, records: list[dict]) -> dict:
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if flags.FLAGS[_CONFIG.name].present or not _WORKDIR.value:
-        config = config_base.resolve(cli.config_or_fail(_CONFIG))
+    if _WORKDIR.value:  # --config (checked against the workdir's model) or the workdir's config.json
+        config = cli.sampling_config(_CONFIG, _WORKDIR.value)
     else:
-        config = inference.workdir_config(_WORKDIR.value)
+        config = config_base.resolve(cli.config_or_fail(_CONFIG))
     records = scoring.read_samples(_SAMPLES.value)
     score = _markov_metrics if config.data.name == "markov" else _text_metrics
     metrics = score(config, records)
