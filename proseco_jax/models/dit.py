@@ -156,7 +156,8 @@ class DiTBlock(nn.Module):
             cfg.mlp_ratio * d, ("embed", "mlp"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
             out_dtype=jnp.float32, name="mlp_in"
         )(y)
-        y = nn.with_logical_constraint(nn.gelu(y, approximate=True).astype(dt), ("batch", "length", "act_mlp"))
+        y = nn.gelu(y, approximate=True).astype(dt)  # on the float32 accumulator, then one cast
+        y = nn.with_logical_constraint(y, ("batch", "length", "act_mlp"))
         y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init=cfg.init, use_bias=True,
                          name="mlp_out")(y)
         y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

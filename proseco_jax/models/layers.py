@@ -29,7 +29,8 @@ def check_head_split(hidden_size: int, num_heads: int) -> None:
 
 
 def rotary_frequencies(head_dim: int, base: float = 10_000.0) -> np.ndarray:
-    """float32 [head_dim // 2]: 1 / base^(2i / head_dim), computed in float32 as PyTorch's rotary modules do."""
+    """float32 [head_dim // 2]: 1 / base^(2i / head_dim), computed in float32 as PyTorch's rotary modules do
+    (the reference DiT's and LLaDA's)."""
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     return (np.float32(1.0) / np.power(np.float32(base), exponents)).astype(np.float32)
 

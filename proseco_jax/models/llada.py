@@ -151,7 +151,8 @@ class LLaDABlock(nn.Module):
         # SwiGLU MLP.
         y = layers.LayerNorm(pdt, cfg.rms_norm_eps, center=False, name="mlp_norm")(x).astype(dt)
         gate, up = (layers.dense(cfg.mlp_hidden_size, ("embed", "mlp"), dtype=dt, param_dtype=pdt,
-                                 init="xavier", out_dtype=jnp.float32, name=name)(y) for name in ("gate", "up"))
+                                 init="xavier", out_dtype=jnp.float32, name=name)(y)
+                    for name in ("gate", "up"))  # float32 accumulators: SwiGLU in float32, then one cast
         h = nn.with_logical_constraint((nn.silu(gate) * up).astype(dt), ("batch", "length", "act_mlp"))
         y = layers.dense(d, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init="xavier", name="mlp_out")(h)
         return nn.with_logical_constraint(x + y.astype(jnp.float32), ("batch", "length", "act_embed"))
