@@ -45,7 +45,7 @@ _SHOW = flags.DEFINE_integer("show", 3, "Samples printed with the corrector's re
 _EVALUATOR_DIR = flags.DEFINE_string("evaluator_dir", None, "Text: local Hugging Face GPT-2 directory "
                                      "(config.json, model.safetensors, tokenizer.json) scoring gen-PPL.")
 
-# Fields set unless given on the command line: the Markov language's budget (about 10 minutes on 2 CPU
+# Fields set unless given on the command line: the Markov language's budget (about 5 minutes on 2 idle CPU
 # cores; a text config keeps its own) ...
 _DEMO_FIELDS = {"train.num_steps": 400}
 # ... and --quick, a smoke run (training ~1/7 of that).
