@@ -24,7 +24,6 @@ from proseco_jax.models import dit, layers
 PREFIX = "backbone."
 INV_FREQ = PREFIX + "rotary_emb.inv_freq"
 MLP_RATIO = 4  # Fixed in the reference's DDiTBlock.
-ROTARY_BASE = 10_000.0
 # The Hugging Face config fields of the reference's DiT (models/hf/configuration_proseco.py).
 HF_FIELDS = ("vocab_size", "model_length", "hidden_dim", "cond_dim", "n_blocks", "n_heads", "dropout",
              "time_conditioning")
@@ -164,7 +163,7 @@ def tensors(ref: ReferenceConfig) -> list[Tensor]:
 
 def inv_freq(head_dim: int) -> np.ndarray:
     """Our rotary frequencies [head_dim // 2] (those of `layers.rotary_tables`), in float32."""
-    return layers.rotary_frequencies(head_dim, ROTARY_BASE)
+    return layers.rotary_frequencies(head_dim)
 
 
 def _problems_line(problems: list[str], origin: str) -> str:
@@ -180,7 +179,7 @@ def _check_rotary(value: np.ndarray, ref: ReferenceConfig, origin: str) -> None:
                          f"n_heads={ref.n_heads})")
     if not np.allclose(value.astype(np.float32), want, rtol=1e-5, atol=0.0):
         raise UsageError(f"{origin}: {INV_FREQ} does not hold the rotary frequencies 1 / "
-                         f"{ROTARY_BASE:g}^(2i / {ref.head_dim}) that our DiT uses")
+                         f"{layers.ROTARY_BASE:g}^(2i / {ref.head_dim}) that our DiT uses")
 
 
 def to_params(state: Mapping[str, np.ndarray], ref: ReferenceConfig, padded_vocab: int,

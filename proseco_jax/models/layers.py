@@ -28,14 +28,18 @@ def check_head_split(hidden_size: int, num_heads: int) -> None:
                           "heads of even width")
 
 
-def rotary_frequencies(head_dim: int, base: float = 10_000.0) -> np.ndarray:
+# The DiT's rotary base (MDLM's and the reference's); LLaDA passes its own rope_theta.
+ROTARY_BASE = 10_000.0
+
+
+def rotary_frequencies(head_dim: int, base: float = ROTARY_BASE) -> np.ndarray:
     """float32 [head_dim // 2]: 1 / base^(2i / head_dim), computed in float32 as PyTorch's rotary modules do
     (the reference DiT's and LLaDA's)."""
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     return (np.float32(1.0) / np.power(np.float32(base), exponents)).astype(np.float32)
 
 
-def rotary_tables(length: int, head_dim: int, base: float = 10_000.0) -> tuple[np.ndarray, np.ndarray]:
+def rotary_tables(length: int, head_dim: int, base: float = ROTARY_BASE) -> tuple[np.ndarray, np.ndarray]:
     """Rotary tables (cos, sin), float32 [length, 2, head_dim // 2], for `apply_rotary`.
 
     Angle (p, i) = p * rotary_frequencies(head_dim, base)[i], in float32. cos repeats
