@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,6 +166,8 @@ class Report:
     model_flops: float = 0.0  # all devices, the whole step: our matmul count (`registry.forward_flops`)
     peak_flops: float | None = None  # all chips of the target, bf16
     error: str | None = None  # why it did not compile for lack of memory
+    lower_seconds: float | None = None  # tracing and lowering on this host
+    compile_seconds: float | None = None  # XLA's compile on this host (no persistent cache in the binary)
 
     @property
     def total_bytes(self) -> int | None:
@@ -250,6 +253,7 @@ def compile_for(config: Any, tgt: Target, program: str = "train_step") -> Report
     config = config_base.resolve(config)
     if program not in PROGRAMS:
         raise UsageError(f"program {program!r} is not one of {PROGRAMS}")
+    start = time.perf_counter()
     if program == "train_step":
         batch = config.train.batch_size
         mesh = _mesh(config, tgt, program)
@@ -271,8 +275,9 @@ def compile_for(config: Any, tgt: Target, program: str = "train_step") -> Report
         program=program, target=tgt.name, platform=tgt.platform, chip=tgt.chip and tgt.chip.name, devices=n,
         mesh={k: int(v) for k, v in mesh.shape.items()}, batch_size=batch, length=config.data.length,
         state_bytes=_per_device_bytes(state), hbm_bytes=memory_limit, model_flops=model_flops,
-        peak_flops=tgt.chip and tgt.chip.peak_bf16_flops * n,
+        peak_flops=tgt.chip and tgt.chip.peak_bf16_flops * n, lower_seconds=time.perf_counter() - start,
     )
+    start = time.perf_counter()
     try:
         with _no_cache_writes() if tgt.platform != "cpu" else contextlib.nullcontext():
             compiled = lowered.compile()
@@ -280,7 +285,7 @@ def compile_for(config: Any, tgt: Target, program: str = "train_step") -> Report
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         return dataclasses.replace(report, error=str(e).strip().splitlines()[0])
-    return _measured(report, compiled)
+    return _measured(dataclasses.replace(report, compile_seconds=time.perf_counter() - start), compiled)
 
 
 def _measured(report: Report, compiled: jax.stages.Compiled) -> Report:
@@ -329,6 +334,9 @@ def summary(report: Report) -> list[str]:
                  f"(of {gib(report.hbm_bytes)} {limit}{free})")
     xla = "?" if report.xla_flops is None else f"{report.xla_flops:.4g}"
     lines.append(f"flops/step   model {report.model_flops:.4g} | XLA {xla} (loop bodies once) | all devices")
+    if report.compile_seconds is not None:
+        lines.append(f"compile      lowered in {report.lower_seconds:.3g} s, compiled in "
+                     f"{report.compile_seconds:.3g} s on this host")
     times = report.step_seconds()
     if times:
         lines.append("step time    " + " | ".join(f"{t:.4g} s at {u} of peak" for u, t in times.items()))

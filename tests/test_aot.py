@@ -92,6 +92,8 @@ def test_binary_compiles_for_cpu_devices_and_prints_json_last():
     assert report["fits"] is True and report["argument_bytes"] > report["state_bytes"] > 0
     assert report["step_sec"] == {}  # no peak rate is known for a CPU
     assert "memory       fits" in proc.stdout
+    assert report["lower_seconds"] > 0 and report["compile_seconds"] > 0
+    assert "compile      lowered in" in proc.stdout
 
 
 @needs_libtpu
