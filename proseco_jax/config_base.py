@@ -18,7 +18,9 @@ import ml_collections
 
 from proseco_jax import configlib
 from proseco_jax.configlib import ConfigError, Section, at_least, between, field, greater_than, one_of
+from proseco_jax.data import tokenizer_names
 from proseco_jax.errors import UsageError
+from proseco_jax.models import registry
 
 SCHEDULES = ("loglinear", "linear", "cosine", "polynomial")
 PARAMETERIZATIONS = ("subs", "d3pm")
@@ -38,12 +40,10 @@ def data_directory(data_dir: str) -> str:
 
 
 def _tokenizer_name(name: Any) -> str | None:
-    from proseco_jax.data import tokenizers
-
     try:
-        tokenizers.vocab_size_of(name)
+        tokenizer_names.vocab_size_of(name)
     except UsageError:
-        return f"must be one of {tokenizers.NAMES} (bpe:N with N >= {tokenizers.BPE_MIN_VOCAB})"
+        return f"must be one of {tokenizer_names.NAMES} (bpe:N with N >= {tokenizer_names.BPE_MIN_VOCAB})"
     return None
 
 
@@ -118,9 +118,7 @@ class Data(Section):
             self._validate_text()
 
     def _validate_text(self):
-        from proseco_jax.data import tokenizers
-
-        v = tokenizers.vocab_size_of(self.tokenizer)
+        v = tokenizer_names.vocab_size_of(self.tokenizer)
         if self.vocab_size != v:
             raise ConfigError(f"data.vocab_size={self.vocab_size} does not match data.tokenizer="
                               f"{self.tokenizer!r}, which has {v} ids: set --config.data.vocab_size={v}")
@@ -398,8 +396,6 @@ class Config(Section):
 
 def get_config(model_preset: str = "tiny", model: str = "dit") -> ml_collections.ConfigDict:
     """The ml_collections tree of the default `Config`, with the model family `model` at `model_preset`."""
-    from proseco_jax.models import registry
-
     config = Config(model=registry.default_config(model, model_preset))
     return ml_collections.ConfigDict(configlib.to_dict(config))
 
@@ -408,8 +404,6 @@ def resolve(config: Any) -> Config:
     """The typed, validated `Config` of a ConfigDict, a dict or a `Config` (returned as is)."""
     if isinstance(config, Config):
         return config
-    from proseco_jax.models import registry
-
     values = dict(config.items())
     model_values = dict(values.pop("model", {}).items())
     model = registry.config_from_dict(model_values)

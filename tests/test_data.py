@@ -7,13 +7,13 @@ import math
 import os
 import threading
 
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from proseco_jax.config_base import Data
 from proseco_jax.data import chain as markov_chain
-from proseco_jax.data import markov_builder, pipeline
+from proseco_jax.data import markov_builder, pipeline, sft_builder, text_builder
 from proseco_jax.data.errors import DataError
 from proseco_jax.errors import UsageError
 
@@ -21,7 +21,7 @@ V, K, L = 16, 3, 16
 NUM_TRAIN, NUM_EVAL = 300, 100
 
 
-def data_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+def data_config(data_dir: str, **overrides) -> Data:
     fields = {
         "data_dir": data_dir,
         "vocab_size": V,
@@ -33,7 +33,7 @@ def data_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
         "num_eval": NUM_EVAL,
     }
     fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return Data(**fields)
 
 
 class ListSource:
@@ -305,8 +305,8 @@ def test_unwritable_data_dir_raises_data_error(tmp_path):
         markov_builder.prepare_markov(data_config(os.fspath(blocker / "data")))
 
 
-def test_impossible_settings_raise_data_error(tmp_path):
-    with pytest.raises(DataError, match="successors"):
+def test_impossible_settings_raise_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="successors"):
         markov_builder.prepare_markov(data_config(os.fspath(tmp_path), successors=V + 1))
 
 
@@ -328,7 +328,7 @@ def test_damaged_corpus_raises_data_error(tmp_path):
 def test_config_names_differ_for_every_setting():
     base = {"vocab_size": V, "successors": K, "dirichlet_alpha": 0.5, "length": L, "seed": 0}
     base.update(num_train=10, num_eval=5)
-    names = {markov_builder.markov_config(**base).name}
+    names = {markov_builder.markov_config(Data(**base)).name}
     for field, value in [
         ("vocab_size", 17),
         ("successors", 2),
@@ -338,8 +338,33 @@ def test_config_names_differ_for_every_setting():
         ("num_train", 11),
         ("num_eval", 6),
     ]:
-        names.add(markov_builder.markov_config(**{**base, field: value}).name)
+        names.add(markov_builder.markov_config(Data(**{**base, field: value})).name)
     assert len(names) == 8
+
+
+@pytest.mark.parametrize("settings, name", [
+    ({}, "v32_k3_a0p5_l64_s0_tr100000_ev2000"),
+    (dict(name="text_files", files="/corpus/*.txt", tokenizer="bytes", vocab_size=259, length=32,
+          document_per="line"), "bytes_wrap_l32_93e82b4befff"),
+    (dict(name="owt", files="/owt/*.parquet", tokenizer="gpt2", vocab_size=50257, tokenizer_path="/tok",
+          length=1024), "gpt2_wrap_l1024_6d50f0658af8"),
+    (dict(name="text8", data_dir="/data", tokenizer="chars", vocab_size=27, length=256),
+     "chars_wrap_l256_4d6cdc6d2e9f"),
+    (dict(name="lm1b", files="/lm1b", tokenizer="bert", vocab_size=30522, packing="pad", length=128),
+     "bert_pad_l128_9837fbb6f609"),
+    (dict(name="sft_jsonl", files="/sft/*.jsonl", tokenizer_path="/tok", vocab_size=126336, length=512),
+     "l512_7f9ca08d35af"),
+])
+def test_config_names_match_corpora_prepared_by_earlier_versions(settings, name):
+    """A corpus is found on disk by its config name alone: a renamed setting would orphan prepared data."""
+    data = Data(**settings)
+    if data.name == "markov":
+        cfg = markov_builder.markov_config(data)
+    elif data.name == "sft_jsonl":
+        cfg = sft_builder.sft_config(data)
+    else:
+        cfg = text_builder.text_config(data)
+    assert cfg.name == name
 
 
 # ------------------------------------------------------------------------------------------ pipelines

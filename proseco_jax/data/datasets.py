@@ -1,4 +1,5 @@
-"""Opens the dataset named by `config.data.name` as random-access sources for the grain pipeline.
+"""The data package's one interface on top: opens the dataset named by `config.data.name` as random-access
+sources for the grain pipeline (each corpus is one module over the shared `tfds_build`).
 
 "markov" is the embedded sparse Markov language (built offline on first use, see `markov_builder.py`);
 its exact entropy is known, so validation bits per token can be read against it. "text_files", "owt"
@@ -16,6 +17,7 @@ import dataclasses
 import math
 from typing import Any
 
+from proseco_jax.config_base import Data
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import markov_builder, sft_builder, text_builder
 from proseco_jax.data.errors import DataError
@@ -25,7 +27,7 @@ DATASETS = ("markov", *text_builder.BUILDERS, "sft_jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
-class Data:
+class Dataset:
     """Sources by split ('train', 'validation'; text8 also 'test'), items `{'tokens': int32 [L]}` (text
     corpora add `'mask': uint8 [L]`, 0 on padding; sft_jsonl adds `'prompt_length': int32`)."""
 
@@ -37,17 +39,17 @@ class Data:
     directory: str | None = None  # Text only: the prepared corpus's tfds version directory.
 
 
-def load(data_config) -> Data:
+def load(data: Data) -> Dataset:
     """Builds (if needed) and opens the dataset; raises `DataError` with one line if it cannot."""
-    if data_config.name == "markov":
-        sources, chain_path = markov_builder.prepare_markov(data_config)
+    if data.name == "markov":
+        sources, chain_path = markov_builder.prepare_markov(data)
         chain = markov_chain.load_chain(chain_path)
-        nats = markov_chain.sequence_entropy_per_token(chain, data_config.length)
-        return Data(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
-    if data_config.name in text_builder.BUILDERS:
-        prepared = text_builder.prepare_text(data_config)
-        return Data(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
-    if data_config.name == "sft_jsonl":
-        prepared = sft_builder.prepare_sft(data_config)
-        return Data(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
-    raise DataError(f"unknown data.name {data_config.name!r}; expected one of {DATASETS}")
+        nats = markov_chain.sequence_entropy_per_token(chain, data.length)
+        return Dataset(sources=sources, chain_path=chain_path, entropy_bits_per_token=nats / math.log(2.0))
+    if data.name in text_builder.BUILDERS:
+        prepared = text_builder.prepare_text(data)
+        return Dataset(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
+    if data.name == "sft_jsonl":
+        prepared = sft_builder.prepare_sft(data)
+        return Dataset(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
+    raise DataError(f"unknown data.name {data.name!r}; expected one of {DATASETS}")

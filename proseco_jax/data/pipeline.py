@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.markov_builder import RandomAccessSource
+from proseco_jax.data.tfds_build import RandomAccessSource
 
 # Threads that read ahead in the main process, and how many batches they may hold. Reading is a few
 # milliseconds per batch, so a small pool hides it behind a training step without hoarding memory.

@@ -27,7 +27,6 @@ import dataclasses
 import filecmp
 import functools
 import glob
-import hashlib
 import json
 import math
 import os
@@ -38,32 +37,18 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from proseco_jax.config_base import Data
 from proseco_jax.data import tfds_build
 from proseco_jax.data.chat import FILES as TOKENIZER_FILES
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
 from proseco_jax.data.text_sources import describe_files, list_files
+from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 
 TRAIN, VALIDATION = "train", "validation"
 SOURCES_JSON = tfds_build.SOURCES_JSON
 TOKENIZER_DIR = "tokenizer"
 _DESCRIPTION = "Prompt/response pairs tokenised with a chat template and padded with EOS to a fixed length."
-
-
-@dataclasses.dataclass
-class SFTConfig(tfds.core.BuilderConfig):
-    """One tokenised SFT corpus; build it with `sft_config` so that the name matches the settings."""
-
-    files: str = ""
-    hub_dataset: str = ""
-    tokenizer_path: str = ""
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    messages_field: str = "messages"
-    length: int = 4096
-    mask_id: int = -1
-    validation_fraction: float = 0.05
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -132,7 +117,7 @@ def _hub_records(name: str) -> Records:
     return Records(len(rows), read)
 
 
-def open_records(cfg: SFTConfig) -> tuple[Records, list[str]]:
+def open_records(cfg: Data) -> tuple[Records, list[str]]:
     """The records `cfg` names and the local files they come from (none for a hub dataset)."""
     if not cfg.files:
         return _hub_records(cfg.hub_dataset), []
@@ -141,7 +126,7 @@ def open_records(cfg: SFTConfig) -> tuple[Records, list[str]]:
     return Records(sum(counts), functools.partial(_read_jsonl, paths, counts)), paths
 
 
-def conversation(record: Any, where: str, cfg: SFTConfig) -> tuple[list[dict[str, Any]], str]:
+def conversation(record: Any, where: str, cfg: Data) -> tuple[list[dict[str, Any]], str]:
     """(the messages before the answer, the answer) of one record; DataError naming `where` if malformed."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: not a JSON object")
@@ -167,7 +152,7 @@ def conversation(record: Any, where: str, cfg: SFTConfig) -> tuple[list[dict[str
     return [{"role": "user", "content": prompt}], response
 
 
-def encode_example(tokenizer: ChatTokenizer, record: Any, where: str, cfg: SFTConfig
+def encode_example(tokenizer: ChatTokenizer, record: Any, where: str, cfg: Data
                    ) -> tuple[dict[str, np.ndarray], bool]:
     """(`{'tokens': int32 [L], 'prompt_length': int32}`, whether the response was cut at L) of one record;
     EOS padding after the response."""
@@ -179,8 +164,8 @@ def encode_example(tokenizer: ChatTokenizer, record: Any, where: str, cfg: SFTCo
     if prompt_length >= cfg.length:
         raise DataError(f"{where}: the prompt is {prompt_length} tokens, which leaves no room for the "
                         f"response in data.length={cfg.length}")
-    if cfg.mask_id >= 0 and cfg.mask_id in ids:
-        raise DataError(f"{where}: the text holds the [MASK] token (id {cfg.mask_id} = data.vocab_size)")
+    if cfg.vocab_size in ids:
+        raise DataError(f"{where}: the text holds the [MASK] token (id {cfg.vocab_size} = data.vocab_size)")
     tokens = np.full(cfg.length, tokenizer.eos_id, np.int32)
     tokens[: min(len(ids), cfg.length)] = ids[: cfg.length]
     return {"tokens": tokens, "prompt_length": np.int32(prompt_length)}, len(ids) > cfg.length
@@ -215,7 +200,7 @@ class SFTJsonl(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict({
-                "tokens": tfds.features.Tensor(shape=(self.builder_config.length,), dtype=np.int32),
+                "tokens": tfds.features.Tensor(shape=(self.builder_config.data.length,), dtype=np.int32),
                 "prompt_length": tfds.features.Scalar(dtype=np.int32),
             }),
             disable_shuffling=True,
@@ -223,7 +208,7 @@ class SFTJsonl(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, np.ndarray]]]]:
         del dl_manager  # Nothing is downloaded.
-        cfg: SFTConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         records, files = open_records(cfg)
         n_train, n_val = _split(records.count, cfg.validation_fraction)
         tokenizer = ChatTokenizer.load(cfg.tokenizer_path)
@@ -243,12 +228,12 @@ class SFTJsonl(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                            ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         cut = 0
         for i, (where, record) in enumerate(records.read(start, stop)):
-            example, was_cut = encode_example(tokenizer, record, where, self.builder_config)
+            example, was_cut = encode_example(tokenizer, record, where, self.builder_config.data)
             cut += was_cut
             yield i, example
         if cut:
             print(f"sft_jsonl: {cut} of {stop - start} responses were cut at data.length="
-                  f"{self.builder_config.length}", flush=True)
+                  f"{self.builder_config.data.length}", flush=True)
 
 
 def _absolute(path: str) -> str:
@@ -261,22 +246,22 @@ def _tokenizer_location(path: str) -> str:
     return os.path.abspath(expanded) if os.path.exists(expanded) or path.startswith((".", "/", "~")) else path
 
 
-def sft_config(data_config: Any) -> SFTConfig:
-    """The builder config of the SFT corpus `data_config` describes (name = the settings' digest)."""
-    value = functools.partial(_data_config_value, data_config)
-    files, hub = value("files"), value("hub_dataset")
-    if not files and not hub:
+def sft_config(data: Data) -> SectionConfig:
+    """The builder config of the SFT corpus `data` describes (name = the settings' digest); its section
+    has the paths made absolute and no hub dataset when there are files, as the builder reads them."""
+    if not data.files and not data.hub_dataset:
         raise DataError("data.name=sft_jsonl needs data.files (a glob of JSONL files) or data.hub_dataset")
-    if not value("tokenizer_path"):
+    if not data.tokenizer_path:
         raise DataError("data.name=sft_jsonl needs data.tokenizer_path, a Hugging Face tokenizer directory "
                         "or hub id")
-    settings = dict(files=_absolute(files), hub_dataset="" if files else hub,
-                    tokenizer_path=_tokenizer_location(value("tokenizer_path")),
-                    prompt_field=value("prompt_field"), response_field=value("response_field"),
-                    messages_field=value("messages_field"), length=int(value("length")),
-                    mask_id=int(value("vocab_size")), validation_fraction=float(value("validation_fraction")))
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return SFTConfig(name=f"l{settings['length']}_{digest}", description="SFT pairs.", **settings)
+    data = data.replace(files=_absolute(data.files), hub_dataset="" if data.files else data.hub_dataset,
+                        tokenizer_path=_tokenizer_location(data.tokenizer_path))
+    settings = {k: getattr(data, k) for k in ("files", "hub_dataset", "tokenizer_path", "prompt_field",
+                                              "response_field", "messages_field", "length",
+                                              "validation_fraction")}
+    settings["mask_id"] = data.vocab_size
+    return tfds_build.section_config(data, f"l{data.length}_{tfds_build.settings_digest(settings)}",
+                                     "SFT pairs.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +273,7 @@ class PreparedSFT:
     tokenizer: ChatTokenizer
 
 
-def _check_tokenizer_unchanged(cfg: SFTConfig, version_dir: str) -> None:
+def _check_tokenizer_unchanged(cfg: Data, version_dir: str) -> None:
     """A local tokenizer directory still here must hold the files the corpus was tokenised with."""
     source, copy = cfg.tokenizer_path, os.path.join(version_dir, TOKENIZER_DIR)
     if not os.path.isdir(source):
@@ -300,7 +285,7 @@ def _check_tokenizer_unchanged(cfg: SFTConfig, version_dir: str) -> None:
                             "delete that directory to prepare it again")
 
 
-def _check_sources(sources: dict[str, RandomAccessSource], cfg: SFTConfig) -> None:
+def _check_sources(sources: dict[str, RandomAccessSource], cfg: Data) -> None:
     for split, source in sources.items():
         if len(source) == 0:
             raise DataError(f"split {split} is empty")
@@ -311,43 +296,37 @@ def _check_sources(sources: dict[str, RandomAccessSource], cfg: SFTConfig) -> No
                             f"int32[{cfg.length}] with a prompt length")
 
 
-def prepare_sft(data_config: Any) -> PreparedSFT:
-    """Builds the SFT corpus `data_config` describes if needed (once per settings) and opens it.
+def prepare_sft(data: Data) -> PreparedSFT:
+    """Builds the SFT corpus `data` describes if needed (once per settings) and opens it.
 
     Raises:
       DataError (one line): no files match, a record without a response or with a prompt longer than L
         (naming its file and line), a tokenizer that cannot be read, data_dir not writable, prepared data
         that is damaged or whose sources changed.
     """
-    cfg = sft_config(data_config)
-    data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
-    version_dir = tfds_build.version_dir_of(SFTJsonl, data_dir, cfg)
-    if _is_prepared(version_dir):
-        paths = sorted(glob.glob(os.path.expanduser(cfg.files), recursive=True)) if cfg.files else []
-        tfds_build.check_files_unchanged(version_dir, [p for p in paths if os.path.isfile(p)], cfg.files)
-        _check_tokenizer_unchanged(cfg, version_dir)
-    else:
-        if os.path.isdir(version_dir):
-            raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
-        if cfg.files:
-            list_files(cfg.files)
-        ChatTokenizer.load(cfg.tokenizer_path)  # Fails before anything is written.
+    cfg = sft_config(data)
+    files = cfg.data.files
 
-        def announce(where: str) -> None:
-            print(f"preparing sft_jsonl/{cfg.name} in {where}", flush=True)
+    def check_prepared(version_dir: str) -> None:
+        paths = sorted(glob.glob(os.path.expanduser(files), recursive=True)) if files else []
+        tfds_build.check_files_unchanged(version_dir, [p for p in paths if os.path.isfile(p)], files)
+        _check_tokenizer_unchanged(cfg.data, version_dir)
 
-        try:
-            tfds_build.build_once(SFTJsonl(data_dir=data_dir, config=cfg), data_dir, announce)
-        except OSError as e:
-            raise DataError(f"cannot build sft_jsonl in {data_dir}: {one_line(e)}") from e
+    def check_inputs() -> None:
+        if files:
+            list_files(files)
+        ChatTokenizer.load(cfg.data.tokenizer_path)  # Fails before anything is written.
 
-    hint = f"delete {version_dir} to rebuild"
-    try:
+    tokenizer: ChatTokenizer | None = None  # The copy saved with the data.
+
+    def check_sources(sources: dict[str, RandomAccessSource], version_dir: str) -> None:
+        nonlocal tokenizer
         tokenizer = ChatTokenizer.load(os.path.join(version_dir, TOKENIZER_DIR))
-        sources = dict(SFTJsonl(data_dir=data_dir, config=cfg).as_data_source())
-        _check_sources(sources, cfg)
-    except DataError as e:
-        raise DataError(f"sft_jsonl corpus {cfg.name}: {e}; {hint}") from e
-    except Exception as e:  # noqa: BLE001 - missing or truncated array_record files fail inside tfds.
-        raise DataError(f"sft_jsonl corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
-    return PreparedSFT(sources=sources, version_dir=version_dir, tokenizer=tokenizer)
+        _check_sources(sources, cfg.data)
+
+    def announce(version_dir: str) -> None:
+        print(f"preparing sft_jsonl/{cfg.name} in {version_dir}", flush=True)
+
+    prepared = tfds_build.prepare(SFTJsonl, cfg, check_prepared=check_prepared, check_inputs=check_inputs,
+                                  check_sources=check_sources, announce=announce)
+    return PreparedSFT(sources=prepared.sources, version_dir=prepared.version_dir, tokenizer=tokenizer)

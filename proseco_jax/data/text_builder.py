@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import hashlib
 import json
 import math
 import os
@@ -44,12 +43,12 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from proseco_jax.config_base import data_directory
+from proseco_jax.config_base import Data, data_directory
 from proseco_jax.data import packing, tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
 from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
 from proseco_jax.data.text_sources import Corpus, describe_files, detokenize_lm1b, list_files, lm1b_files
+from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SOURCES_JSON = tfds_build.SOURCES_JSON
@@ -62,27 +61,12 @@ _DESCRIPTION = "A text corpus tokenised and packed into fixed-length sequences w
 Splits = dict[str, tuple[int, Callable[[], Iterator[str]]]]  # split -> (documents, their reader)
 
 
-@dataclasses.dataclass
-class TextConfig(tfds.core.BuilderConfig):
-    """One tokenised corpus; build it with `text_config` so that the name matches the settings."""
-
-    tokenizer: str = "bytes"
-    tokenizer_path: str = ""
-    packing: str = "wrap"
-    length: int = 128
-    files: str = ""
-    text_field: str = "text"
-    document_per: str = "file"
-    validation_fraction: float = 0.05
-    validation_documents: int = 100_000
-
-
 class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Tokenises and packs the documents of `_documents()`; subclasses say where they come from."""
+    """Tokenises and packs the documents of `_documents()`; subclasses say where they come from. Its
+    config comes from `text_config`."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
-    num_proc = 1  # Tokenising processes; set by `prepare_text`.
     _encoder: ParallelEncoder | None = None
 
     @tfds.core.utils.classproperty
@@ -92,7 +76,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return None
 
     def _info(self) -> tfds.core.DatasetInfo:
-        length = self.builder_config.length
+        length = self.builder_config.data.length
         return tfds.core.DatasetInfo(
             builder=self,
             description=_DESCRIPTION,
@@ -108,7 +92,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise NotImplementedError
 
     @classmethod
-    def local_files(cls, cfg: TextConfig) -> list[str]:
+    def local_files(cls, cfg: Data) -> list[str]:
         """The source files of `cfg` that are here now ([] if none): what a prepared corpus is checked
         against."""
         if not cfg.files:
@@ -116,7 +100,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return sorted(p for p in glob.glob(cfg.files, recursive=True) if os.path.isfile(p))
 
     @classmethod
-    def check_inputs(cls, cfg: TextConfig) -> None:
+    def check_inputs(cls, cfg: Data) -> None:
         """Raises DataError before anything is built if the source files are plainly not there."""
         list_files(cfg.files)
 
@@ -130,12 +114,12 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                    "documents": {split: n for split, (n, _) in splits.items()}}
         with open(os.path.join(self.data_dir, SOURCES_JSON), "w", encoding="utf-8") as f:
             json.dump(sources, f, indent=1)
-        self._encoder = ParallelEncoder(tokenizer, self.num_proc)
+        self._encoder = ParallelEncoder(tokenizer, _num_proc(self.builder_config.data))
         return {split: self._generate_examples(split, n, read, tokenizer)
                 for split, (n, read) in splits.items()}
 
     def _tokenizer(self, read_train: Callable[[], Iterator[str]]) -> tokenizers.Tokenizer:
-        cfg: TextConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         if not cfg.tokenizer.startswith("bpe:"):
             return tokenizers.load(cfg.tokenizer, cfg.tokenizer_path)
         print(f"{self.name}: training the {cfg.tokenizer} tokenizer on at most {BPE_TRAIN_CHARS:,} "
@@ -144,7 +128,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, split: str, num_documents: int, read: Callable[[], Iterator[str]],
                            tokenizer: tokenizers.Tokenizer) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        cfg: TextConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         progress = Progress(f"{self.name} {split}", num_documents)
         ids = self._encoder.encode(read(), progress)
         if cfg.packing == "wrap":
@@ -162,9 +146,18 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                             f"{progress.tokens:,} tokens) is shorter than one sequence of data.length="
                             f"{cfg.length}; give more text or a shorter length")
 
-    def close_workers(self) -> None:
-        if self._encoder is not None:
-            self._encoder.close()
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """tfds's build; then the tokenising processes are stopped, whether it succeeded or not."""
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        finally:
+            if self._encoder is not None:
+                self._encoder.close()
+
+
+def _num_proc(data: Data) -> int:
+    """Tokenising processes: data.num_proc, 0 meaning one per CPU core this process may use."""
+    return data.num_proc or len(os.sched_getaffinity(0))
 
 
 def _first_chars(docs: Iterator[str], limit: int) -> Iterator[str]:
@@ -188,7 +181,7 @@ class TextFiles(_TextBuilder, skip_registration=True):
     name = "text_files"
 
     def _documents(self) -> tuple[Splits, list[str]]:
-        cfg: TextConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         paths = list_files(cfg.files)
         corpus = Corpus.open(paths, cfg.text_field, cfg.document_per)
         n = corpus.size
@@ -223,14 +216,14 @@ class OpenWebText(_TextBuilder, skip_registration=True):
     name = "openwebtext"
 
     @classmethod
-    def check_inputs(cls, cfg: TextConfig) -> None:
+    def check_inputs(cls, cfg: Data) -> None:
         if cfg.files:
             list_files(cfg.files)
         else:
             _datasets_library()
 
     def _documents(self) -> tuple[Splits, list[str]]:
-        cfg: TextConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         paths = list_files(cfg.files) if cfg.files else _hub_files(OWT_HUB_NAME, "OpenWebText", TRAIN)
         corpus = Corpus.open(paths, cfg.text_field, "file")
         if corpus.size <= cfg.validation_documents:
@@ -251,14 +244,14 @@ class LM1B(_TextBuilder, skip_registration=True):
     name = "lm1b"
 
     @classmethod
-    def check_inputs(cls, cfg: TextConfig) -> None:
+    def check_inputs(cls, cfg: Data) -> None:
         if cfg.files:
             lm1b_files(cfg.files)
         else:
             _datasets_library("LM1B")
 
     def _documents(self) -> tuple[Splits, list[str]]:
-        cfg: TextConfig = self.builder_config
+        cfg: Data = self.builder_config.data
         if cfg.files:
             parts = lm1b_files(cfg.files)
             corpora = [Corpus.open(paths, cfg.text_field, "line") for paths in parts]
@@ -270,7 +263,7 @@ class LM1B(_TextBuilder, skip_registration=True):
         return splits, [p for paths in parts for p in paths]
 
     @classmethod
-    def local_files(cls, cfg: TextConfig) -> list[str]:
+    def local_files(cls, cfg: Data) -> list[str]:
         try:
             return [p for paths in lm1b_files(cfg.files) for p in paths] if cfg.files else []
         except DataError:
@@ -299,12 +292,12 @@ class Text8(_TextBuilder, skip_registration=True):
     name = "text8"
 
     @classmethod
-    def check_inputs(cls, cfg: TextConfig) -> None:
+    def check_inputs(cls, cfg: Data) -> None:
         if not os.path.isfile(cfg.files):
             raise DataError(f"text8: {cfg.files} does not exist; put text8.zip there or set data.files")
 
     def _documents(self) -> tuple[Splits, list[str]]:
-        path = self.builder_config.files
+        path = self.builder_config.data.files
         text = _read_text8(path)
         n = len(text)
         parts = {TRAIN: text[: n * 9 // 10], VALIDATION: text[n * 9 // 10 : n * 19 // 20],
@@ -320,25 +313,25 @@ _SETTINGS = {"text_files": ("files", "text_field", "document_per", "validation_f
              "owt": ("files", "text_field", "validation_documents"), "text8": ("files",), "lm1b": ("files",)}
 
 
-def text_config(data_config: Any) -> TextConfig:
-    """The builder config of the text corpus `data_config` describes (name = settings' digest)."""
-    value = functools.partial(_data_config_value, data_config)
-    kind, tokenizer = value("name"), value("tokenizer")
+def text_config(data: Data) -> SectionConfig:
+    """The builder config of the text corpus `data` describes (name = settings' digest); its section has
+    the paths made absolute, as the builder reads them."""
+    kind, tokenizer = data.name, data.tokenizer
     tokenizers.vocab_size_of(tokenizer)  # Unknown names fail here, before anything is written.
-    files = value("files")
+    files = data.files
     if kind == "text8" and not files:
-        files = os.path.join(data_directory(value("data_dir")), "text8.zip")
+        files = os.path.join(data_directory(data.data_dir), "text8.zip")
     if kind == "text_files" and not files:
         raise DataError("data.name=text_files needs data.files, a glob of local text files")
-    tokenizer_path = value("tokenizer_path") if tokenizer in ("gpt2", "bert") else ""
-    settings = {k: value(k) for k in _SETTINGS[kind]}
-    settings.update(files=_absolute(files), tokenizer=tokenizer, tokenizer_path=_absolute(tokenizer_path),
-                    packing=value("packing"), length=value("length"))
+    tokenizer_path = data.tokenizer_path if tokenizer in ("gpt2", "bert") else ""
+    data = data.replace(files=_absolute(files), tokenizer_path=_absolute(tokenizer_path))
+    settings = {k: getattr(data, k) for k in (*_SETTINGS[kind], "files", "tokenizer", "tokenizer_path",
+                                              "packing", "length")}
     # Paths enter the name as written (made absolute), not their contents: hosts that only read a corpus
     # prepared elsewhere find it without the source files (`tfds_build.check_files_unchanged` guards edits).
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"{tokenizer.replace(':', '')}_{settings['packing']}_l{settings['length']}_{digest}"
-    return TextConfig(name=name, description=f"{kind} tokenised with {tokenizer}.", **settings)
+    digest = tfds_build.settings_digest(settings)
+    name = f"{tokenizer.replace(':', '')}_{data.packing}_l{data.length}_{digest}"
+    return tfds_build.section_config(data, name, f"{kind} tokenised with {tokenizer}.")
 
 
 def _absolute(path: str) -> str:
@@ -354,21 +347,7 @@ class PreparedText:
     tokenizer: tokenizers.Tokenizer
 
 
-def _build(builder_cls: type[_TextBuilder], data_dir: str, cfg: TextConfig, num_proc: int) -> None:
-    builder = builder_cls(data_dir=data_dir, config=cfg)
-    builder.num_proc = num_proc
-
-    def announce(version_dir: str) -> None:
-        print(f"preparing {builder.name}/{cfg.name} in {version_dir} with {num_proc} tokenising "
-              "process(es)", flush=True)
-
-    try:
-        tfds_build.build_once(builder, data_dir, announce)
-    finally:
-        builder.close_workers()
-
-
-def _check_sources(sources: dict[str, RandomAccessSource], cfg: TextConfig, vocab_size: int) -> None:
+def _check_sources(sources: dict[str, RandomAccessSource], cfg: Data, vocab_size: int) -> None:
     for split, source in sources.items():
         if len(source) == 0:
             raise DataError(f"split {split} is empty")
@@ -381,44 +360,33 @@ def _check_sources(sources: dict[str, RandomAccessSource], cfg: TextConfig, voca
             raise DataError(f"split {split} holds token ids outside [0, {vocab_size})")
 
 
-def prepare_text(data_config: Any) -> PreparedText:
-    """Builds the text corpus `data_config` describes if needed (once per settings) and opens it.
+def prepare_text(data: Data) -> PreparedText:
+    """Builds the text corpus `data` describes if needed (once per settings) and opens it.
 
     Args:
-      data_config: the `data` ConfigDict or section (name in BUILDERS, tokenizer, tokenizer_path, packing,
-        length, files, text_field, document_per, validation_fraction, validation_documents, num_proc,
-        data_dir).
+      data: the data section (name in BUILDERS, tokenizer, tokenizer_path, packing, length, files,
+        text_field, document_per, validation_fraction, validation_documents, num_proc, data_dir).
 
     Raises:
       DataError (one line): no files match, a tokenizer that is unknown or does not parse, a corpus
         shorter than one sequence, data_dir not writable, or prepared data that is damaged.
     """
-    kind = _data_config_value(data_config, "name")
-    builder_cls = BUILDERS[kind]
-    cfg = text_config(data_config)
-    data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
-    version_dir = tfds_build.version_dir_of(builder_cls, data_dir, cfg)
-    if _is_prepared(version_dir):
-        tfds_build.check_files_unchanged(version_dir, builder_cls.local_files(cfg), cfg.files)
-    else:
-        if os.path.isdir(version_dir):
-            raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
-        builder_cls.check_inputs(cfg)
-        try:
-            num_proc = int(_data_config_value(data_config, "num_proc")) or len(os.sched_getaffinity(0))
-            _build(builder_cls, data_dir, cfg, num_proc)
-        except OSError as e:
-            raise DataError(f"cannot build {builder_cls.name} in {data_dir}: {one_line(e)}") from e
+    builder_cls = BUILDERS[data.name]
+    cfg = text_config(data)
+    recorded: tokenizers.Tokenizer | None = None  # The tokenizer saved with the data.
 
-    hint = f"delete {version_dir} to rebuild"
-    tokenizer = tokenizers.load_recorded(version_dir)
-    try:
-        builder = builder_cls(data_dir=data_dir, config=cfg)
-        sources = dict(builder.as_data_source())
-        _check_sources(sources, cfg, tokenizer.vocab_size)
-    except DataError as e:
-        raise DataError(f"{builder_cls.name} corpus {cfg.name}: {e}; {hint}") from e
-    except Exception as e:  # noqa: BLE001 - missing or truncated array_record files fail inside tfds.
-        raise DataError(f"{builder_cls.name} corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
-    return PreparedText(sources=sources, version_dir=version_dir, tokenizer=tokenizer)
+    def check_sources(sources: dict[str, RandomAccessSource], version_dir: str) -> None:
+        nonlocal recorded
+        recorded = tokenizers.load_recorded(version_dir)
+        _check_sources(sources, cfg.data, recorded.vocab_size)
 
+    def announce(version_dir: str) -> None:
+        print(f"preparing {builder_cls.name}/{cfg.name} in {version_dir} with {_num_proc(data)} tokenising "
+              "process(es)", flush=True)
+
+    prepared = tfds_build.prepare(
+        builder_cls, cfg, announce=announce, check_inputs=lambda: builder_cls.check_inputs(cfg.data),
+        check_prepared=lambda version_dir: tfds_build.check_files_unchanged(
+            version_dir, builder_cls.local_files(cfg.data), cfg.data.files),
+        check_sources=check_sources)
+    return PreparedText(sources=prepared.sources, version_dir=prepared.version_dir, tokenizer=recorded)

@@ -13,56 +13,36 @@
 
 The model adds one [MASK] id on top of the V ids (`mask_id` = `vocab_size`). A prepared corpus records
 its tokenizer next to its data (`record`: tokenizer.txt naming it, plus tokenizer.json for the BPE ones)
-and `load_recorded` reads it back. The `tokenizers` library is imported only by the BPE tokenizers.
+and `load_recorded` reads it back. The `tokenizers` library is imported only by the BPE tokenizers; the
+names and sizes alone are in `tokenizer_names.py`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.data.tokenizer_names import (
+    BERT_VOCAB,
+    BPE_SPECIALS,
+    BYTE_SPECIALS,
+    CHARS,
+    GPT2_VOCAB,
+    vocab_size_of,
+)
 from proseco_jax.errors import UsageError
 
-NAMES = ("gpt2", "bert", "chars", "bytes", "bpe:N")
-GPT2_VOCAB = 50257
 GPT2_EOS = 50256
 GPT2_HUB_NAME = "gpt2"
-BERT_VOCAB = 30522
 BERT_HUB_NAME = "bert-base-uncased"
 BERT_VOCAB_TXT = "vocab.txt"
 BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}  # bert-base-uncased's.
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_TXT = "tokenizer.txt"
-CHARS = "abcdefghijklmnopqrstuvwxyz "
-BYTE_SPECIALS = 3  # BOS, EOS, PAD after the 256 bytes.
-BPE_SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
-BPE_MIN_VOCAB = 256 + len(BPE_SPECIALS)
-_BPE = re.compile(r"bpe:(\d+)")
-
-
-def vocab_size_of(name: str) -> int:
-    """V of the tokenizer `name` (without loading it); raises UsageError for an unknown name."""
-    if name == "gpt2":
-        return GPT2_VOCAB
-    if name == "bert":
-        return BERT_VOCAB
-    if name == "chars":
-        return len(CHARS)
-    if name == "bytes":
-        return 256 + BYTE_SPECIALS
-    match = _BPE.fullmatch(name)
-    if match:
-        n = int(match.group(1))
-        if n < BPE_MIN_VOCAB:
-            raise UsageError(f"tokenizer {name!r}: a byte-level BPE needs N >= {BPE_MIN_VOCAB} (256 bytes "
-                             f"and {len(BPE_SPECIALS)} special ids)")
-        return n
-    raise UsageError(f"unknown tokenizer {name!r}; expected one of {', '.join(NAMES)}")
 
 
 class Tokenizer:

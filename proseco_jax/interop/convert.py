@@ -12,14 +12,10 @@ a half-written workdir.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import ml_collections
@@ -29,11 +25,10 @@ from proseco_jax import checkpoint, config_base, configlib, inference, sharding,
 from proseco_jax.config_base import Config
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import layout, sources
+from proseco_jax.interop import llada as llada_hf
+from proseco_jax.interop.staging import check_new_directory, staged_directory
 from proseco_jax.models import dit
 from proseco_jax.state import ModelOnMesh, TrainState
-
-if TYPE_CHECKING:  # interop.llada imports this module's directory helpers.
-    from proseco_jax.interop import llada as llada_hf
 
 GPT2_VOCAB = 50257  # Real tokens of the GPT-2 tokenizer (the reference adds [MASK] = 50257).
 
@@ -132,8 +127,6 @@ def import_llada(source: str, workdir: str, base: ml_collections.ConfigDict) -> 
     The weights are streamed tensor by tensor into their shardings on a mesh of every device, fully
     sharded over its fsdp axis (`llada.load`), so no device and no host holds the whole model at once.
     """
-    from proseco_jax.interop import llada as llada_hf
-
     check_new_directory(workdir, "--workdir")
     ckpt = llada_hf.open_checkpoint(source)
     config = llada_config_for(ckpt, base)
@@ -163,30 +156,3 @@ def export_checkpoint(workdir: str, output_dir: str) -> layout.ReferenceConfig:
         # transformers loads only safetensors files that declare the PyTorch format.
         save_file(tensors, os.path.join(staging, sources.SAFETENSORS), metadata={"format": "pt"})
     return ref
-
-
-def check_new_directory(path: str, label: str) -> None:
-    """UsageError unless `path` is absent or an empty directory (conversion never overwrites)."""
-    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
-        raise UsageError(f"{label} {path} already exists and is not an empty directory; pick a new one")
-
-
-@contextlib.contextmanager
-def staged_directory(target: str) -> Iterator[str]:
-    """A fresh hidden directory next to `target`, renamed to `target` when the block completes and removed
-    when it fails."""
-    target = os.path.abspath(target)
-    parent = os.path.dirname(target)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
-    except OSError as e:
-        raise UsageError(f"cannot write next to {target}: {e.strerror or e}") from None
-    try:
-        yield staging
-        if os.path.isdir(target):
-            os.rmdir(target)  # Empty (checked before any work); not every OS renames onto it.
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

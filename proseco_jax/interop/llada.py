@@ -33,8 +33,8 @@ from flax import traverse_util
 
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import sources
-from proseco_jax.interop.convert import check_new_directory, staged_directory
 from proseco_jax.interop.layout import Tensor
+from proseco_jax.interop.staging import check_new_directory, staged_directory
 from proseco_jax.models import llada
 
 PREFIX = "model.transformer."
