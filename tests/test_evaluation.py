@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary
 
-from proseco_jax import samples_io
+from proseco_jax import fileio, samples_io
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import gpt2, markov_scoring, sample_metrics, text_metrics, text_scoring
@@ -334,3 +334,19 @@ def test_text_scoring_gives_gen_ppl_against_a_reference_and_needs_an_evaluator(t
         text_scoring.score_text(records, str(tmp_path / "absent"), LENGTH)
     with pytest.raises(UsageError, match="s.jsonl sample 1 holds ids outside the evaluator vocabulary"):
         text_scoring.score_text([{"tokens": [100, 1]}], str(directory), LENGTH, source="s.jsonl")
+
+
+def test_atomic_json_writes_null_for_non_finite_numbers_and_leaves_no_temp_file_on_failure(tmp_path,
+                                                                                            monkeypatch):
+    path = str(tmp_path / "out" / "r.json")
+    fileio.atomic_write_json(path, {"ppl": math.inf, "nll": np.float32(0.5), "n": np.int64(3),
+                                    "x": [math.nan]})
+    assert json.loads(open(path).read()) == {"ppl": None, "nll": 0.5, "n": 3, "x": [None]}
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        fileio.atomic_write_json(path, {"ppl": 1.0})
+    assert os.listdir(tmp_path / "out") == ["r.json"] and json.loads(open(path).read())["ppl"] is None
