@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from proseco_jax import cli, config_base, train
 from proseco_jax.data import datasets
-from proseco_jax.evaluation import report, sweep
+from proseco_jax.evaluation import report, scoring, sweep
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthetic.py")
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.normpath(_DEFAULT_CONFIG),
@@ -100,7 +100,7 @@ def main(argv):
     results, outputs = sweep.sweep_workdirs(config, workdir, workdir, num_samples=num_samples,
                                             quick=_QUICK.value, mdlm_workdir=mdlm_workdir,
                                             evaluator_dir=_EVALUATOR_DIR.value)
-    renderer = sweep.make_scorer(config, datasets.load(config.data))  # shows tokens; scores nothing here
+    renderer = scoring.make_scorer(config, datasets.load(config.data))  # shows tokens; scores nothing here
     if renderer.kind == "text":
         for line in report.sample_lines(results, outputs, renderer, "mdlm", _SHOW.value):
             print(line, flush=True)

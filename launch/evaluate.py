@@ -15,16 +15,14 @@ Bad input (a missing or malformed samples file, ids outside the vocabulary, a mi
 is one line on stderr and exit code 2.
 """
 
-import json
-
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, config_base
+from proseco_jax import cli, config_base, fileio, samples_io
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import datasets
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import report, scoring
+from proseco_jax.evaluation import markov_scoring, report, scoring, text_scoring
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
                                           "--workdir's config.json.", lock_config=True)
@@ -52,14 +50,14 @@ def _markov_metrics(config: config_base.Config, records: list[dict]) -> dict:
         except UsageError as e:
             print(f"no data reference: {e}", flush=True)
     held_out = scoring.held_out_tokens(data.sources["validation"], _NUM_DATA.value) if data else None
-    return scoring.score_markov(records, chain, config.data.length, held_out, source=_SAMPLES.value)
+    return markov_scoring.score_markov(records, chain, config.data.length, held_out, source=_SAMPLES.value)
 
 
 def _text_metrics(config: config_base.Config, records: list[dict]) -> dict:
     if not _EVALUATOR_DIR.value:
         raise UsageError("text samples need --evaluator_dir, a local Hugging Face GPT-2 directory")
-    reference = scoring.read_samples(_REFERENCE.value) if _REFERENCE.value else None
-    return scoring.score_text(records, _EVALUATOR_DIR.value, config.data.length, reference,
+    reference = samples_io.read_samples(_REFERENCE.value) if _REFERENCE.value else None
+    return text_scoring.score_text(records, _EVALUATOR_DIR.value, config.data.length, reference,
                               source=_SAMPLES.value, reference_source=_REFERENCE.value or "")
 
 
@@ -70,17 +68,17 @@ def main(argv):
         config = cli.sampling_config(_CONFIG, _WORKDIR.value)
     else:
         config = config_base.resolve(cli.config_or_fail(_CONFIG))
-    records = scoring.read_samples(_SAMPLES.value)
+    records = samples_io.read_samples(_SAMPLES.value)
     score = _markov_metrics if config.data.name == "markov" else _text_metrics
     metrics = score(config, records)
     if _WORKDIR.value:
         metrics.update({f"model_{k}": v for k, v in report.validation_bits(_WORKDIR.value).items()})
     try:
-        report.write_json(_OUTPUT.value, metrics)
+        fileio.atomic_write_json(_OUTPUT.value, metrics)
     except OSError as e:
         raise UsageError(f"cannot write --output {_OUTPUT.value}: {e.strerror or e}") from None
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    print(json.dumps(report.jsonable(shown)), flush=True)
+    print(fileio.dumps(shown), flush=True)
     print(f"wrote {_OUTPUT.value}", flush=True)
 
 

@@ -17,14 +17,13 @@ run untrusted models' code in a container). --output gets the results with every
 last stdout line is one JSON object with the headline figures.
 """
 
-import json
 import os
 
 import jax
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, inference, samples_io
+from proseco_jax import cli, fileio, inference, samples_io
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import code_eval
 
@@ -105,14 +104,12 @@ def main(argv):
     results = code_eval.score(_TASK.value, problems, samples, timeout=_TIMEOUT.value, memory_mb=_MEMORY.value,
                               workers=_WORKERS.value, ks=ks)
     results["samples"] = os.path.abspath(samples_path)
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    fileio.atomic_write_json(_OUTPUT.value, results)
     summary = {k: v for k, v in results.items() if k != "per_problem"}
     print(f"{_TASK.value}: {summary['metric']} = {summary[summary['metric']]:.4f} over "
           f"{summary['num_problems']} problems ({summary['num_samples']} samples); results in "
           f"{_OUTPUT.value}", flush=True)
-    print(json.dumps(summary), flush=True)
+    print(fileio.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,24 +2,21 @@
 (written by tensorboardX, no TensorFlow needed) and a one-line progress report on stdout.
 
 On resume, lines of `metrics.jsonl` from steps after the restored checkpoint are dropped, so the file reads
-exactly as if the run had never been interrupted.
+exactly as if the run had never been interrupted. A figure that is not finite (a diverged loss) is written
+as null (`fileio`'s JSON policy).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from typing import Any
 
+from tensorboardX import SummaryWriter
 
-def _jsonable(value: Any) -> Any:
-    value = float(value) if hasattr(value, "__float__") else value
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+from proseco_jax import fileio
 
 
 class MetricsWriter:
@@ -35,30 +32,22 @@ class MetricsWriter:
         if not enabled:
             return
         self._truncate_after(resume_step)
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record.
-            self._tb = None
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
         with open(self.path, encoding="utf-8") as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        fileio.atomic_write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Appends one JSON line for `step` and mirrors the scalars to TensorBoard."""
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        record = fileio.jsonable({"step": int(step), **metrics})
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(fileio.json_line(record))
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -1,4 +1,5 @@
-"""Samples files: JSON Lines, one sample per line, appended whole lines at a time.
+"""Samples files: JSON Lines, one sample per line, appended whole lines at a time, and read back for
+scoring (`read_samples`, `token_array`, `nfe_columns`).
 
 A sampling run appends each finished batch and flushes it, so an interrupted run leaves only whole
 samples (at most a torn last line, which `prepare_output` cuts off) and a rerun continues where it stopped.
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
+from proseco_jax import fileio
 from proseco_jax.errors import UsageError
 from proseco_jax.stopping import StopRequest
 
@@ -58,6 +62,41 @@ def read_jsonl(path: str) -> list[Record]:
     return records
 
 
+def read_samples(path: str) -> list[Record]:
+    """The samples (JSON objects) of a JSONL file; an empty file is a UsageError."""
+    records = read_jsonl(path)
+    if not records:
+        raise UsageError(f"samples file {path} holds no samples")
+    return records
+
+
+def token_array(records: Sequence[Record], source: str, length: int, vocab_size: int) -> np.ndarray:
+    """int64 [N, length] of the records' `tokens`; a ragged, misshapen or out-of-vocabulary one fails.
+
+    source: the file the records came from, named in the error.
+    """
+    rows = []
+    for number, record in enumerate(records, 1):
+        tokens = record.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                    for t in tokens):
+            raise UsageError(f"{source} sample {number}: 'tokens' must be a list of integer ids")
+        if len(tokens) != length:
+            raise UsageError(f"{source} sample {number} has {len(tokens)} tokens, expected "
+                             f"data.length={length}")
+        bad = [t for t in tokens if not 0 <= t < vocab_size]
+        if bad:
+            raise UsageError(f"{source} sample {number} holds token id {bad[0]}, outside the vocabulary "
+                             f"[0, {vocab_size})")
+        rows.append(tokens)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def nfe_columns(records: Sequence[Record]) -> dict[str, list[Any]]:
+    """The NFE counts (`fileio.NFE_KEYS`) of the records as columns (None where a record lacks one)."""
+    return {key: [r.get(key) for r in records] for key in fileio.NFE_KEYS}
+
+
 def prepare_output(path: str, *, resume: bool) -> int:
     """Makes `path` ready to append to; returns how many whole samples it already holds.
 
@@ -83,7 +122,7 @@ def prepare_output(path: str, *, resume: bool) -> int:
 
 def append(path: str, records: Iterable[Record]) -> None:
     """Appends records as whole lines and flushes them to disk."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
+    text = "".join(fileio.json_line(r) for r in records)
     with open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -19,10 +19,10 @@ from conftest import (
     tiny_config,
 )
 
-from proseco_jax import config_base
+from proseco_jax import config_base, fileio
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import grid, headline, report, scoring, sweep
+from proseco_jax.evaluation import grid, headline, markov_scoring, report, sample_metrics, sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTRACT_ROW_KEYS = {"sampler", "steps", "corrector_steps", "corrector_every", "nfe", "transition_error",
@@ -198,12 +198,12 @@ def _chain_allowing(*pairs):
 
 
 def test_corrections_mark_decoded_tokens_that_a_later_step_rewrote():
-    first, changed = scoring.corrections(HISTORY, M)
+    first, changed = sample_metrics.corrections(HISTORY, M)
     np.testing.assert_array_equal(first, [5, 3, 2, 1])
     np.testing.assert_array_equal(changed, [True, True, False, False])
-    assert report.marked_text(HISTORY, M) == "[t5→t6] [t3→t4] t2 t1"
     chain = _chain_allowing((6, 4), (4, 2), (2, 1))
-    scores = scoring.rewrite_scores(np.stack([HISTORY, HISTORY], axis=1), chain, M)  # [T, 2, L]
+    assert report.marked_text(HISTORY, M, markov_scoring.MarkovScorer(chain)) == "[t5→t6] [t3→t4] t2 t1"
+    scores = markov_scoring.rewrite_scores(np.stack([HISTORY, HISTORY], axis=1), chain, M)  # [T, 2, L]
     assert scores == {"rewritten": 2.0, "transition_error_first_decoded": 2 / 3}  # 5 -> 3 and 3 -> 2
 
 
@@ -214,7 +214,8 @@ def test_correction_lines_show_the_balanced_proseco_row_with_forbidden_counts_be
     history = np.stack([HISTORY, HISTORY], axis=1)  # [T, 2, L]
     balanced = {"tokens": history[-1], "history": history, "nfe": np.array([48, 47])}
     outputs = [{}, {}, balanced, {}]
-    lines = report.correction_lines({"rows": rows}, outputs, _chain_allowing((6, 4), (4, 2), (2, 1)), M, 1)
+    scorer = markov_scoring.MarkovScorer(_chain_allowing((6, 4), (4, 2), (2, 1)))
+    lines = report.correction_lines({"rows": rows}, outputs, scorer, M, 1)
     assert "T=16, S=2, ω=1" in lines[0] and len(lines) == 3
     assert lines[1] == ("sample 0: 2 tokens rewritten | forbidden transitions: 2 as first decoded, 0 after "
                         "correction | NFE 48")
@@ -238,5 +239,6 @@ def test_bits_line_reads_the_last_validation_of_metrics_jsonl(tmp_path):
 
 def test_results_json_has_no_infinities(tmp_path):
     path = str(tmp_path / "r.json")
-    report.write_json(path, {"rows": [{"chain_nll": math.inf, "nfe": np.float32(2.5), "steps": np.int64(4)}]})
+    fileio.atomic_write_json(path, {"rows": [{"chain_nll": math.inf, "nfe": np.float32(2.5),
+                                              "steps": np.int64(4)}]})
     assert json.loads(open(path).read()) == {"rows": [{"chain_nll": None, "nfe": 2.5, "steps": 4}]}

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary
 
+from proseco_jax import fileio, samples_io
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import gpt2, scoring, text_metrics
+from proseco_jax.evaluation import gpt2, markov_scoring, sample_metrics, text_metrics, text_scoring
 
 
 def _random_chain(seed: int) -> markov_chain.MarkovChain:
@@ -79,12 +80,12 @@ def test_forbidden_count_takes_a_chain_or_its_transition_and_ids_outside_the_cha
 def test_sample_entropy_matches_hand_computation():
     tokens = np.array([[0, 0, 1, 2], [3, 3, 3, 3], [7, 5, 7, 5]])
     first = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-    np.testing.assert_allclose(markov_chain.sample_entropy(tokens), [first, 0.0, math.log(2)], atol=1e-12)
+    np.testing.assert_allclose(sample_metrics.sample_entropy(tokens), [first, 0.0, math.log(2)], atol=1e-12)
     uniform = markov_chain.MarkovChain(np.full(8, 1 / 8), np.full((8, 8), 1 / 8))
     entropy = markov_chain.markov_metrics(tokens, uniform)["entropy"]
     assert entropy == pytest.approx((first + math.log(2)) / 3)
     # Ragged samples and ids far beyond any chain's vocabulary (text tokenizers).
-    ragged = text_metrics.unigram_entropy([[0, 0, 1, 2], [50000, 50256]])
+    ragged = sample_metrics.unigram_entropy([[0, 0, 1, 2], [50000, 50256]])
     assert ragged == pytest.approx((first + math.log(2)) / 2)
 
 
@@ -284,7 +285,7 @@ def test_markov_scoring_names_the_file_and_the_sample_of_bad_tokens(tmp_path, ca
     path = str(tmp_path / "s.jsonl")
     records = [{"tokens": tokens} for tokens in rows]
     with pytest.raises(UsageError, match=re.escape(message)):
-        scoring.score_markov(records, chain, LENGTH, source=path)
+        markov_scoring.score_markov(records, chain, LENGTH, source=path)
 
 
 @pytest.mark.parametrize(
@@ -297,7 +298,7 @@ def test_reading_a_bad_samples_file_is_a_one_line_usage_error(tmp_path, content,
     if content is not None:
         path.write_text(content)
     with pytest.raises(UsageError, match=message) as raised:
-        scoring.read_samples(str(path))
+        samples_io.read_samples(str(path))
     assert "\n" not in str(raised.value)
 
 
@@ -312,24 +313,40 @@ def test_markov_scoring_of_chain_samples_and_their_nfe_means():
     records = [{"tokens": row, "nfe": n, "predictor_nfe": n} for row, n in zip(tokens.tolist(), range(5))]
     records[2].pop("predictor_nfe")  # a count missing from one record is left out, not averaged over four
     held_out = markov_chain.sample_sequences(chain, 7, LENGTH, 2)
-    metrics = scoring.score_markov(records, chain, LENGTH, held_out)
+    metrics = markov_scoring.score_markov(records, chain, LENGTH, held_out)
     assert metrics["transition_error"] == 0.0 and metrics["num_samples"] == 5
     assert metrics["nfe"] == 2.0 and "predictor_nfe" not in metrics and "corrector_nfe" not in metrics
     assert metrics["data"]["num_samples"] == 7
     assert metrics["data"]["chain_entropy_bits_per_token"] == pytest.approx(
         markov_chain.sequence_entropy_per_token(chain, LENGTH) / math.log(2))
-    assert scoring.nfe_means({"nfe": np.array([2, 4], np.int32)}) == {"nfe": 3.0}
+    assert sample_metrics.nfe_means({"nfe": np.array([2, 4], np.int32)}) == {"nfe": 3.0}
 
 
 def test_text_scoring_gives_gen_ppl_against_a_reference_and_needs_an_evaluator(tiny_gpt2, tmp_path):
     directory, _ = tiny_gpt2
     records = [{"tokens": [3, 5, 7, 9, 11, 2], "nfe": 4}, {"tokens": [1, 2, 3, 4, 5, 6], "nfe": 4}]
-    metrics = scoring.score_text(records, str(directory), LENGTH, records)
+    metrics = text_scoring.score_text(records, str(directory), LENGTH, records)
     assert 1.0 < metrics["gen_ppl"] < 1000.0 and metrics["scored_tokens"] == 10
     assert metrics["nfe"] == 4.0
     assert metrics["data"]["gen_ppl"] == pytest.approx(metrics["gen_ppl"])
-    assert scoring.score_text(records, str(directory), 3)["scored_tokens"] == 4  # cut to 3 tokens each
+    assert text_scoring.score_text(records, str(directory), 3)["scored_tokens"] == 4  # cut to 3 tokens each
     with pytest.raises(UsageError, match="cannot load the evaluator: .*not found"):
-        scoring.score_text(records, str(tmp_path / "absent"), LENGTH)
+        text_scoring.score_text(records, str(tmp_path / "absent"), LENGTH)
     with pytest.raises(UsageError, match="s.jsonl sample 1 holds ids outside the evaluator vocabulary"):
-        scoring.score_text([{"tokens": [100, 1]}], str(directory), LENGTH, source="s.jsonl")
+        text_scoring.score_text([{"tokens": [100, 1]}], str(directory), LENGTH, source="s.jsonl")
+
+
+def test_atomic_json_writes_null_for_non_finite_numbers_and_leaves_no_temp_file_on_failure(tmp_path,
+                                                                                            monkeypatch):
+    path = str(tmp_path / "out" / "r.json")
+    fileio.atomic_write_json(path, {"ppl": math.inf, "nll": np.float32(0.5), "n": np.int64(3),
+                                    "x": [math.nan]})
+    assert json.loads(open(path).read()) == {"ppl": None, "nll": 0.5, "n": 3, "x": [None]}
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        fileio.atomic_write_json(path, {"ppl": 1.0})
+    assert os.listdir(tmp_path / "out") == ["r.json"] and json.loads(open(path).read())["ppl"] is None

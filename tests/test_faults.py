@@ -322,14 +322,14 @@ def test_sampling_refuses_non_finite_parameters(trained, data_dir, tmp_path):
 def test_an_interrupted_sweep_keeps_the_rows_it_finished(tiny_trained_workdir):
     from proseco_jax.data import chain as markov_chain
     from proseco_jax.data import datasets
-    from proseco_jax.evaluation import grid
+    from proseco_jax.evaluation import grid, markov_scoring
 
     workdir, _, overrides = tiny_trained_workdir
     config = config_base.resolve(tiny_config(*overrides))
     loaded = inference.load_model(config, workdir, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
-    chain = markov_chain.load_chain(datasets.load(config.data).chain_path)
+    scorer = markov_scoring.MarkovScorer(markov_chain.load_chain(datasets.load(config.data).chain_path))
     settings = [grid.Setting("MDLM", config.sampling.replace(sampler="mdlm", steps=t)) for t in (2, 3, 4)]
     asked = []
-    rows, outputs = grid.run_sweep(loaded, settings, chain, 4, workers=1, progress=None,
+    rows, outputs = grid.run_sweep(loaded, settings, scorer, 4, workers=1, progress=None,
                                    stop=lambda: asked.append(1) or len(asked) > 1)
     assert len(rows) == len(outputs) == 1 and rows[0]["steps"] == 4  # the longest row ran first

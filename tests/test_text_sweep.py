@@ -20,7 +20,7 @@ from test_evaluation import tiny_gpt2  # noqa: F401 - the random GPT-2 fixture, 
 from proseco_jax import config_base
 from proseco_jax.data import tokenizers
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import grid, headline, report, scoring, sweep
+from proseco_jax.evaluation import grid, headline, report, sample_metrics, scoring, sweep, text_scoring
 
 TEXT_CONFIG = os.path.join(REPO, "configs", "text_files.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,14 +66,14 @@ def test_unigram_bits_of_a_corpus_with_known_frequencies_leaves_out_padding():
     source = [{"tokens": np.array([0, 0, 1, 9]), "mask": np.array([1, 1, 1, 0])},
               {"tokens": np.array([2, 0, 0, 2]), "mask": np.array([1, 1, 1, 1])},
               {"tokens": np.array([1, 9, 9, 9]), "mask": np.array([1, 0, 0, 0])}]
-    bits, count = scoring.unigram_bits(scoring.split_tokens(source))
+    bits, count = sample_metrics.unigram_bits(scoring.split_tokens(source))
     assert count == 8 and bits == pytest.approx(1.5)
-    assert scoring.unigram_bits(scoring.split_tokens(source, max_sequences=1)) == (
+    assert sample_metrics.unigram_bits(scoring.split_tokens(source, max_sequences=1)) == (
         pytest.approx(-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)), 3)
-    uniform, _ = scoring.unigram_bits([np.arange(16)])
+    uniform, _ = sample_metrics.unigram_bits([np.arange(16)])
     assert uniform == pytest.approx(4.0)
     with pytest.raises(ValueError, match="at least one token"):
-        scoring.unigram_bits([])
+        sample_metrics.unigram_bits([])
 
 
 def test_text_grid_is_the_papers_owt_grid_at_1024_and_smaller_for_short_sequences():
@@ -114,11 +114,11 @@ def test_headline_in_gen_ppl_terms():
 
 
 def test_text_scorer_marks_rewrites_in_decoded_characters_and_counts_them():
-    scorer = scoring.TextScorer(tokenizers.ByteTokenizer(), None, TEXT_LENGTH)
+    scorer = text_scoring.TextScorer(tokenizers.ByteTokenizer(), None, TEXT_LENGTH)
     m = 259  # [MASK] of the bytes tokenizer
     a, b, x, sp, nl = (ord(c) for c in "abx \n")
     history = np.array([[m, m, m, m, m], [a, m, x, m, m], [a, b, x, sp, m], [a, b, b, nl, 257]])  # [T, L]
-    assert report.marked_text(history, m, None, scorer) == "ab[x→b][␣→⏎]⟨eos⟩"
+    assert report.marked_text(history, m, scorer, None) == "ab[x→b][␣→⏎]⟨eos⟩"
     assert scorer.rewrites(history[:, None], m) == {"rewritten": 2.0}
     assert scorer.texts(history[-1:]) == ["abb\n"]
     row = scorer.score(np.array([[a, a, b, b], [a, a, a, a]]))
@@ -132,16 +132,16 @@ def test_text_scorer_scores_gen_ppl_of_the_retokenized_text_like_score_text(tiny
     byte_tokens = tokenizers.ByteTokenizer()
     tokens = np.array([byte_tokens.encode("the module returns a list")[:20],
                        byte_tokens.encode("each file name path for str")[:20]])
-    scorer = scoring.text_scorer(byte_tokens, evaluator_dir, TEXT_LENGTH)
+    scorer = text_scoring.text_scorer(byte_tokens, evaluator_dir, TEXT_LENGTH)
     data = scorer.reference(tokens)
     row = scorer.score(tokens[::-1])
     records = [{"text": text} for text in scorer.texts(tokens)]
-    expected = scoring.score_text(records, evaluator_dir, TEXT_LENGTH)
+    expected = text_scoring.score_text(records, evaluator_dir, TEXT_LENGTH)
     assert data["gen_ppl"] == pytest.approx(expected["gen_ppl"], rel=1e-6) and 1.0 < data["gen_ppl"] < 1e4
     assert row["gen_ppl"] == pytest.approx(data["gen_ppl"], rel=1e-5)  # the same texts, other order
     assert row["scored_tokens"] == 2 * 19 and row["entropy"] > 0
     with pytest.raises(UsageError, match="no tokenizer.json"):
-        scoring.text_scorer(tokenizers.ByteTokenizer(), str(tiny_gpt2[0]), TEXT_LENGTH)
+        text_scoring.text_scorer(tokenizers.ByteTokenizer(), str(tiny_gpt2[0]), TEXT_LENGTH)
 
 
 def test_text_scorer_adds_mauve_against_the_data_features_when_mauve_is_installed(tiny_gpt2,  # noqa: F811
@@ -156,7 +156,7 @@ def test_text_scorer_adds_mauve_against_the_data_features_when_mauve_is_installe
     fake.__spec__ = importlib.machinery.ModuleSpec("mauve", None)
     fake.compute_mauve = compute_mauve
     monkeypatch.setitem(sys.modules, "mauve", fake)
-    scorer = scoring.text_scorer(tokenizers.ByteTokenizer(), _evaluator_with_tokenizer(
+    scorer = text_scoring.text_scorer(tokenizers.ByteTokenizer(), _evaluator_with_tokenizer(
         tiny_gpt2[0], tmp_path / "evaluator"), TEXT_LENGTH)
     texts = ("the path", "a module", "for each")  # 8 bytes each
     tokens = np.array([tokenizers.ByteTokenizer().encode(text) for text in texts])

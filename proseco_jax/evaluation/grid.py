@@ -3,7 +3,7 @@
 A `Setting` is a family label (its curve in the plot) and the config's `sampling` section with the
 sampler, T steps, S corrector steps and omega changed (`Sampling.replace`); every other sampling field is
 the config's. Each row draws `num_samples` sequences and scores them with the sweep's scorer
-(`scoring.MarkovScorer`: against the Markov chain; `scoring.TextScorer`: gen-PPL, entropy, MAUVE) next to
+(a `scoring.Scorer`: against the Markov chain, or gen-PPL, entropy and MAUVE for text) next to
 their mean NFE per sample, the x-axis of the paper's figures, and what the corrector rewrote. The NFE
 bound per sample is `Sampling.max_nfe`, T + S ceil(T / omega). The grids: `default_grid` for the Markov
 language's short sequences, `text_grid` for text (the paper's OpenWebText grid, scaled to the length).
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from proseco_jax import config_base
-from proseco_jax.evaluation import report, scoring
+from proseco_jax import config_base, inference
+from proseco_jax.evaluation import report, sample_metrics
+from proseco_jax.evaluation.scoring import Scorer
 
 Row = dict[str, Any]
 
@@ -100,7 +101,7 @@ def text_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -
     return grid + [preset_setting(base, "max")]
 
 
-GRIDS = {"markov": default_grid, "text": text_grid}  # by `Scorer.kind`
+GRIDS = {"markov": default_grid, "text": text_grid}  # by `Scorer.kind`: a new scorer's rows need its grid
 
 
 def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False,
@@ -114,8 +115,6 @@ def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: 
                    seed: int | None = None) -> dict[str, np.ndarray]:
     """num_samples draws of the loaded model under `setting`: tokens [N, L], NFE counts [N] (and
     history [T, N, L] if asked), the batches concatenated."""
-    from proseco_jax import inference
-
     batches = list(inference.sample_batches(loaded, num_samples, settings=setting.sampling, history=history,
                                             seed=seed))
     out = {key: np.concatenate([b[key] for b in batches]) for key in batches[0] if key != "history"}
@@ -124,12 +123,9 @@ def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: 
     return out
 
 
-def evaluate_setting(loaded: Any, setting: Setting, scorer: scoring.Scorer, num_samples: int, *,
+def evaluate_setting(loaded: Any, setting: Setting, scorer: Scorer, num_samples: int, *,
                      sampler_label: str | None = None) -> tuple[Row, dict[str, np.ndarray]]:
-    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples).
-
-    scorer: a `scoring.Scorer` (a `MarkovChain` is scored as its `MarkovScorer`)."""
-    scorer = scoring.as_scorer(scorer)
+    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples)."""
     start = time.time()
     out = sample_setting(loaded, setting, num_samples, history=True)
     run = setting.applied
@@ -141,7 +137,7 @@ def evaluate_setting(loaded: Any, setting: Setting, scorer: scoring.Scorer, num_
         "corrector_every": run.corrector_every,
         "preset": setting.sampling.preset,
     }
-    row.update(scoring.nfe_means(out))
+    row.update(sample_metrics.nfe_means(out))
     row.update(scorer.score(out["tokens"]))
     row.update(scorer.rewrites(out["history"], loaded.config.mask_id))
     row["num_samples"] = int(out["tokens"].shape[0])
@@ -149,7 +145,7 @@ def evaluate_setting(loaded: Any, setting: Setting, scorer: scoring.Scorer, num_
     return row, out
 
 
-def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: scoring.Scorer, num_samples: int, *,
+def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: Scorer, num_samples: int, *,
               sampler_label: str | None = None, workers: int = 2,
               progress: Callable[[str], None] | None = print,
               stop: Callable[[], bool] | None = None,
@@ -159,9 +155,7 @@ def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: scoring.Scorer, num_
     Every setting compiles its own sampler, and XLA compiles on one core: `workers` threads let one
     setting compile while another samples. Rows come back in grid order and do not depend on `workers`.
     Once `stop()` is true no further setting starts: the rows finished by then come back.
-    scorer: a `scoring.Scorer` (a `MarkovChain` is scored as its `MarkovScorer`).
     """
-    scorer = scoring.as_scorer(scorer)
 
     def one(i: int) -> tuple[Row, dict[str, np.ndarray]] | None:
         if stop is not None and stop():

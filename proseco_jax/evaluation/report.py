@@ -1,23 +1,24 @@
-"""What a sweep shows: the table of rows, `results.json`, the quality-against-NFE plot, samples with the
-tokens the corrector rewrote marked `[tA→tB]` (text: `[a→b]` in decoded characters or tokens), and the
-model's validation bits per token. How a row's metrics read comes from the sweep's scorer
-(`scoring.MarkovScorer` by default, `scoring.TextScorer` for text).
+"""What a sweep shows: the table of rows, the quality-against-NFE plot, samples with the tokens the
+corrector rewrote marked `[tA→tB]` (text: `[a→b]` in decoded characters or tokens), and the model's
+validation bits per token. How a row's metrics read comes from the sweep's `scoring.Scorer` (its
+columns, quality figure, rendering of tokens), which every function here is given.
 
-`results.json` is `{"scorer": "markov" | "text", "quality": key, "data": {...}, "rows": [...],
-"headline": {...}, "model": {...}}`; JSON has no inf or NaN, so they are written as null.
+`results.json` (written by `fileio.atomic_write_json`, non-finite numbers as null) is `{"scorer": kind,
+"quality": key, "data": {...}, "rows": [...], "headline": {...}, "model": {...}}`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from proseco_jax.evaluation import scoring
+from proseco_jax.evaluation import sample_metrics
+from proseco_jax.evaluation.scoring import Scorer
 
 Row = dict[str, Any]
 
@@ -27,31 +28,22 @@ def banner(text: str) -> str:
     return f"\n=== {text}"
 
 
-def row_summary(row: Row, scorer: Any = None) -> str:
-    """One row on one line, as the sweep reports its progress (`scorer` renders its metrics; default:
-    the Markov language's)."""
-    metrics = (scorer or scoring.MarkovScorer()).summary(row)
+def row_summary(row: Row, scorer: Scorer) -> str:
+    """One row on one line, as the sweep reports its progress (`scorer` renders its metrics)."""
+    metrics = scorer.summary(row)
     return (f"{row['family']:<22} T={row['steps']:<3} NFE {row['nfe']:6.1f} | {metrics} | "
             f"{row['seconds']:.1f} s")
 
 
-def data_summary(data: Row, scorer: Any = None) -> str:
+def data_summary(data: Row, scorer: Scorer) -> str:
     """The held-out data reference on one line."""
-    if scorer is None or scorer.kind == "markov":
-        return (f"data (held out, {data['num_samples']} sequences): transition error "
-                f"{data['transition_error']:.4f} | entropy {data['entropy']:.3f} nats | chain NLL "
-                f"{data['chain_nll']:.4f} (chain entropy {data['chain_entropy_nats_per_token']:.4f})")
-    line = f"data (held out, {data['num_samples']} sequences): {scorer.summary(data)} nats"
-    if "unigram_bits_per_token" in data:
-        line += f" | unigram entropy of the training tokens {data['unigram_bits_per_token']:.4f} bits/token"
-    return line
+    return f"data (held out, {data['num_samples']} sequences): {scorer.data_summary(data)}"
 
 
-def format_table(rows: Sequence[Row], data: Row | None = None, scorer: Any = None) -> str:
-    """A fixed-width table of the rows (and the data reference first), with the scorer's columns
-    (default: the Markov language's); a column no row has is left out, a missing figure is '-'."""
-    columns = (scorer or scoring.MarkovScorer()).columns
-    columns = [c for c in columns if any(c[0] in r for r in [*rows, data or {}])]
+def format_table(rows: Sequence[Row], data: Row | None, scorer: Scorer) -> str:
+    """A fixed-width table of the rows (and the data reference first), with the scorer's columns; a
+    column no row has is left out, a missing figure is '-'."""
+    columns = [c for c in scorer.columns if any(c[0] in r for r in [*rows, data or {}])]
     columns.append(("rewritten", "rewritten", ".2f"))
     width = lambda header: max(len(header), 6)
     cell = lambda r, key, fmt, header: (f"{r[key]:{width(header)}{fmt}}" if r.get(key) is not None
@@ -70,40 +62,15 @@ def format_table(rows: Sequence[Row], data: Row | None = None, scorer: Any = Non
     return "\n".join(lines)
 
 
-def jsonable(value: Any) -> Any:
-    """JSON has no inf/NaN: they become null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+def plot(results: dict[str, Any], scorer: Scorer, path: str) -> None:
+    """Two panels against mean NFE (log x): the scorer's quality figure and entropy, one curve per family.
 
-
-def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes `payload` as indented JSON, atomically (a partial file never appears under `path`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(jsonable(payload), f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def plot(results: dict[str, Any], path: str) -> None:
-    """Two panels against mean NFE (log x): the quality figure (`results["quality"]`: transition error,
-    or gen-PPL on a log axis) and entropy, one curve per family."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    A `Figure` without pyplot: no GUI backend is chosen or needed, and a notebook's own is left alone.
+    """
     rows, data = results["rows"], results["data"]
-    quality = results.get("quality", "transition_error")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    quality = scorer.quality
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     families: dict[str, list[Row]] = {}
     for row in rows:
         families.setdefault(row["family"], []).append(row)
@@ -123,15 +90,13 @@ def plot(results: dict[str, Any], path: str) -> None:
     if mdlm:
         axes[0].axhline(min(mdlm), color="grey", linestyle=":", linewidth=1, label="MDLM's best")
     axes[1].axhline(data["entropy"], color="black", linewidth=1, label="data (held out)")
-    text = quality == "gen_ppl"
-    ylabels = ("gen-PPL under the evaluator" if text else "transition error (fraction forbidden)",
-               "unigram entropy per sample (nats)")
+    ylabels = (scorer.quality_label, "unigram entropy per sample (nats)")
     for ax, ylabel in zip(axes, ylabels):
         ax.set_xscale("log")
         ax.set_xlabel("mean NFE per sample")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    if text and (mdlm or data.get(quality) is not None):
+    if scorer.quality_log_scale and (mdlm or data.get(quality) is not None):
         axes[0].set_yscale("log")
     if not any(r.get(quality) is not None for r in rows):
         axes[0].text(0.5, 0.5, f"no {quality} (no evaluator)", ha="center", transform=axes[0].transAxes)
@@ -143,18 +108,16 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def marked_text(history: np.ndarray, mask_id: int, per_line: int | None = 16, scorer: Any = None) -> str:
-    """One sample's final tokens as the scorer renders them (default: `tN`), rewritten ones marked by
-    `scorer.mark` (`[tA→tB]`: first decoded → final); `per_line` tokens a line (None: one string, the
-    text's own line breaks).
+def marked_text(history: np.ndarray, mask_id: int, scorer: Scorer, per_line: int | None = 16) -> str:
+    """One sample's final tokens as the scorer renders them, rewritten ones marked by `scorer.mark`
+    (`[tA→tB]`: first decoded → final); `per_line` tokens a line (None: one string, the text's own line
+    breaks).
 
     history: int [T, L] of one sample.
     """
-    scorer = scorer or scoring.MarkovScorer()
-    first, changed = scoring.corrections(history, mask_id)
+    first, changed = sample_metrics.corrections(history, mask_id)
     final = np.asarray(history)[-1]
     words = [scorer.mark(int(a), int(b)) if c else scorer.render(int(b))
              for a, b, c in zip(first, final, changed)]
@@ -171,22 +134,20 @@ def _corrected_row(rows: Sequence[Row]) -> int | None:
     return ([i for i in candidates if shape(rows[i]) == (16, 2, 1)] or candidates or [None])[0]
 
 
-def correction_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.ndarray]], scorer: Any,
+def correction_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.ndarray]], scorer: Scorer,
                      mask_id: int, count: int) -> list[str]:
     """`count` samples of a ProSeCo row with every token a corrector step rewrote marked, and the
     scorer's note on each (Markov: forbidden transitions before and after correction); no line when
     there is no such row.
 
-    scorer: a `scoring.Scorer` (a `MarkovChain` is scored as its `MarkovScorer`).
     outputs: the samples of each row of `results["rows"]` (tokens [N, L], history [T, N, L], nfe [N]).
     """
-    scorer = scoring.as_scorer(scorer)
     rows = results["rows"]
     pick = _corrected_row(rows)
     if count <= 0 or pick is None:
         return []
     row, out = rows[pick], outputs[pick]
-    first, changed = scoring.corrections(out["history"], mask_id)  # [N, L]
+    first, changed = sample_metrics.corrections(out["history"], mask_id)  # [N, L]
     lines = [banner(f"ProSeCo samples (T={row['steps']}, S={row['corrector_steps']}, "
                     f"ω={row['corrector_every']}): {scorer.mark_legend}")]
     text = scorer.kind != "markov"
@@ -194,11 +155,11 @@ def correction_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.nda
         note = scorer.sample_note(first[i], out["tokens"][i])
         lines.append(f"sample {i}: {int(changed[i].sum())} tokens rewritten | "
                      + (f"{note} | " if note else "") + f"NFE {int(out['nfe'][i])}")
-        lines.append(marked_text(out["history"][:, i], mask_id, None if text else 16, scorer))
+        lines.append(marked_text(out["history"][:, i], mask_id, scorer, None if text else 16))
     return lines
 
 
-def sample_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.ndarray]], scorer: Any,
+def sample_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.ndarray]], scorer: Scorer,
                  sampler: str, count: int) -> list[str]:
     """`count` decoded samples of the `sampler` row with as many unmasking steps as the row
     `correction_lines` shows (else the sampler's first row): plain text to read next to the marked ones."""
@@ -216,10 +177,11 @@ def sample_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.ndarray
     return lines
 
 
-def validation_bits(workdir: str) -> dict[str, float]:
-    """The last `val_bits_per_token` of workdir/metrics.jsonl with its step and the data's entropy."""
+def validation_bits(workdir: str) -> dict[str, float | None]:
+    """The last `val_bits_per_token` of workdir/metrics.jsonl with its step and the data's entropy (None
+    where the figure was not finite: `fileio` writes it as null)."""
     path = os.path.join(workdir, "metrics.jsonl")
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     if not os.path.isfile(path):
         return out
     with open(path, encoding="utf-8") as f:
@@ -239,6 +201,8 @@ def bits_line(workdir: str, label: str, unigram_bits: float | None = None) -> st
     if "val_bits_per_token" not in bits:
         return f"{label}: no validation figure in {workdir}/metrics.jsonl"
     value = bits["val_bits_per_token"]
+    if value is None:
+        return f"{label} (step {bits['step']}): the validation bits per token was not finite"
     line = (f"{label} (step {bits['step']}): validation {value:.4f} bits/token (an upper bound, the "
             "negative ELBO)")
     if "data_bits_per_token" in bits:

@@ -1,7 +1,7 @@
 """The sweep of a trained workdir: the grid of samplers (`grid`), each row scored by the corpus's scorer
 (`scoring.make_scorer`: against the Markov chain, or gen-PPL / entropy / MAUVE for text) with held-out
-data scored the same way as the reference, the paper's claims read off the rows (`headline`), and
-`results.json` with its plot (`report`).
+data scored the same way as the reference row (`reference_row`), the paper's claims read off the rows
+(`headline`), and `results.json` with its plot (`report`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from proseco_jax import checkpoint, config_base
+from proseco_jax import checkpoint, config_base, fileio, inference
+from proseco_jax.data import datasets
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import grid, headline, report, scoring
+from proseco_jax.evaluation import grid, headline, report, sample_metrics, scoring
 from proseco_jax.stopping import StopRequest
 
 MDLM_TRAINED = "mdlm (MDLM-trained)"  # the sampler label of the rows of a model trained without corrector
@@ -44,22 +45,12 @@ def check_request(config: Any, num_samples: int, evaluator_dir: str | None = Non
                          "evaluator: pass --evaluator_dir, a local Hugging Face GPT-2 directory")
 
 
-def make_scorer(config: config_base.Config, data: Any, evaluator_dir: str | None = None) -> scoring.Scorer:
-    """The scorer of the corpus `data` (`datasets.load(config.data)`): its chain, or its tokenizer and
-    the evaluator of `evaluator_dir` (gen-PPL of at most data.length evaluator tokens per sample)."""
-    if config.data.name == "markov":
-        from proseco_jax.data import chain as markov_chain
-
-        return scoring.MarkovScorer(markov_chain.load_chain(data.chain_path))
-    return scoring.text_scorer(data.tokenizer, evaluator_dir, config.data.length)
-
-
-def data_reference(scorer: scoring.Scorer, data: Any, num_data: int) -> dict[str, Any]:
-    """The held-out reference row (the first `num_data` validation sequences scored by `scorer`) with
-    the unigram entropy of the training tokens in bits per token (`unigram_bits_per_token`, over at
-    most UNIGRAM_SEQUENCES sequences, `unigram_tokens` of them)."""
+def reference_row(scorer: scoring.Scorer, data: Any, num_data: int) -> dict[str, Any]:
+    """The `data` row of results.json: the first `num_data` validation sequences of the loaded corpus
+    `data` scored by `scorer`, with the unigram entropy of the training tokens in bits per token
+    (`unigram_bits_per_token`, over at most UNIGRAM_SEQUENCES sequences, `unigram_tokens` of them)."""
     reference = scorer.reference(scoring.held_out_tokens(data.sources["validation"], num_data))
-    bits, count = scoring.unigram_bits(scoring.split_tokens(data.sources["train"], UNIGRAM_SEQUENCES))
+    bits, count = sample_metrics.unigram_bits(scoring.split_tokens(data.sources["train"], UNIGRAM_SEQUENCES))
     reference.update(unigram_bits_per_token=bits, unigram_tokens=count)
     return reference
 
@@ -79,18 +70,15 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     Writes output_dir/results.json and output_dir/quality_vs_nfe.png; returns (the results, the samples
     of each row: tokens [N, L], history [T, N, L], NFE counts).
     """
-    from proseco_jax import inference
-    from proseco_jax.data import datasets
-
     config = config_base.resolve(config)
     check_request(config, num_samples, evaluator_dir)
     checkpoint.ensure_writable(output_dir, "output directory")
     data = datasets.load(config.data)
-    scorer = make_scorer(config, data, evaluator_dir)
+    scorer = scoring.make_scorer(config, data, evaluator_dir)
     if num_data is None:
         num_data = 1000 if scorer.kind == "markov" else num_samples
     length = config.data.length
-    reference = data_reference(scorer, data, num_data)
+    reference = reference_row(scorer, data, num_data)
     progress(report.data_summary(reference, scorer))
     loaded = inference.load_model(config, workdir)
     progress(f"sampling the model of {workdir} (step {loaded.step}): {num_samples} samples per row")
@@ -117,8 +105,8 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
         results["interrupted"] = f"{len(rows)} of {len(settings)} rows"
     json_path = os.path.join(output_dir, "results.json")
     png_path = os.path.join(output_dir, "quality_vs_nfe.png")
-    report.write_json(json_path, results)
-    report.plot(results, png_path)
+    fileio.atomic_write_json(json_path, results)
+    report.plot(results, scorer, png_path)
     progress(report.format_table(rows, reference, scorer))
     for line in headline.lines(head) + (headline.lines(head["vs_mdlm_trained"]) if mdlm_workdir else []):
         progress(line)

@@ -1,4 +1,4 @@
-"""Metrics of generated text: generative perplexity under an evaluator LM, unigram entropy, and MAUVE.
+"""Metrics of generated text under an evaluator LM: generative perplexity, and MAUVE.
 
 Generative perplexity follows MDLM: each sample's text is retokenized with the evaluator's tokenizer,
 optionally truncated to `max_length` tokens, and split into consecutive chunks of the evaluator's context
@@ -6,10 +6,9 @@ length C; within a chunk the evaluator scores every token after the first (the f
 gen-PPL = exp(sum of NLL / number of scored tokens) over all samples. When an end-of-sequence id is
 given, an EOS target is scored only if it is the first EOS of its chunk (MDLM's rule: text after a
 document end is not judged). Padding is never scored (MDLM scores the first pad EOS of a sample shorter
-than its batch's longest, which would make a sample's score depend on its neighbours). Entropy is the
-mean per-sample unigram entropy in nats (`chain.sample_entropy`). MAUVE compares feature
-clouds (the evaluator's final hidden state at each sample's last token) with the optional `mauve-text`
-package.
+than its batch's longest, which would make a sample's score depend on its neighbours). MAUVE compares
+feature clouds (the evaluator's final hidden state at each sample's last token) with the optional
+`mauve-text` package. (Entropy needs no evaluator: `sample_metrics`.)
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from proseco_jax.data.chain import sample_entropy
 
 # (params, ids int [B, C], mask int [B, C]) -> logits [B, C, V] (or hidden states [B, C, D] for features);
 # params are an argument of the jitted computation, never a closure constant.
@@ -158,15 +155,6 @@ def generative_perplexity(
     return math.exp(total / count)
 
 
-def unigram_entropy(samples: Sequence[Sequence[int]] | np.ndarray) -> float:
-    """Mean over samples of the entropy (nats) of each sample's token histogram; samples may be ragged."""
-    if isinstance(samples, np.ndarray) and samples.ndim == 2:
-        return float(sample_entropy(samples).mean())
-    if len(samples) == 0:
-        raise ValueError("unigram_entropy needs at least one sample")
-    return float(np.mean([sample_entropy(np.asarray(sample).reshape(1, -1))[0] for sample in samples]))
-
-
 def last_token_features(
     sequences: Sequence[np.ndarray],
     hidden_fn: ApplyFn,
@@ -200,7 +188,7 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, **mauve_kwargs: 
 
     Keyword arguments go to `mauve.compute_mauve` (e.g. `num_buckets`, `seed`, `verbose`).
     """
-    try:
+    try:  # imported here: `mauve-text` is optional (pip install mauve-text)
         import mauve
     except ImportError:
         raise ImportError("MAUVE needs the optional package mauve-text: pip install mauve-text") from None
