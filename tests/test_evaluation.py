@@ -36,7 +36,7 @@ def test_chain_nll_of_chain_samples_matches_chain_entropy_within_three_standard_
     chain = _random_chain(0)
     num, length = 3000, 12
     tokens = markov_chain.sample_sequences(chain, num, length, seed=1)
-    metrics = markov_chain.markov_metrics(tokens, chain)
+    metrics = markov_scoring.markov_metrics(tokens, chain)
     per_sample = -_log_probs(tokens, chain).mean(axis=1)
     standard_error = per_sample.std(ddof=1) / math.sqrt(num)
     expected = markov_chain.sequence_entropy_per_token(chain, length)
@@ -53,10 +53,10 @@ def test_one_forbidden_transition_is_counted_exactly_and_left_out_of_the_nll():
     tokens = markov_chain.sample_sequences(chain, num, length, seed=3)
     # Replace the last token of sample 2 by a forbidden successor: exactly one bad transition.
     tokens[2, -1] = int(np.flatnonzero(chain.transition[tokens[2, -2]] == 0)[0])
-    metrics = markov_chain.markov_metrics(tokens, chain)
+    metrics = markov_scoring.markov_metrics(tokens, chain)
     assert metrics["transition_error"] == pytest.approx(1 / (num * (length - 1)))
     assert markov_chain.forbidden_count(tokens, chain) == 1
-    alone = markov_chain.markov_metrics(tokens[2:3], chain)
+    alone = markov_scoring.markov_metrics(tokens[2:3], chain)
     assert alone["transition_error"] == pytest.approx(1 / (length - 1))
     assert alone["validity"] == 0.0
     assert metrics["validity"] == pytest.approx((num - 1) / num)
@@ -82,7 +82,7 @@ def test_sample_entropy_matches_hand_computation():
     first = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     np.testing.assert_allclose(sample_metrics.sample_entropy(tokens), [first, 0.0, math.log(2)], atol=1e-12)
     uniform = markov_chain.MarkovChain(np.full(8, 1 / 8), np.full((8, 8), 1 / 8))
-    entropy = markov_chain.markov_metrics(tokens, uniform)["entropy"]
+    entropy = markov_scoring.markov_metrics(tokens, uniform)["entropy"]
     assert entropy == pytest.approx((first + math.log(2)) / 3)
     # Ragged samples and ids far beyond any chain's vocabulary (text tokenizers).
     ragged = sample_metrics.unigram_entropy([[0, 0, 1, 2], [50000, 50256]])
@@ -95,15 +95,15 @@ def test_out_of_vocabulary_ids_raise(bad):
     tokens = markov_chain.sample_sequences(chain, 2, 5, seed=0)
     tokens[1, 3] = bad
     with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
-        markov_chain.markov_metrics(tokens, chain)
+        markov_scoring.markov_metrics(tokens, chain)
 
 
 def test_malformed_tokens_raise():
     chain = _random_chain(0)
     with pytest.raises(ValueError, match="shape"):
-        markov_chain.markov_metrics(np.zeros(5, dtype=np.int32), chain)
+        markov_scoring.markov_metrics(np.zeros(5, dtype=np.int32), chain)
     with pytest.raises(ValueError, match="integers"):
-        markov_chain.markov_metrics(np.zeros((2, 5)), chain)
+        markov_scoring.markov_metrics(np.zeros((2, 5)), chain)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Markov chain of the embedded sparse Markov language, in one place for the corpus and its evaluation:
 the `MarkovChain` (initial [V], transition [V, V]), drawing one (`make_chain`) and sampling sequences from
-it, its exact likelihood and entropies (`log_prob`, `sequence_entropy_per_token`, `entropy_rate`), scores
-of token sequences against it (`markov_metrics`, `forbidden_count`), and its file
+it, its exact likelihood and entropies (`log_prob`, `sequence_entropy_per_token`, `entropy_rate`), the
+forbidden transitions of token sequences (`step_probs`, `forbidden_count`), and its file
 `chain.npz` (`save_chain`, `load_chain`). The tfds builder (`markov_builder.py`) writes the corpus from
 these functions and the evaluation scores samples with them, so both always agree on what the chain is.
 """
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.evaluation.sample_metrics import sample_entropy
 
 # Rows of a Dirichlet draw with small alpha can underflow to exactly 0; flooring keeps every one of the
 # k successors reachable, which the language promises.
@@ -161,7 +160,7 @@ def sequence_entropy_per_token(chain: MarkovChain, length: int) -> float:
 
     H(x_0..x_{L-1}) / L = (H(initial) + sum_{i=1}^{L-1} sum_x P(x_{i-1} = x) H(T[x])) / L. This is the
     floor that a model's validation loss per token (nats; divide by ln 2 for bits) can reach, and what
-    `markov_metrics`' chain_nll estimates on data drawn from the chain.
+    `evaluation.markov_scoring.markov_metrics`' chain_nll estimates on data drawn from the chain.
     """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
@@ -177,7 +176,7 @@ def sequence_entropy_per_token(chain: MarkovChain, length: int) -> float:
 # ------------------------------------------------------------------------------------------ scores
 
 
-def _step_probs(transition: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+def step_probs(transition: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """T(x_{i-1}, x_i) of int tokens [..., L]: float64 [..., L-1], 0 where an id is outside the chain."""
     vocab = transition.shape[0]
     a, b = tokens[..., :-1], tokens[..., 1:]
@@ -193,53 +192,7 @@ def forbidden_count(
     Ids outside the chain (such as a [MASK] id V) make every transition they take part in forbidden.
     """
     transition = chain.transition if isinstance(chain, MarkovChain) else np.asarray(chain)
-    return int((_step_probs(transition, np.asarray(tokens)) == 0).sum())
-
-
-def _check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Validates int tokens [N, L] (N, L >= 1, ids in [0, vocab_size)); returns them as int64."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must have shape [N, L], got shape {tokens.shape}")
-    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
-        raise ValueError(f"tokens must be non-empty, got shape {tokens.shape}")
-    if tokens.dtype.kind not in "iu":
-        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
-    return tokens.astype(np.int64)
-
-
-def markov_metrics(tokens: np.ndarray, chain: MarkovChain) -> dict[str, float]:
-    """Scores int tokens [N, L] (ids in [0, V)) against the chain; raises ValueError on other tokens.
-
-    A sample x_0..x_{L-1} has probability initial(x_0) prod_i T(x_{i-1}, x_i). Returns floats:
-    `transition_error`, the fraction of all transitions that are forbidden (the first token is not a
-    transition, so with L = 1 it is 0); `validity`, the fraction of samples of nonzero probability (no
-    forbidden transition and initial(x_0) > 0); `chain_nll`, the mean NLL in nats per event of nonzero
-    probability (the first token and every allowed transition; forbidden events are counted by
-    transition_error and left out, as they would make it infinite; inf if no event is left); `chain_ppl`
-    = exp(chain_nll); `entropy`, the mean `sample_entropy`. On data drawn from the chain, chain_nll
-    estimates `sequence_entropy_per_token`.
-    """
-    tokens = _check_tokens(tokens, chain.vocab_size)
-    first_prob = chain.initial[tokens[:, 0]]  # [N]
-    step_prob = _step_probs(chain.transition, tokens)  # [N, L-1]
-    forbidden = step_prob == 0.0
-    allowed_first = first_prob > 0.0
-    valid = ~forbidden.any(axis=1) & allowed_first
-    nll_sum = -np.log(first_prob[allowed_first]).sum() - np.log(step_prob[~forbidden]).sum()
-    num_scored = int(allowed_first.sum()) + int((~forbidden).sum())
-    chain_nll = float(nll_sum / num_scored) if num_scored else float("inf")
-    return {
-        "transition_error": float(forbidden.mean()) if forbidden.size else 0.0,
-        "validity": float(valid.mean()),
-        "chain_nll": chain_nll,
-        "chain_ppl": float(np.exp(chain_nll)),
-        "entropy": float(sample_entropy(tokens).mean()),
-    }
+    return int((step_probs(transition, np.asarray(tokens)) == 0).sum())
 
 
 # ------------------------------------------------------------------------------------------ chain.npz

@@ -1,6 +1,6 @@
 """Exact scores of samples of the embedded Markov language, against the chain that generated its data.
 
-`chain.markov_metrics` gives transition error (the quality figure: the fraction of transitions the chain
+`markov_metrics` gives transition error (the quality figure: the fraction of transitions the chain
 forbids), validity, chain NLL and perplexity, and sample entropy; held-out data scored the same way is
 the reference row, with the chain's exact entropy per token next to it (`data_metrics`). What a corrector
 rewrote is scored too: the transition error of the tokens as first decoded, before any rewrite
@@ -24,9 +24,55 @@ from proseco_jax.evaluation import sample_metrics
 Record = dict[str, Any]
 
 
+def check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Validates int tokens [N, L] (N, L >= 1, ids in [0, vocab_size)); returns them as int64."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape [N, L], got shape {tokens.shape}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"tokens must be non-empty, got shape {tokens.shape}")
+    if tokens.dtype.kind not in "iu":
+        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    return tokens.astype(np.int64)
+
+
+def markov_metrics(tokens: np.ndarray, chain: markov_chain.MarkovChain) -> dict[str, float]:
+    """Scores int tokens [N, L] (ids in [0, V)) against the chain; raises ValueError on other tokens.
+
+    A sample x_0..x_{L-1} has probability initial(x_0) prod_i T(x_{i-1}, x_i). Returns floats:
+    `transition_error`, the fraction of all transitions that are forbidden (the first token is not a
+    transition, so with L = 1 it is 0); `validity`, the fraction of samples of nonzero probability (no
+    forbidden transition and initial(x_0) > 0); `chain_nll`, the mean NLL in nats per event of nonzero
+    probability (the first token and every allowed transition; forbidden events are counted by
+    transition_error and left out, as they would make it infinite; inf if no event is left); `chain_ppl`
+    = exp(chain_nll); `entropy`, the mean `sample_entropy`. On data drawn from the chain, chain_nll
+    estimates `sequence_entropy_per_token`.
+    """
+    tokens = check_tokens(tokens, chain.vocab_size)
+    first_prob = chain.initial[tokens[:, 0]]  # [N]
+    step_prob = markov_chain.step_probs(chain.transition, tokens)  # [N, L-1]
+    forbidden = step_prob == 0.0
+    allowed_first = first_prob > 0.0
+    valid = ~forbidden.any(axis=1) & allowed_first
+    nll_sum = -np.log(first_prob[allowed_first]).sum() - np.log(step_prob[~forbidden]).sum()
+    num_scored = int(allowed_first.sum()) + int((~forbidden).sum())
+    chain_nll = float(nll_sum / num_scored) if num_scored else float("inf")
+    return {
+        "transition_error": float(forbidden.mean()) if forbidden.size else 0.0,
+        "validity": float(valid.mean()),
+        "chain_nll": chain_nll,
+        "chain_ppl": float(np.exp(chain_nll)),
+        "entropy": float(sample_metrics.sample_entropy(tokens).mean()),
+    }
+
+
 def data_metrics(tokens: np.ndarray, chain: markov_chain.MarkovChain) -> Record:
     """The metrics of held-out data tokens [N, L], and the chain's exact entropy per token at length L."""
-    row: Record = dict(markov_chain.markov_metrics(tokens, chain), num_samples=int(tokens.shape[0]))
+    row: Record = dict(markov_metrics(tokens, chain), num_samples=int(tokens.shape[0]))
     nats = markov_chain.sequence_entropy_per_token(chain, int(tokens.shape[1]))
     row["chain_entropy_nats_per_token"] = nats
     row["chain_entropy_bits_per_token"] = nats / math.log(2.0)
@@ -40,7 +86,7 @@ def score_markov(records: Sequence[Record], chain: markov_chain.MarkovChain, len
     source: the file the records came from, named in a UsageError for bad tokens.
     """
     tokens = samples_io.token_array(records, source, length, chain.vocab_size)
-    metrics = dict(markov_chain.markov_metrics(tokens, chain),
+    metrics = dict(markov_metrics(tokens, chain),
                    **sample_metrics.nfe_means(samples_io.nfe_columns(records)), num_samples=len(records))
     if held_out is not None:
         metrics["data"] = data_metrics(held_out, chain)
@@ -78,7 +124,7 @@ class MarkovScorer:
         return data_metrics(tokens, self.chain)
 
     def score(self, tokens: np.ndarray) -> Record:
-        return markov_chain.markov_metrics(tokens, self.chain)
+        return markov_metrics(tokens, self.chain)
 
     def rewrites(self, history: np.ndarray, mask_id: int) -> Record:
         return rewrite_scores(history, self.chain, mask_id)
