@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
@@ -20,8 +20,12 @@ from proseco_jax import configlib
 from proseco_jax.configlib import ConfigError, Section, at_least, between, field, greater_than, one_of
 from proseco_jax.errors import UsageError
 
+if TYPE_CHECKING:  # The sampling package imports this module.
+    from proseco_jax.sampling.samplers import SamplerKind
+
 SCHEDULES = ("loglinear", "linear", "cosine", "polynomial")
 PARAMETERIZATIONS = ("subs", "d3pm")
+# The names of `sampling.samplers.SAMPLERS`, which says what each means (tests keep the two equal).
 SAMPLERS = ("mdlm", "proseco", "remdm", "confidence", "llada_block")
 
 # Sampling presets for L = 64 (the embedded Markov language): preset -> (steps T, corrector_every omega, S)
@@ -332,17 +336,21 @@ class Sampling(Section):
         if not out.parameterization:
             out = out.replace(parameterization=parameterization)
         if out.temperature < 0:
-            out = out.replace(temperature=0.0 if out.sampler == "llada_block" else 1.0)
+            out = out.replace(temperature=0.0 if out.kind.greedy else 1.0)
         return out
 
     @property
-    def num_corrector_steps(self) -> int:
-        """S as the loop sees it: plain MDLM never corrects."""
-        return 0 if self.sampler == "mdlm" else self.corrector_steps
+    def kind(self) -> SamplerKind:
+        """What `sampler` names: its `sampling.samplers.SamplerKind` (unmasking strategy and traits)."""
+        # Imported here: the sampling package imports this module.
+        from proseco_jax.sampling import samplers
+
+        return samplers.SAMPLERS[self.sampler]
 
     @property
-    def confidence_ordered(self) -> bool:
-        return self.sampler in ("confidence", "llada_block")
+    def num_corrector_steps(self) -> int:
+        """S as the loop sees it: a sampler that never corrects (plain MDLM) has none."""
+        return self.corrector_steps if self.kind.corrects else 0
 
     @property
     def max_nfe(self) -> int:
