@@ -5,12 +5,13 @@
         [--devices=1 --threads=0] [--config.FIELD=VALUE ...]
     python launch/benchmark.py --what=sample --config=configs/synthetic.py --shape=tiny \
         --config.sampling.steps=64 --config.sampling.corrector_steps=2
+    python launch/benchmark.py --what=sample --config=configs/llada_tiny.py   (any registered model family)
 
 Both programs of a benchmark run in the same process, alternating (`proseco_jax/benchmarking.py`); `mfu` is
 model FLOP/s over XLA's matmul rate in the model's compute dtype (`model.dtype`), measured in the same run.
 Only figures measured in this run are printed; the last line of stdout is one JSON object. The `tiny` and
-`large` shapes are those at which the authors' PyTorch code is timed by its own harness: compare with it
-only when both run on the same machine.
+`large` shapes are those at which the authors' PyTorch code is timed by its own harness (cond_dim applies to
+models that have it): compare with it only when both run on the same machine.
 """
 
 import json
@@ -22,6 +23,7 @@ from ml_collections import config_flags
 
 from proseco_jax import benchmarking, cli, config_base, configlib, sharding, train
 
+# Shape fields of every model family, but cond_dim (the DiT's time conditioning) that others lack.
 SHAPE_FIELDS = {"layers": "model.num_layers", "hidden": "model.hidden_size", "heads": "model.num_heads",
                 "cond_dim": "model.cond_dim", "length": "data.length", "batch": "train.batch_size",
                 "vocab": "data.vocab_size"}
@@ -48,6 +50,8 @@ def shaped_config(config):
     shapes.update({key: holder.value for key, holder in _SIZES.items() if holder.value is not None})
     for key, value in shapes.items():
         section, field = SHAPE_FIELDS[key].split(".")
+        if field not in config[section]:  # A field of another model family (cond_dim).
+            continue
         config[section][field] = value
         if key == "length":
             config.model.max_length = value
@@ -71,9 +75,13 @@ def main(argv):
     mesh = sharding.make_mesh(config.mesh, devices[: _DEVICES.value] if _DEVICES.value else devices)
     train.check_mesh(config, mesh)
     figures = benchmarking.run(_WHAT.value, config, mesh, steps=_STEPS.value, warmup=_WARMUP.value)
-    figures.update({key: configlib.get(config, field) for key, field in SHAPE_FIELDS.items()},
-                   mlp_ratio=config.model.mlp_ratio, dtype=config.model.dtype, steps=_STEPS.value,
-                   warmup=_WARMUP.value, threads=_THREADS.value or len(cores))
+    model_fields = configlib.to_dict(config.model)
+    figures.update({key: configlib.get(config, field) for key, field in SHAPE_FIELDS.items()
+                    if not field.startswith("model.") or field.removeprefix("model.") in model_fields},
+                   model=config.model.name,
+                   **{key: model_fields[key] for key in ("mlp_ratio", "mlp_hidden_size", "dtype")
+                      if key in model_fields},
+                   steps=_STEPS.value, warmup=_WARMUP.value, threads=_THREADS.value or len(cores))
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")

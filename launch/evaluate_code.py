@@ -23,7 +23,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, fileio, inference, samples_io
+from proseco_jax import cli, fileio, prompts, samples_io
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import code_eval
 
@@ -67,14 +67,14 @@ def sample_problems(problems: list[code_eval.Problem], path: str, primary: bool,
     """Completes every problem's prompt with the workdir's model into `path` (resuming it); False when a
     signal stopped it early (the file then holds whole samples, and a rerun continues)."""
     config = cli.sampling_config(_CONFIG, _WORKDIR.value)
-    tokenizer = inference.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
+    tokenizer = prompts.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
     task = _TASK.value
     records = [{"task_id": p.task_id, "prompt": chat_prompt(task, p) if _CHAT.value else p.prompt}
                for p in problems]
-    run = inference.prepare_prompts(config, tokenizer, records, chat=_CHAT.value,
-                                    gen_length=_GEN_LENGTH.value, samples_per_prompt=_NUM_SAMPLES.value)
-    return inference.write_completions(config, _WORKDIR.value, tokenizer, run, path, resume=_RESUME.value,
-                                       primary=primary, say=say)
+    run = prompts.prepare_prompts(config, tokenizer, records, chat=_CHAT.value,
+                                  gen_length=_GEN_LENGTH.value, samples_per_prompt=_NUM_SAMPLES.value)
+    return prompts.write_completions(config, _WORKDIR.value, tokenizer, run, path, resume=_RESUME.value,
+                                     primary=primary, say=say)
 
 
 def main(argv):

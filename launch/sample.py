@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from proseco_jax import cli, inference, samples_io, stopping
+from proseco_jax import cli, inference, prompts, samples_io
 from proseco_jax.errors import UsageError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
@@ -56,18 +56,6 @@ _DISTRIBUTED = cli.DistributedFlags()
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 
 
-def records(out: dict[str, np.ndarray], decode) -> list[dict]:
-    """One JSON record per sample of a batch; `decode` turns its tokens into its text."""
-    rows = []
-    for i, tokens in enumerate(out["tokens"]):
-        row = {"tokens": tokens.tolist(), "text": decode(tokens),
-               **{key: int(out[key][i]) for key in ("nfe", "predictor_nfe", "corrector_nfe")}}
-        if "history" in out:
-            row["history"] = out["history"][:, i].tolist()
-        rows.append(row)
-    return rows
-
-
 def parse_prompt(text: str) -> np.ndarray | None:
     if not text.strip():
         return None
@@ -92,13 +80,32 @@ def sample_text(config, output: str, primary: bool, say) -> None:
     """Completes the text prompts into `output`, resuming after the samples it already holds."""
     if _HISTORY.value:
         raise UsageError("--history is not written for text prompts")
-    tokenizer = inference.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
+    tokenizer = prompts.chat_tokenizer(config, _WORKDIR.value, _TOKENIZER.value)
     per_prompt = _NUM_SAMPLES.value or 1
-    run = inference.prepare_prompts(config, tokenizer, prompt_records(), chat=_CHAT.value,
-                                    gen_length=_GEN_LENGTH.value, samples_per_prompt=per_prompt,
-                                    stop_at_eos=_STOP_AT_EOS.value)
-    inference.write_completions(config, _WORKDIR.value, tokenizer, run, output, resume=_RESUME.value,
-                                primary=primary, say=say)
+    run = prompts.prepare_prompts(config, tokenizer, prompt_records(), chat=_CHAT.value,
+                                  gen_length=_GEN_LENGTH.value, samples_per_prompt=per_prompt,
+                                  stop_at_eos=_STOP_AT_EOS.value)
+    prompts.write_completions(config, _WORKDIR.value, tokenizer, run, output, resume=_RESUME.value,
+                              primary=primary, say=say)
+
+
+def sample_unconditional(config, output: str, primary: bool, say) -> None:
+    """Draws --num_samples samples (after --prompt_ids, if given) into `output`, resuming after the samples
+    it already holds."""
+    total, prompt = _NUM_SAMPLES.value or 16, parse_prompt(_PROMPT_IDS.value)
+    settings = config.sampler_settings
+
+    def describe(loaded, left: int) -> str:
+        return (f"sampling {left} of {total} samples into {output} (checkpoint step {loaded.step}): "
+                f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches "
+                f"of {settings.batch_size}")
+
+    def draw(loaded, done: int):
+        batches = inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value)
+        return inference.sample_records(batches, inference.text_decoder(config, warn=say))
+
+    inference.write_samples(config, _WORKDIR.value, output, total=total, draw=draw, describe=describe,
+                            resume=_RESUME.value, primary=primary, say=say)
 
 
 def main(argv):
@@ -114,22 +121,7 @@ def main(argv):
     if _CHAT.value or _TOKENIZER.value or _GEN_LENGTH.value:
         raise UsageError("--chat, --tokenizer and --gen_length belong to text prompts (--prompt, "
                          "--prompt_file)")
-    output, total = _OUTPUT.value, _NUM_SAMPLES.value or 16
-    prompt = parse_prompt(_PROMPT_IDS.value)
-    done = samples_io.prepare_output(output, resume=_RESUME.value) if primary else 0
-    done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
-    if done >= total:
-        say(f"{output} already holds {done} samples (asked for {total}); nothing to do", flush=True)
-        return
-    loaded = inference.load_model(config, _WORKDIR.value)
-    decode = inference.text_decoder(config, warn=say)
-    settings = config.sampler_settings
-    say(f"sampling {total - done} of {total} samples into {output} (checkpoint step {loaded.step}): "
-        f"{settings.sampler}, T={settings.steps}, at most {settings.max_nfe} NFE per sample, batches of "
-        f"{settings.batch_size}", flush=True)
-    batches = inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value)
-    samples_io.write_batches((records(out, decode) for out in batches), output, done=done, total=total,
-                             step=loaded.step, primary=primary, say=say)
+    sample_unconditional(config, _OUTPUT.value, primary, say)
 
 
 if __name__ == "__main__":

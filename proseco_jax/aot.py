@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from proseco_jax import config_base, schedules, sharding, train
-from proseco_jax.benchmarking import train_step_flops
+from proseco_jax import config_base, sharding, train
+from proseco_jax.benchmarking import forward_flops, train_step_flops
 from proseco_jax.config_base import Config
 from proseco_jax.errors import UsageError
-from proseco_jax.sampling import loop
+from proseco_jax.sampling import Sampler
 from proseco_jax.state import ModelOnMesh
 
 GIB = 2**30
@@ -237,15 +237,10 @@ def lower_train_step(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, An
 def lower_sampler(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, Any]:
     """(the sampler of `config.sampling` lowered on `mesh`, the abstract parameters it reads)."""
     placed = ModelOnMesh.create(config, mesh)
-    params = placed.abstract_params()
+    sampler = Sampler.for_model(placed, placed.abstract_params())
     settings = config.sampler_settings
-    # float64 sampling math needs jax's x64 mode while the sampler is traced, as `inference` runs it.
-    with jax.enable_x64(True) if settings.precision == "float64" else contextlib.nullcontext():
-        lowered = placed.under_mesh(loop.lower_sample)(
-            placed.apply_fn, params, settings, _abstract_key(mesh), mask_id=config.mask_id,
-            schedule=schedules.Schedule(config.diffusion), batch_size=settings.batch_size,
-            length=config.data.length, mesh=mesh, vocab_size=config.output_vocab_size)
-    return lowered, params
+    lowered = sampler.lower(settings, _abstract_key(mesh), settings.batch_size, config.data.length)
+    return lowered, sampler.params
 
 
 def compile_for(config: Any, tgt: Target, program: str = "train_step") -> Report:
@@ -265,8 +260,7 @@ def compile_for(config: Any, tgt: Target, program: str = "train_step") -> Report
         mesh = _mesh(config, tgt, program)
         lowered, state = lower_sampler(config, mesh)
         # Every model call of the run, at most T + S ceil(T / omega) of them, on the whole batch.
-        forward = train_step_flops(config.replace(train=config.train.replace(batch_size=batch)), 1) / 3.0
-        model_flops = forward * settings.max_nfe
+        model_flops = forward_flops(config, batch) * settings.max_nfe
     n = len(tgt.devices)
     memory_limit = tgt.chip and tgt.chip.hbm_bytes
     if tgt.platform == "cpu":  # CPU devices share the host's memory.

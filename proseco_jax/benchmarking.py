@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proseco_jax import sampling, schedules, sharding, train
+from proseco_jax import sharding, train
 from proseco_jax.config_base import Config
 from proseco_jax.models import registry
+from proseco_jax.sampling import Sampler
 from proseco_jax.state import ModelOnMesh
 
 MATMUL_SIZE = 2048
@@ -116,11 +117,16 @@ def matmul_flops_per_sec(runs: int = 5, warmup: int = 2, dtype: Any = jnp.float3
     return 2.0 * MATMUL_SIZE**3 / best
 
 
+def forward_flops(config: Config, batch_size: int) -> float:
+    """Matmul FLOPs of one model call on batch_size sequences of data.length tokens (one sampler NFE for the
+    batch); the model family counts its own."""
+    return batch_size * registry.forward_flops(config.model, config.mask_id + 1, config.data.length)
+
+
 def train_step_flops(config: Config, passes: int) -> float:
     """Matmul FLOPs of one train step: forward + backward (3x forward) of `passes` backbone passes (2 for
-    ProSeCo, 1 for MDLM) over the global batch; the model family counts its own forward FLOPs."""
-    per_sequence = registry.forward_flops(config.model, config.mask_id + 1, config.data.length)
-    return 3.0 * passes * config.train.batch_size * per_sequence
+    ProSeCo, 1 for MDLM) over the global batch."""
+    return 3.0 * passes * forward_flops(config, config.train.batch_size)
 
 
 def bench_train_step(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
@@ -178,24 +184,20 @@ def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup:
     """The on-device scan sampler against a Python loop over the same jitted step, same model (random
     weights), settings (`config.sampling`) and batch; each timed unit is one sampling run."""
     placed = ModelOnMesh.create(config, mesh)
-    params = random_params(placed, jax.random.key(config.seed))
+    sampler = Sampler.for_model(placed, random_params(placed, jax.random.key(config.seed)))
     settings = config.sampler_settings
     batch = settings.batch_size
     keys = jax.random.split(jax.random.key(config.seed + 1), 1 + warmup + steps)
-    kwargs = dict(schedule=schedules.Schedule(config.diffusion), mask_id=config.mask_id, batch_size=batch,
-                  length=config.data.length, mesh=mesh)
-
-    run = placed.under_mesh(sampling.sample)
 
     def program(host_loop: bool):
-        return lambda _, i: (None, run(placed.apply_fn, params, settings, keys[i], host_loop=host_loop,
-                                       **kwargs))
+        return lambda _, i: (None, sampler.sample(settings, keys[i], batch, config.data.length,
+                                                  host_loop=host_loop))
 
     timings = time_programs({"scan": program(False), "hostloop": program(True)},
                             {"scan": None, "hostloop": None}, steps=steps, warmup=warmup)
     out, sec = timings.outputs["scan"], timings.median_sec
     calls = int(out.model_calls)
-    forward = train_step_flops(config.replace(train=config.train.replace(batch_size=batch)), passes=1) / 3.0
+    forward = forward_flops(config, batch)
     return {
         "scan_samples_per_sec": batch / sec["scan"],
         "hostloop_samples_per_sec": batch / sec["hostloop"],

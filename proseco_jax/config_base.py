@@ -24,7 +24,29 @@ from proseco_jax.models import registry
 
 SCHEDULES = ("loglinear", "linear", "cosine", "polynomial")
 PARAMETERIZATIONS = ("subs", "d3pm")
-SAMPLERS = ("mdlm", "proseco", "remdm", "confidence", "llada_block")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerTraits:
+    """What a sampler name means to its callers; its unmasking strategy is `sampling.samplers.UNMASKERS`'."""
+
+    corrects: bool = True  # runs the corrector when sampling.corrector_steps > 0
+    confidence_ordered: bool = False  # commits the most confident proposals, at least one per step
+    blocked: bool = False  # unmasks in blocks of sampling.block_length and stops at sampling.eos_id
+    greedy: bool = False  # temperature -1 means 0 (else 1)
+
+
+# Every sampler runs the one loop (sampling/loop.py): predict, correct when S > 0 and it corrects, unmask.
+# MDLM never corrects; the confidence-ordered samplers commit at least one token per step; LLaDA's block
+# sampler unmasks the generated region in semi-autoregressive blocks, stops at eos_id and is greedy by
+# default (LLaDA's evaluation). Tests keep these names equal to `sampling.samplers.UNMASKERS`'.
+SAMPLERS: dict[str, SamplerTraits] = {
+    "mdlm": SamplerTraits(corrects=False),
+    "proseco": SamplerTraits(),
+    "remdm": SamplerTraits(),
+    "confidence": SamplerTraits(confidence_ordered=True),
+    "llada_block": SamplerTraits(confidence_ordered=True, blocked=True, greedy=True),
+}
 
 # Sampling presets for L = 64 (the embedded Markov language): preset -> (steps T, corrector_every omega, S)
 #   fast      T = 8,  omega = 1, S = 2    at most  8 + 2 * 8  = 24 NFE
@@ -330,17 +352,18 @@ class Sampling(Section):
         if not out.parameterization:
             out = out.replace(parameterization=parameterization)
         if out.temperature < 0:
-            out = out.replace(temperature=0.0 if out.sampler == "llada_block" else 1.0)
+            out = out.replace(temperature=0.0 if out.kind.greedy else 1.0)
         return out
 
     @property
-    def num_corrector_steps(self) -> int:
-        """S as the loop sees it: plain MDLM never corrects."""
-        return 0 if self.sampler == "mdlm" else self.corrector_steps
+    def kind(self) -> SamplerTraits:
+        """What `sampler` names (`SAMPLERS`)."""
+        return SAMPLERS[self.sampler]
 
     @property
-    def confidence_ordered(self) -> bool:
-        return self.sampler in ("confidence", "llada_block")
+    def num_corrector_steps(self) -> int:
+        """S as the loop sees it: a sampler that never corrects (plain MDLM) has none."""
+        return self.corrector_steps if self.kind.corrects else 0
 
     @property
     def max_nfe(self) -> int:

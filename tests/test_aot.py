@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import CONFIG, TINY_OVERRIDES, assert_usage_error, run_binary, tiny_config
 
-from proseco_jax import aot
+from proseco_jax import aot, benchmarking, config_base
 from proseco_jax.errors import UsageError
 
 needs_libtpu = pytest.mark.skipif(not aot.libtpu_available(), reason="libtpu is not installed (pip install "
@@ -48,7 +48,8 @@ def test_sampler_compiles_for_a_tpu_topology(tpu):
     report = aot.compile_for(config, tpu, "sample")
     assert report.program == "sample" and report.batch_size == 8 and report.fits
     assert 0 < report.argument_bytes and report.xla_flops > 0
-    assert report.model_flops > 0  # every model call the settings allow: T + S ceil(T / omega) = 8
+    # Every model call the settings allow, T + S ceil(T / omega) = 8, on the whole batch of 8.
+    assert report.model_flops == 8 * benchmarking.forward_flops(config_base.resolve(config), 8)
 
 
 @needs_libtpu

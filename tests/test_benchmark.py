@@ -17,11 +17,11 @@ REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_
             "layers", "hidden", "heads", "length", "batch", "vocab")
 
 
-def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+def run_benchmark(*args: str, config: str = "configs/synthetic.py") -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     # Unoptimised XLA code compiles several times faster; these tests check the binary, not its speed.
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    return subprocess.run([sys.executable, "launch/benchmark.py", "--config=configs/synthetic.py", *args],
+    return subprocess.run([sys.executable, "launch/benchmark.py", f"--config={config}", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -58,6 +58,19 @@ def test_sample_benchmark_times_scan_and_host_loop_with_equal_nfe():
     assert figures["model_calls"] == figures["hostloop_model_calls"]
     assert 1 <= figures["model_calls"] <= 4 + 4 * 1
     assert figures["nfe"] == pytest.approx(figures["predictor_nfe"] + figures["corrector_nfe"])
+
+
+@pytest.mark.parametrize("what", ["train_step", "sample"])
+def test_benchmark_runs_for_a_llada_model_and_ends_with_its_json_line(what):
+    # The tiny --shape preset sets the DiT's cond_dim, which LLaDA lacks: it applies where it exists.
+    sampling = ["--batch=4", "--steps=1", "--warmup=0", "--config.sampling.steps=4",
+                "--config.sampling.corrector_steps=1"] if what == "sample" else []
+    result = run_benchmark(f"--what={what}", "--shape=tiny", *TINY, *sampling, config="configs/llada_tiny.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["model"] == "llada" and figures["what"] == what and "cond_dim" not in figures
+    assert (figures["layers"], figures["hidden"], figures["heads"], figures["length"]) == (1, 32, 2, 16)
+    assert figures["mfu"] > 0 and "mlp_hidden_size" in figures
 
 
 def test_bad_input_exits_2_with_one_line():

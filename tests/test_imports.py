@@ -9,7 +9,7 @@ Layers, bottom first (a module belongs to the layer of the longest prefix that n
     schedules, data, checkpoint, ...       pure functions of the config; corpora; orbax
     diffusion, state, sft                  losses; the model placed on a mesh
     train, sampling                        the train step; the sampler loop
-    inference, evaluation, benchmarking    what runs a trained workdir
+    inference, prompts, evaluation, ...    what runs a trained workdir
     interop, aot, cli                      conversions and the binaries' shared code
 
 Function-level imports count too: hiding an upward import inside a function hides the architecture.
@@ -34,7 +34,7 @@ LAYERS = (
     ("schedules", "data", "checkpoint", "sharding", "samples_io"),
     ("diffusion", "state", "sft"),
     ("train", "sampling"),
-    ("inference", "evaluation", "benchmarking"),
+    ("inference", "prompts", "evaluation", "benchmarking"),
     ("interop", "aot", "cli"),
 )
 def _modules() -> dict[str, str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary, tiny_config
 
-from proseco_jax import config_base, inference, sharding
+from proseco_jax import config_base, inference, prompts, sharding
 from proseco_jax.errors import UsageError
 
 
@@ -123,5 +123,5 @@ def test_samples_of_a_text_corpus_are_decoded_with_its_tokenizer():
 def test_text_prompts_without_a_tokenizer_are_a_one_line_usage_error(tmp_path):
     config = config_base.resolve(tiny_config())  # the Markov language records no tokenizer directory
     with pytest.raises(UsageError, match="--tokenizer=DIR") as info:
-        inference.chat_tokenizer(config, workdir=str(tmp_path))
+        prompts.chat_tokenizer(config, workdir=str(tmp_path))
     assert "\n" not in str(info.value)

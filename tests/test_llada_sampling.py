@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_usage_error, run_binary
 
-from proseco_jax import checkpoint, config_base, inference, sharding
+from proseco_jax import checkpoint, config_base, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.state import ModelOnMesh, TrainState
 
@@ -94,12 +94,12 @@ def eos_workdir(tmp_path_factory, tokenizer_dir):
 
 
 def test_chat_prompts_keep_their_tokens_and_generation_stops_at_eos(eos_workdir, tokenizer_dir, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
+    prompt_file = tmp_path / "prompts.jsonl"
     records = [{"task_id": "a", "messages": [{"role": "user", "content": "what is three plus four"}]},
                {"task_id": "b", "prompt": "what is the answer"}]
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    prompt_file.write_text("".join(json.dumps(r) + "\n" for r in records))
     output = str(tmp_path / "answers.jsonl")
-    args = (f"--workdir={eos_workdir}", f"--output={output}", f"--prompt_file={prompts}", "--chat",
+    args = (f"--workdir={eos_workdir}", f"--output={output}", f"--prompt_file={prompt_file}", "--chat",
             "--gen_length=8")
     proc = run_binary("sample.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -146,18 +146,18 @@ def test_completions_end_at_eos_and_a_resumed_run_draws_the_same_samples(tmp_pat
     write_workdir(workdir, config)
     loaded = inference.load_workdir(workdir, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
     loaded = dataclasses.replace(loaded, placed=dataclasses.replace(loaded.placed, apply_fn=stub(10, 6)))
-    tokenizer = inference.chat_tokenizer(config, workdir)  # the recorded data.tokenizer_path
+    tokenizer = prompts.chat_tokenizer(config, workdir)  # the recorded data.tokenizer_path
     records = [{"prompt": "what is three plus four"}, {"prompt": "the answer"}, {"prompt": "what is seven"}]
-    run = inference.prepare_prompts(config, tokenizer, records, chat=False, gen_length=8)
+    run = prompts.prepare_prompts(config, tokenizer, records, chat=False, gen_length=8)
     assert run.settings.eos_id == EOS and run.gen_length == 8
     assert [len(ids) for ids in run.ids] == [6, 3, 4]  # BOS + words
     # Sorted by length, one length per batch: [1], [2], [0].
     assert [job.prompt for job in run.jobs()] == [1, 2, 0]
-    rows = [row for batch in inference.complete_prompts(loaded, tokenizer, run) for row in batch]
+    rows = [row for batch in prompts.complete_prompts(loaded, tokenizer, run) for row in batch]
     for row in rows:
         length = row["prompt_length"]
         assert row["tokens"][:length] == run.ids[row["prompt_index"]]
         assert row["completion_ids"] == [6] * (10 - length)  # "seven" up to EOS, nothing after it
         assert row["text"] == " ".join(["seven"] * (10 - length))
-    resumed = [row for batch in inference.complete_prompts(loaded, tokenizer, run, start=1) for row in batch]
+    resumed = [row for batch in prompts.complete_prompts(loaded, tokenizer, run, start=1) for row in batch]
     assert resumed == rows[1:]

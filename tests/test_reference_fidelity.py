@@ -85,7 +85,7 @@ def _table_model(params, tokens, sigma):
 
 def _one_step(settings: Sampling):
     plan = loop.make_plan(settings, Schedule(), batch_size=B, length=L, mask_id=V)
-    state, fixed = loop.initial_state(plan, jax.random.key(0), None, None)
+    state, fixed = loop.initial_state(plan, jax.random.key(0))
     out = loop.sampler_step(_table_model, plan, None, fixed, state, jnp.asarray(0, jnp.int32))
     raw = diffusion.log_probs_without_mask(_table_model(None, state.tokens, None), V)
     return out, raw

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from proseco_jax import config_base
 from proseco_jax.config_base import Sampling
-from proseco_jax.sampling import loop, ops, sample
+from proseco_jax.sampling import UNMASKERS, Sampler, loop, ops
 from proseco_jax.sampling.corrector import Corrector
 from proseco_jax.sampling.loop import _sample_jit
 from proseco_jax.sampling.unmasking import ConfidenceOrdered, StepContext
@@ -74,11 +75,14 @@ PROSECO = Sampling(sampler="proseco", steps=8, corrector_steps=2, corrector_rule
 CONDITIONS = dict(prompt=PROMPT, infill=(INFILL_TOKENS, INFILL_KEEP))
 
 
-def run(settings, model=table_model, params=None, **kwargs):
-    kwargs.setdefault("batch_size", B)
-    kwargs.setdefault("length", L)
-    return sample(model, params, settings, RNG, schedule=SCHEDULE, mask_id=MASK, return_history=True,
-                  **kwargs)
+def sampler(model=table_model, params=None, **kwargs):
+    return Sampler(apply_fn=model, params=params, schedule=SCHEDULE, mask_id=MASK, **kwargs)
+
+
+def run(settings, model=table_model, params=None, *, batch_size=B, length=L, rng=RNG, vocab_size=None,
+        mesh=None, **kwargs):
+    return sampler(model, params, vocab_size=vocab_size, mesh=mesh).sample(settings, rng, batch_size, length,
+                                                                         history=True, **kwargs)
 
 
 def changed_rows(history, start):
@@ -166,8 +170,7 @@ def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan_for_proseco_with_s2
 def test_second_call_reuses_the_compiled_program(conditioned):
     size = _sample_jit._cache_size()
     again = run(PROSECO, **CONDITIONS)
-    other = sample(table_model, None, PROSECO, jax.random.PRNGKey(1), schedule=SCHEDULE, batch_size=B,
-                   length=L, mask_id=MASK, return_history=True, **CONDITIONS)
+    other = run(PROSECO, rng=jax.random.PRNGKey(1), **CONDITIONS)
     assert _sample_jit._cache_size() == size
     np.testing.assert_array_equal(again.tokens, conditioned.tokens)
     assert (np.asarray(other.tokens) != np.asarray(conditioned.tokens)).any()
@@ -343,23 +346,29 @@ BAD_INFILL_TOKENS[0, 7] = V  # the mask id is not a real token
      "must divide"),
     (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
     (Sampling(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
-    (Sampling(precision="float64"), {}, "x64"),
 ])
 def test_bad_inputs_raise_value_error(settings, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sample(table_model, None, settings, RNG, schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK,
-               **kwargs)
+        sampler().sample(settings, RNG, B, L, **kwargs)
+
+
+def test_float64_needs_x64_in_the_core_and_the_sampler_switches_it_on_around_its_call():
+    settings = Sampling(steps=2, precision="float64")
+    with pytest.raises(ValueError, match="x64"):
+        loop.make_plan(settings, SCHEDULE, batch_size=B, length=L, mask_id=MASK)
+    out = sampler().sample(settings, RNG, B, L)
+    tokens = np.asarray(out.tokens)
+    assert not jax.config.jax_enable_x64 and ((tokens >= 0) & (tokens < V)).all()
 
 
 def test_wrong_logit_shape_and_unshardable_batch_raise_value_error():
     with pytest.raises(ValueError, match="logits of shape"):
-        sample(lambda params, tokens, sigma: jnp.zeros(tokens.shape + (V,)), None, Sampling(steps=2), RNG,
-               schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK)
+        narrow = sampler(lambda params, tokens, sigma: jnp.zeros(tokens.shape + (V,)))
+        narrow.sample(Sampling(steps=2), RNG, B, L)
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
     for host_loop in (False, True):
         with pytest.raises(ValueError, match="not divisible"):
-            sample(table_model, None, PROSECO, RNG, schedule=SCHEDULE, batch_size=4, length=L, mask_id=MASK,
-                   mesh=mesh, host_loop=host_loop)
+            sampler(mesh=mesh).sample(PROSECO, RNG, 4, L, host_loop=host_loop)
 
 
 WIDE, ABOVE = V + 4, V + 2  # a table with [MASK] (= V) inside it and ids above it, as LLaDA's
@@ -392,12 +401,20 @@ def test_ids_above_the_mask_are_sampled_when_read_and_the_mask_never_is(settings
 
 
 def test_ids_above_the_vocabulary_read_or_the_mask_itself_are_rejected_in_prompts_and_eos():
-    kwargs = dict(schedule=SCHEDULE, batch_size=B, length=L, mask_id=MASK, vocab_size=WIDE)
+    wide = sampler(above_mask_model, vocab_size=WIDE)
     for prompt in ([1, WIDE], [1, MASK]):
         with pytest.raises(ValueError, match=f"other than \\[MASK\\] = {MASK}"):
-            sample(above_mask_model, None, PROSECO, RNG, prompt=np.array(prompt, np.int32), **kwargs)
+            wide.sample(PROSECO, RNG, B, L, prompt=np.array(prompt, np.int32))
     with pytest.raises(ValueError, match="eos_id"):
-        sample(above_mask_model, None, Sampling(sampler="llada_block", steps=4, block_length=4, eos_id=MASK),
-               RNG, **kwargs)
+        wide.sample(Sampling(sampler="llada_block", steps=4, block_length=4, eos_id=MASK), RNG, B, L)
     with pytest.raises(ValueError, match="logits of shape"):
-        sample(table_model, None, PROSECO, RNG, **kwargs)  # its logits stop at the mask id
+        sampler(vocab_size=WIDE).sample(PROSECO, RNG, B, L)  # its logits stop at the mask id
+
+
+def test_the_sampler_table_names_exactly_the_configurable_samplers_and_answers_their_traits():
+    assert tuple(UNMASKERS) == tuple(config_base.SAMPLERS)
+    assert [name for name, kind in config_base.SAMPLERS.items() if not kind.corrects] == ["mdlm"]
+    assert [name for name, kind in config_base.SAMPLERS.items() if kind.blocked] == ["llada_block"]
+    assert Sampling(sampler="llada_block").resolved().temperature == 0.0
+    assert Sampling(sampler="confidence").resolved().temperature == 1.0
+    assert Sampling(sampler="mdlm", corrector_steps=3).num_corrector_steps == 0

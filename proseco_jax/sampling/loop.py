@@ -1,18 +1,24 @@
 """The sampler: one `lax.scan` over T steps of "predict, maybe correct, unmask", compiled once per plan.
 
 Per step i, with times = linspace(1, eps, T + 1), t = times[i] and s = times[i+1]:
-    logp = log p_theta(. | z, sigma(t))    cached: the model runs only for samples whose z changed
+    logp = log p_theta(. | z, sigma(t))    cached: no call for a sample whose z did not change (see below)
     if S > 0 and (i+1) % omega == 0 and i+1 >= start:
         y = corrector fixed point from logp (corrector.py);  z = where(z != MASK, y, z);  logp = c
     z = unmask(z, logp)                     (unmasking.py: MDLM, ReMDM, confidence-ordered, LLaDA blocks)
-`make_plan` validates the inputs and builds the unmasking and corrector strategies once from the settings;
-`sampler_step` is that one step, which both the scan and the optional Python loop (`host_loop=True`) run.
-The batch runs together: the model is called when any sample needs it (a `lax.cond` on a device boolean),
-and a sample whose input did not change keeps its cached log-probs, so every sample follows the trajectory
-it would follow alone. NFE is counted per sample, as the reference counts it for its batch: one predictor
-NFE per call on a changed z, one corrector NFE per call on a changed y (always for the first corrector
-iteration of a call). `model_calls` counts the batched calls actually made. Sampling is deterministic given
-`rng` and independent of how the batch is sharded over a mesh (jax's partitionable threefry).
+`make_plan` validates the inputs and builds the unmasking strategy (the sampler's entry in samplers.py) and
+the corrector once from the settings; `sampler_step` is that one step, which both the scan and the optional
+Python loop (`host_loop=True`) run; `run` and `lower` are the whole program, which `sampler.Sampler` calls.
+What is reused, and why: the predictor's log-probs of z stay valid while z does not change, so the next
+step's predictor call is skipped for that sample. After a corrector call the cache holds the corrector's
+log-probs of its last input y (the argmax guess it computed them from), which drive this step's unmasking;
+the next step reuses them if unmasking then left z unchanged, where a fresh predictor call would have
+evaluated z itself. That is what the authors' sampler does at batch size 1. The batch runs together: the
+model is called when any sample needs it (a `lax.cond` on a device boolean), and a sample that needs no
+call keeps its cached log-probs, so every sample follows the trajectory it would follow alone. NFE is
+counted per sample, as the reference counts it for its batch: one predictor NFE per call on a changed z,
+one corrector NFE per call on a changed y (always for the first corrector iteration of a call).
+`model_calls` counts the batched calls actually made. Sampling is deterministic given `rng` and independent
+of how the batch is sharded over a mesh (jax's partitionable threefry).
 The sampler reads `vocab_size` ids of the logits ([0, mask_id] by default; a model whose [MASK] lies inside
 a larger table, as LLaDA's, passes the whole table) and never proposes [MASK] itself.
 """
@@ -31,19 +37,30 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from proseco_jax.config_base import Sampling
-from proseco_jax.sampling import ops
+from proseco_jax.sampling import ops, samplers
 from proseco_jax.sampling.corrector import Corrector
+from proseco_jax.sampling.samplers import Unmasker
 from proseco_jax.sampling.settings import SamplingError, check_inputs
-from proseco_jax.sampling.unmasking import ConfidenceOrdered, Remasking, StepContext, stop_at_eos
+from proseco_jax.sampling.unmasking import StepContext, stop_at_eos
 from proseco_jax.schedules import Schedule
 
 # apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= vocab_size]. params is a traced
 # argument of the compiled sampler; apply_fn is part of its cache key, so keep the same object across calls.
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-Unmasker = Remasking | ConfidenceOrdered
 
 # Mesh axes the batch is split over (those of them a mesh has); other axes (tensor) see the whole batch.
 BATCH_AXES = ("data", "fsdp")
+
+
+@flax.struct.dataclass
+class Inputs:
+    """What conditions one call, traced (its values never recompile; its shapes are part of the plan)."""
+
+    prompt: jax.Array | None = None  # int32 [P] or [B, P]: a fixed prefix
+    infill: tuple[jax.Array, jax.Array] | None = None  # (tokens int32 [B, L], keep bool [B, L])
+
+
+NO_INPUTS = Inputs()  # an unconditional call
 
 
 @flax.struct.dataclass
@@ -131,9 +148,9 @@ class Plan:
         """bool [B, L]: positions the corrector may change (LLaDA: the generated part up to this block)."""
         return ~fixed & (jnp.arange(self.length) < ctx.block_end)
 
-    def initial(self, rng: jax.Array, prompt: jax.Array | None,
-                infill: tuple[jax.Array, jax.Array] | None) -> tuple[SamplerState, jax.Array]:
+    def initial(self, rng: jax.Array, inputs: Inputs) -> tuple[SamplerState, jax.Array]:
         """The all-[MASK] start with prompt and infill tokens in place, and the fixed mask bool [B, L]."""
+        prompt, infill = inputs.prompt, inputs.infill
         shape = (self.batch_size, self.length)
         tokens = jnp.full(shape, self.mask_id, jnp.int32)
         fixed = jnp.zeros(shape, bool)
@@ -172,29 +189,25 @@ class Plan:
 
 
 def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length: int, mask_id: int,
-              mesh: Mesh | None = None, prompt: Any = None, infill: Any = None,
-              vocab_size: int | None = None) -> Plan:
+              vocab_size: int | None = None, mesh: Mesh | None = None,
+              inputs: Inputs = NO_INPUTS) -> Plan:
     """Validates the inputs (raising SamplingError, a ValueError), builds the strategies once and lays the
-    batch over the mesh's BATCH_AXES. This is the one place that turns `settings.sampler` into behaviour.
-    vocab_size: ids read from the logits, [MASK] among them (None: mask_id + 1)."""
+    batch over the mesh's BATCH_AXES. `settings.sampler` becomes behaviour through its traits
+    (`settings.kind`, `config_base.SAMPLERS`) and its `samplers.UNMASKERS` entry. vocab_size: ids read
+    from the logits, [MASK] among them (None: mask_id + 1)."""
     s = settings.resolved()
-    blocked = s.sampler == "llada_block"
+    kind = s.kind
     vocab_size = int(mask_id) + 1 if vocab_size is None else vocab_size
-    prompt_len = check_inputs(s, batch_size=batch_size, length=length, mask_id=mask_id, prompt=prompt,
-                              infill=infill, block_length=s.block_length if blocked else None,
+    prompt_len = check_inputs(s, batch_size=batch_size, length=length, mask_id=mask_id, prompt=inputs.prompt,
+                              infill=inputs.infill, block_length=s.block_length if kind.blocked else None,
                               vocab_size=vocab_size)
-    if s.confidence_ordered:
-        unmasker = ConfidenceOrdered(mask_id, s.temperature, s.nucleus_p, s.remasking, s.confidence_threshold)
-    else:
-        strategy = s.remdm_strategy if s.sampler == "remdm" else "none"
-        unmasker = Remasking(schedule, mask_id, strategy, s.remdm_eta, s.remdm_t_on, s.remdm_t_off,
-                             s.remdm_alpha_on, s.nucleus_p)
     corrector = None
     if s.num_corrector_steps > 0:
         # Confidence-ordered samplers restore committed tokens in the corrector's start, as LLaDA does.
-        keep_visible = s.parameterization == "subs" or s.confidence_ordered
-        corrector = Corrector(mask_id, s.num_corrector_steps, s.corrector_rule, s.corrector_top_k,
-                              s.corrector_prior, s.nucleus_p, keep_visible)
+        keep_visible = s.parameterization == "subs" or kind.confidence_ordered
+        corrector = Corrector(mask_id=mask_id, steps=s.num_corrector_steps, rule=s.corrector_rule,
+                              top_k=s.corrector_top_k, prior=s.corrector_prior, nucleus_p=s.nucleus_p,
+                              keep_visible=keep_visible)
     return Plan(
         # The batch size is the argument's; the section's own would only split the compilation cache.
         settings=s.replace(batch_size=int(batch_size)),
@@ -204,10 +217,10 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
         mask_id=int(mask_id),
         vocab_size=int(vocab_size),
         prompt_len=prompt_len,
-        unmasker=unmasker,
+        unmasker=samplers.UNMASKERS[s.sampler](s, schedule, int(mask_id)),
         corrector=corrector,
-        block_length=s.block_length if blocked else int(length) - prompt_len,
-        eos_id=s.eos_id if blocked else -1,
+        block_length=s.block_length if kind.blocked else int(length) - prompt_len,
+        eos_id=s.eos_id if kind.blocked else -1,
         batch_sharding=_batch_sharding(mesh, int(batch_size)),
     )
 
@@ -316,10 +329,10 @@ def _constrain(x: jax.Array, plan: Plan) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(plan.batch_sharding.mesh, spec))
 
 
-def initial_state(plan: Plan, rng: jax.Array, prompt: jax.Array | None,
-                  infill: tuple[jax.Array, jax.Array] | None) -> tuple[SamplerState, jax.Array]:
+def initial_state(plan: Plan, rng: jax.Array,
+                  inputs: Inputs = NO_INPUTS) -> tuple[SamplerState, jax.Array]:
     """The state before step 0 and the fixed mask bool [B, L], laid out over the batch sharding."""
-    state, fixed = plan.initial(rng, prompt, infill)
+    state, fixed = plan.initial(rng, inputs)
     # Every per-sample field, so that a step's inputs are laid out as its outputs and the jitted step of
     # the host loop compiles once.
     per_sample = ("tokens", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe")
@@ -339,9 +352,9 @@ def sample_output(state: SamplerState, history: jax.Array | None) -> SampleOutpu
     )
 
 
-def _scan(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan,
+def _scan(rng: jax.Array, inputs: Inputs, params: Any, *, apply_fn: ApplyFn, plan: Plan,
           return_history: bool) -> SampleOutput:
-    state, fixed = initial_state(plan, rng, prompt, infill)
+    state, fixed = initial_state(plan, rng, inputs)
 
     def body(st, i):
         st = sampler_step(apply_fn, plan, params, fixed, st, i)
@@ -353,77 +366,40 @@ def _scan(rng, prompt, infill, params, *, apply_fn: ApplyFn, plan: Plan,
 
 
 _sample_jit = jax.jit(_scan, static_argnames=("apply_fn", "plan", "return_history"))
-
-
-def sample(
-    apply_fn: ApplyFn,
-    params: Any,
-    settings: Sampling,
-    rng: jax.Array,
-    *,
-    schedule: Schedule,
-    mask_id: int,
-    batch_size: int,
-    length: int,
-    mesh: Mesh | None = None,
-    prompt: jax.Array | None = None,
-    infill: tuple[jax.Array, jax.Array] | None = None,
-    return_history: bool = False,
-    host_loop: bool = False,
-    vocab_size: int | None = None,
-) -> SampleOutput:
-    """Draws batch_size sequences of `length` tokens in one compiled program; see the module docstring.
-
-    Args:
-      apply_fn: the model, apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits
-        [B, L, >= vocab_size].
-      params: its parameters (any pytree, None for a model without), a traced argument.
-      settings: the `sampling` config section; its preset and an empty parameterization ("subs") are
-        resolved here.
-      rng: PRNG key.
-      schedule: the masking schedule the model was trained with.
-      mask_id: the [MASK] id, equal to V, the number of real tokens below it.
-      mesh: shard the batch over its ("data", "fsdp") axes; the tokens equal those drawn without a mesh. A
-        model that places logical sharding constraints may need the caller's mesh/rules context around this.
-      prompt: int32 [P] or [B, P]: a fixed prefix.
-      infill: (tokens int32 [B, L], keep_mask bool [B, L]): positions that keep the given tokens.
-      return_history: also return z after every step, int32 [T, B, L].
-      host_loop: dispatch the same jitted step T times from Python instead of fusing the steps in one
-        `lax.scan`, the way a direct port of the PyTorch reference steps its sampler (the benchmark's
-        baseline for what the scan buys). Same tokens, NFE counts, model calls and history.
-      vocab_size: how many ids to read from the logits, [MASK] among them (`Config.output_vocab_size`);
-        None reads [0, mask_id]. Ids above the mask (LLaDA's chat tokens) may then be proposed; [MASK]
-        never is.
-    """
-    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
-                     prompt=prompt, infill=infill, vocab_size=vocab_size)
-    if host_loop:
-        return _host_loop(apply_fn, plan, params, rng, prompt, infill, return_history)
-    return _sample_jit(rng, prompt, infill, params, apply_fn=apply_fn, plan=plan,
-                       return_history=return_history)
-
-
-def lower_sample(apply_fn: ApplyFn, params: Any, settings: Sampling, rng: Any, *, schedule: Schedule,
-                 mask_id: int, batch_size: int, length: int, mesh: Mesh | None = None,
-                 vocab_size: int | None = None) -> jax.stages.Lowered:
-    """The program `sample` runs, lowered for abstract params and rng (ShapeDtypeStructs with shardings),
-    so that it compiles ahead of time for a target that need not be attached (`proseco_jax/aot.py`)."""
-    plan = make_plan(settings, schedule, batch_size=batch_size, length=length, mask_id=mask_id, mesh=mesh,
-                     vocab_size=vocab_size)
-    return _sample_jit.lower(rng, None, None, params, apply_fn=apply_fn, plan=plan, return_history=False)
-
-
 _initial_jit = jax.jit(initial_state, static_argnames=("plan",))
 _step_jit = jax.jit(sampler_step, static_argnames=("apply_fn", "plan"))
 
 
-def _host_loop(apply_fn: ApplyFn, plan: Plan, params: Any, rng: jax.Array, prompt: Any, infill: Any,
-               return_history: bool) -> SampleOutput:
-    state, fixed = _initial_jit(plan, rng, prompt, infill)
-    history = []
+def run(apply_fn: ApplyFn, plan: Plan, params: Any, rng: jax.Array, inputs: Inputs = NO_INPUTS, *,
+        history: bool = False, host_loop: bool = False) -> SampleOutput:
+    """Draws plan.batch_size sequences of plan.length tokens; see the module docstring.
+
+    Args:
+      apply_fn: the model, apply_fn(params, tokens int32 [B, L], sigma float32 [B]) -> logits
+        [B, L, >= plan.vocab_size]; part of the compiled program's cache key, so keep the same object.
+      plan: `make_plan` of the settings and of these inputs' shapes.
+      params: its parameters (any pytree, None for a model without), a traced argument.
+      rng: PRNG key.
+      inputs: the prompt and infill the plan was made for.
+      history: also return z after every step, int32 [T, B, L].
+      host_loop: dispatch the same jitted step T times from Python instead of fusing the steps in one
+        `lax.scan`, the way a direct port of the PyTorch reference steps its sampler (the benchmark's
+        baseline for what the scan buys). Same tokens, NFE counts, model calls and history.
+    """
+    if not host_loop:
+        return _sample_jit(rng, inputs, params, apply_fn=apply_fn, plan=plan, return_history=history)
+    state, fixed = _initial_jit(plan, rng, inputs)
+    iterates = []
     for step in range(plan.settings.steps):
         # An int32 array, not a Python int: one trace serves every step.
         state = _step_jit(apply_fn, plan, params, fixed, state, jnp.asarray(step, jnp.int32))
-        if return_history:
-            history.append(state.tokens)
-    return sample_output(state, jnp.stack(history) if return_history else None)
+        if history:
+            iterates.append(state.tokens)
+    return sample_output(state, jnp.stack(iterates) if history else None)
+
+
+def lower(apply_fn: ApplyFn, plan: Plan, params: Any, rng: Any) -> jax.stages.Lowered:
+    """The program `run` runs (without prompt, infill or history), lowered for abstract params and rng
+    (ShapeDtypeStructs with shardings), so that it compiles ahead of time for a target that need not be
+    attached (`proseco_jax/aot.py`)."""
+    return _sample_jit.lower(rng, NO_INPUTS, params, apply_fn=apply_fn, plan=plan, return_history=False)

@@ -91,7 +91,7 @@ def check_inputs(
 
 
 def _check_geometry(settings: Sampling, region: int, generated: int, block_length: int | None):
-    if not settings.confidence_ordered:
+    if not settings.kind.confidence_ordered:
         return
     if block_length is not None:
         if region % block_length:
