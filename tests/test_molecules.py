@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,7 +161,7 @@ def test_labelled_dit_reads_the_no_label_row_for_none_and_labels_change_the_logi
     cfg = dit.DiTConfig(num_classes=2)
     model = dit.DiT(cfg, vocab_size=11)
     tokens, sigma = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 11, jnp.zeros((2,))
-    params = randomised(model.init(jax.random.key(0), tokens, sigma)["params"])
+    params = randomised(nn.unbox(model.init(jax.random.key(0), tokens, sigma)["params"]))
     assert params["label_embedding"].shape == (3, cfg.cond_dim)
 
     def logits(labels):
