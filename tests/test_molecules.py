@@ -42,7 +42,7 @@ def test_smiles_tokenizer_round_trips_the_qm9_sample_with_stable_ids(tmp_path):
         assert ids is not None and ids.dtype == np.int32 and ids.shape == (32,)
         assert tok.decode(ids) == s
     assert tok.encode_padded("CCCCCCCCC", 10) is None  # 9 tokens + BOS + EOS do not fit.
-    assert tok.decode([0, 4, 4, 1, 4, 2, 34]) == "CC"  # Nothing after EOS; specials and [MASK] dropped.
+    assert tok.decode([0, 4, 4, 1, 4, 2, 34, 33]) == "CCC"  # Specials, [MASK] and spare ids dropped.
     tokenizers.record(tok, str(tmp_path))
     again = tokenizers.load_recorded(str(tmp_path))
     assert again.tokens == tok.tokens and again.vocab_size == 34

@@ -76,16 +76,9 @@ class SmilesTokenizer(Tokenizer):
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The SMILES of `ids`: specials, spare ids and [MASK] are left out, and nothing after the first
-        EOS is read (a sample's tail after its end is padding, whatever the model wrote there)."""
-        pieces = []
-        for i in ids:
-            i = int(i)
-            if i == EOS:
-                break
-            if len(SPECIALS) <= i < len(self._strings):
-                pieces.append(self._strings[i])
-        return "".join(pieces)
+        """The SMILES of `ids` with specials, spare ids and [MASK] left out wherever they stand (the
+        authors' evaluation strips BOS, EOS and PAD the same way)."""
+        return "".join(self._strings[i] for i in map(int, ids) if len(SPECIALS) <= i < len(self._strings))
 
     def to_json(self) -> str:
         return json.dumps({"specials": list(SPECIALS), "tokens": list(self.tokens),
