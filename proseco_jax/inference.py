@@ -121,7 +121,8 @@ def text_decoder(config: Config, warn: Callable[[str], None] = print) -> Callabl
     from proseco_jax.data import datasets, tokenizers
 
     try:
-        if config.data.tokenizer.startswith("bpe:"):  # Trained with the corpus and saved next to it.
+        # Trained (bpe:N) or built (smiles) with the corpus and saved next to it.
+        if config.data.tokenizer.startswith("bpe:") or config.data.tokenizer == "smiles":
             tokenizer = datasets.load(config.data).tokenizer
         else:
             tokenizer = tokenizers.load(config.data.tokenizer, config.data.tokenizer_path)

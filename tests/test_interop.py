@@ -17,6 +17,7 @@ from conftest import assert_usage_error, run_binary
 from proseco_jax import config_base, inference, sharding
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import convert, layout, sources
+from proseco_jax.models import registry
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -410,3 +411,71 @@ def test_existing_workdir_is_never_overwritten(tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         convert.import_checkpoint(source, str(tmp_path / "work"))
     assert os.listdir(tmp_path / "work") == ["keep.txt"]
+
+
+NUM_CLASSES = 2
+
+
+class TorchLabels(nn.Module):
+    def __init__(self, rows, cond):
+        super().__init__()
+        self.embedding_table = nn.Embedding(rows, cond)
+
+
+class TorchGuidedBackbone(TorchBackbone):
+    """The authors' DiT with `cfg=true`: a label table of NUM_CLASSES + 1 rows (the last "no label"),
+    registered right after the time embedding; c = silu(time) + silu(label)."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.time_conditioning = False
+        self.vocab_embed = TorchEmbedding(VOCAB, HIDDEN)
+        self.sigma_map = TorchTimestep(COND)
+        self.cond_map = TorchLabels(NUM_CLASSES + 1, COND)
+        self.rotary_emb = TorchRotary(HIDDEN // HEADS)
+        self.blocks = nn.ModuleList([TorchBlock(HIDDEN, HEADS, COND) for _ in range(BLOCKS)])
+        self.output_layer = TorchFinal(HIDDEN, VOCAB, COND)
+
+    def forward(self, tokens, sigma, labels):
+        c = F.silu(self.sigma_map(torch.zeros_like(sigma))) + F.silu(self.cond_map.embedding_table(labels))
+        x = self.vocab_embed.embedding[tokens]
+        cos, sin = self.rotary_emb(tokens.shape[1])
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        return self.output_layer(x, c)
+
+
+def test_guided_checkpoint_converts_with_its_label_table_and_exports_back(tmp_path):
+    torch.manual_seed(3)
+    model = TorchModel()
+    model.backbone = TorchGuidedBackbone()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
+    model.eval()
+    config = hf_config(cfg=True, cfg_num_classes=NUM_CLASSES)
+    ref = layout.ReferenceConfig.from_hf(config, "test")
+    assert [row.key for row in layout.tensors(ref)] == [name for name, _ in model.named_parameters()]
+    source = write_hf_dir(tmp_path / "hf", model.state_dict(), config)
+    imported = convert.import_checkpoint(sources.read(source), str(tmp_path / "work"))
+    assert imported.model.num_classes == NUM_CLASSES
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, VOCAB, (3, LENGTH)).astype(np.int32)
+    sigma = np.zeros((3,), np.float32)
+    loaded = inference.load_workdir(str(tmp_path / "work"), mesh=one_device_mesh())
+    module = registry.build(loaded.config.model, loaded.config.mask_id + 1)
+    for labels in ([0, 1, 2], [1, 1, 0], None):
+        torch_labels = torch.full((3,), NUM_CLASSES) if labels is None else torch.tensor(labels)
+        with torch.no_grad():
+            want = model.backbone(torch.from_numpy(tokens).long(), torch.from_numpy(sigma), torch_labels)
+        ours = None if labels is None else np.asarray(labels, np.int32)
+        got = np.asarray(module.apply({"params": loaded.params}, tokens, sigma, labels=ours))
+        assert float(np.max(np.abs(got - want.numpy()))) < 1e-5, labels
+
+    assert convert.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "exported")) == ref
+    exported = safetensors_torch.load_file(os.path.join(tmp_path / "exported", "model.safetensors"))
+    with open(os.path.join(tmp_path / "exported", "config.json")) as f:
+        assert json.load(f)["cfg_num_classes"] == NUM_CLASSES
+    np.testing.assert_array_equal(exported[layout.LABEL_TABLE].numpy(),
+                                  model.state_dict()[layout.LABEL_TABLE].numpy())

@@ -8,7 +8,8 @@ its exact entropy is known, so validation bits per token can be read against it.
 `text_builder.py`; their examples carry a padding mask and the tokenizer they were made with comes along
 to decode samples. "sft_jsonl" holds
 prompt/response pairs for fine-tuning (`sft_builder.py`): items `{'tokens', 'prompt_length'}`, and its chat
-tokenizer comes along.
+tokenizer comes along. "qm9" holds molecules as SMILES tokens with a class label (`qm9_builder.py`): items
+`{'tokens', 'label', 'qed', 'ring_count'}`, and its SMILES tokenizer comes along.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from proseco_jax.data import markov_builder, sft_builder, text_builder
 from proseco_jax.data.errors import DataError
 from proseco_jax.data.tokenizers import Tokenizer
 
-DATASETS = ("markov", *text_builder.BUILDERS, "sft_jsonl")
+DATASETS = ("markov", *text_builder.BUILDERS, "sft_jsonl", "qm9")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,5 +52,11 @@ def load(data: Data) -> Dataset:
         return Dataset(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
     if data.name == "sft_jsonl":
         prepared = sft_builder.prepare_sft(data)
+        return Dataset(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
+    if data.name == "qm9":
+        # Imported here: it needs RDKit, an optional dependency (the qm9 extra) no other corpus needs.
+        from proseco_jax.data import qm9_builder
+
+        prepared = qm9_builder.prepare_qm9(data)
         return Dataset(sources=prepared.sources, tokenizer=prepared.tokenizer, directory=prepared.version_dir)
     raise DataError(f"unknown data.name {data.name!r}; expected one of {DATASETS}")

@@ -10,7 +10,7 @@ import re
 
 from proseco_jax.errors import UsageError
 
-NAMES = ("gpt2", "bert", "chars", "bytes", "bpe:N")
+NAMES = ("gpt2", "bert", "chars", "bytes", "bpe:N", "smiles")
 GPT2_VOCAB = 50257
 BERT_VOCAB = 30522
 CHARS = "abcdefghijklmnopqrstuvwxyz "  # text8's alphabet.
@@ -20,8 +20,11 @@ BPE_MIN_VOCAB = 256 + len(BPE_SPECIALS)
 _BPE = re.compile(r"bpe:(\d+)")
 
 
-def vocab_size_of(name: str) -> int:
-    """V of the tokenizer `name` (without loading it); raises UsageError for an unknown name."""
+def vocab_size_of(name: str) -> int | None:
+    """V of the tokenizer `name` (without loading it; None for `smiles`, whose vocabulary is built with its
+    corpus); raises UsageError for an unknown name."""
+    if name == "smiles":
+        return None
     if name == "gpt2":
         return GPT2_VOCAB
     if name == "bert":

@@ -10,6 +10,8 @@
     bytes    UTF-8 bytes 0..255, then BOS = 256, EOS = 257, PAD = 258 (259 ids)
     bpe:N    a byte-level BPE of N ids trained on the corpus when it is prepared (ids 0, 1, 2 are BOS, EOS,
              PAD); its tokenizer.json is saved with the data, so samples decode the same way later
+    smiles   SMILES regex tokens (`smiles.py`) of a molecule corpus, its vocabulary built when the corpus
+             is prepared and saved with it (at most data.vocab_size ids)
 
 The model adds one [MASK] id on top of the V ids (`mask_id` = `vocab_size`). A prepared corpus records
 its tokenizer next to its data (`record`: tokenizer.txt naming it, plus tokenizer.json for the BPE ones)
@@ -282,6 +284,11 @@ def load(name: str, directory: str = "") -> Tokenizer:
         return _bert(directory)
     if not directory:
         raise DataError(f"tokenizer {name} is trained when the corpus is prepared; no directory given")
+    if name == "smiles":
+        # Imported here: smiles.py builds on this module's Tokenizer.
+        from proseco_jax.data import smiles
+
+        return smiles.load(directory)
     return _bpe(name, _read_json(name, directory))
 
 

@@ -48,7 +48,8 @@ def config_for(ref: layout.ReferenceConfig, base: ml_collections.ConfigDict) -> 
                  cond_dim=ref.cond_dim)
     model.update(shape)
     model.preset = next((name for name, p in dit.PRESETS.items() if p == shape), model.preset)
-    model.update(max_length=ref.model_length, dropout=ref.dropout, time_conditioning=ref.time_conditioning)
+    model.update(max_length=ref.model_length, dropout=ref.dropout, time_conditioning=ref.time_conditioning,
+                 num_classes=ref.num_classes)
     data.update(vocab_size=ref.vocab_size - 1, length=ref.model_length)
     if is_text_model(ref):
         data.name = "owt"

@@ -7,7 +7,9 @@ apart, and pads the vocabulary axis of the embedding and output layer to a multi
 `model.vocab_multiple`. Each `Tensor` row says where one reference tensor lives in our parameter tree and
 how its axes move; import and export both apply the table, so every key is used exactly once, every shape
 is checked, and vocabulary padding is added (zeros) on import and cut off on export. The rotary buffer
-`backbone.rotary_emb.inv_freq` is no parameter: it is checked against our frequencies, never mapped.
+`backbone.rotary_emb.inv_freq` is no parameter: it is checked against our frequencies, never mapped. A
+classifier-free-guidance model (their config's `cfg=true`, `cfg_num_classes` = n) adds its label table
+`backbone.cond_map.embedding_table.weight` [n + 1, cond_dim], our `label_embedding` (model.num_classes = n).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ MLP_RATIO = 4  # Fixed in the reference's DDiTBlock.
 # The Hugging Face config fields of the reference's DiT (models/hf/configuration_proseco.py).
 HF_FIELDS = ("vocab_size", "model_length", "hidden_dim", "cond_dim", "n_blocks", "n_heads", "dropout",
              "time_conditioning")
+LABEL_TABLE = PREFIX + "cond_map.embedding_table.weight"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +44,16 @@ class ReferenceConfig:
     n_heads: int
     dropout: float = 0.1
     time_conditioning: bool = False
+    num_classes: int = 0  # Their cfg_num_classes when cfg=true; 0: no label table.
 
     def __post_init__(self):
         for name in ("vocab_size", "model_length", "hidden_dim", "cond_dim", "n_blocks", "n_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"reference config field {name}={value!r} must be a positive integer")
+        n = self.num_classes
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UsageError(f"reference config cfg_num_classes={n!r} must be a positive integer")
         if self.vocab_size < 2:
             raise UsageError(f"reference config vocab_size={self.vocab_size} leaves no real token besides "
                              "[MASK]")
@@ -61,9 +68,11 @@ class ReferenceConfig:
     @classmethod
     def from_hf(cls, values: Mapping[str, Any], origin: str) -> ReferenceConfig:
         """From the fields of a Hugging Face config.json (`origin` names it in messages)."""
-        if values.get("cfg"):
-            raise UsageError(f"{origin} is a classifier-free-guidance model (cfg=true): its label "
-                             "embedding has no counterpart in our DiT")
+        num_classes = values.get("cfg_num_classes", -1) if values.get("cfg") else 0
+        if values.get("cfg") and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                  or num_classes < 1):
+            raise UsageError(f"{origin} is a classifier-free-guidance model (cfg=true) with "
+                             f"cfg_num_classes={num_classes!r}; expected a positive number of classes")
         missing = [name for name in HF_FIELDS[:6] if name not in values]
         if missing:
             raise UsageError(f"{origin} lacks the field(s) {', '.join(missing)} of an MDLM/ProSeCo DiT "
@@ -71,13 +80,13 @@ class ReferenceConfig:
         kwargs = {name: values[name] for name in HF_FIELDS if name in values}
         kwargs["dropout"] = float(kwargs.get("dropout", 0.1))
         kwargs["time_conditioning"] = bool(kwargs.get("time_conditioning", False))
-        return cls(**kwargs)
+        return cls(**kwargs, num_classes=num_classes)
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config.json of the reference's `Proseco` model."""
         fields = {name: getattr(self, name) for name in HF_FIELDS}
-        return {"architectures": ["Proseco"], "model_type": "proseco", **fields, "cfg": False,
-                "cfg_num_classes": -1}
+        return {"architectures": ["Proseco"], "model_type": "proseco", **fields,
+                "cfg": self.num_classes > 0, "cfg_num_classes": self.num_classes or -1}
 
     @classmethod
     def from_model(cls, model: dit.DiTConfig, vocab_size: int, length: int) -> ReferenceConfig:
@@ -88,7 +97,8 @@ class ReferenceConfig:
                              f"got model.name={model.name!r}, mlp_ratio={getattr(model, 'mlp_ratio', None)}")
         return cls(vocab_size=vocab_size, model_length=length, hidden_dim=model.hidden_size,
                    cond_dim=model.cond_dim, n_blocks=model.num_layers, n_heads=model.num_heads,
-                   dropout=model.dropout, time_conditioning=model.time_conditioning)
+                   dropout=model.dropout, time_conditioning=model.time_conditioning,
+                   num_classes=model.num_classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +131,6 @@ class Tensor:
             return np.ascontiguousarray(value.reshape(self.shape[::-1]).T)
         return value.reshape(self.shape)
 
-    def padded_shape(self, padded_vocab: int) -> tuple[int, ...]:
-        if self.pad_axis is None:
-            return self.ours
-        return tuple(padded_vocab if i == self.pad_axis else n for i, n in enumerate(self.ours))
-
 
 def _linear(key: str, path: tuple[str, ...], out_shape: tuple[int, ...], in_dim: int, bias: bool,
             pad_axis: int | None = None) -> list[Tensor]:
@@ -145,6 +150,9 @@ def tensors(ref: ReferenceConfig) -> list[Tensor]:
     rows = [Tensor(PREFIX + "vocab_embed.embedding", ("embedding",), (v, d), (v, d), pad_axis=0)]
     rows += _linear(PREFIX + "sigma_map.mlp.0", ("time", "fc1"), (c,), dit.TIME_FREQUENCY_DIM, True)
     rows += _linear(PREFIX + "sigma_map.mlp.2", ("time", "fc2"), (c,), c, True)
+    if ref.num_classes:
+        n = ref.num_classes + 1
+        rows.append(Tensor(LABEL_TABLE, ("label_embedding",), (n, c), (n, c)))
     for i in range(ref.n_blocks):
         key, ours = f"{PREFIX}blocks.{i}.", f"block_{i}"
         rows.append(Tensor(key + "norm1.weight", (ours, "norm1", "scale"), (d,), (d,)))

@@ -253,7 +253,8 @@ def plain(value: Any) -> Any:
 def _lightning_config(checkpoint: Mapping, tensors: Mapping[str, np.ndarray], path: str
                       ) -> layout.ReferenceConfig:
     """The model's shape from `hyper_parameters.config` (the reference's Hydra config); the vocabulary,
-    which the reference takes from its tokenizer, from the embedding."""
+    which the reference takes from its tokenizer, from the embedding, and the classes of a guided model
+    from its label table."""
     hyper = plain(checkpoint.get("hyper_parameters", {}))
     config = hyper.get("config") if isinstance(hyper, dict) else None
     model = config.get("model") if isinstance(config, dict) else None
@@ -268,12 +269,14 @@ def _lightning_config(checkpoint: Mapping, tensors: Mapping[str, np.ndarray], pa
     embedding = tensors.get(layout.PREFIX + "vocab_embed.embedding")
     if embedding is None or embedding.ndim != 2:
         raise UsageError(f"{path}: missing key {layout.PREFIX}vocab_embed.embedding (or it is not a matrix)")
+    labels = tensors.get(layout.LABEL_TABLE)  # Its rows: the classes and "no label".
     try:
         return layout.ReferenceConfig(
             vocab_size=int(embedding.shape[0]), model_length=int(model["length"]),
             hidden_dim=int(model["hidden_size"]), cond_dim=int(model["cond_dim"]),
             n_blocks=int(model["n_blocks"]), n_heads=int(model["n_heads"]),
-            dropout=float(model.get("dropout", 0.1)), time_conditioning=bool(config.get("time_conditioning")))
+            dropout=float(model.get("dropout", 0.1)), time_conditioning=bool(config.get("time_conditioning")),
+            num_classes=int(labels.shape[0]) - 1 if labels is not None and labels.ndim == 2 else 0)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{path}: unreadable model settings in hyper_parameters.config.model ({e})"
                          ) from None

@@ -3,8 +3,10 @@
 Token embedding -> N blocks of [adaLN-modulated LayerNorm -> rotary bidirectional self-attention -> gated
 residual; adaLN-modulated LayerNorm -> GELU MLP -> gated residual] -> adaLN final layer -> logits over the
 vocabulary including [MASK]. The adaLN shift/scale/gate come from c = SiLU(MLP(sinusoidal(sigma))); with
-time conditioning off, sigma = 0 is fed, so c is a learned constant (as in the paper's runs). All adaLN and
-output projections start at zero, so an untrained model predicts the uniform distribution.
+time conditioning off, sigma = 0 is fed, so c is a learned constant (as in the paper's runs). A
+label-conditioned model (`num_classes` > 0, for classifier-free guidance) adds SiLU(E[label]) to c, E a
+table of num_classes + 1 rows whose last row is "no label", as the authors' DiT. All adaLN and output
+projections start at zero, so an untrained model predicts the uniform distribution.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class DiTConfig(Section):
     dropout: float = field(0.0, "Dropout on attention and MLP outputs (MDLM uses 0.1 on OpenWebText).",
                            between(0, 1, open_high=True))
     time_conditioning: bool = field(False, "False feeds sigma = 0 to adaLN, as in the paper's runs.")
-    max_length: int = field(64, "Longest sequence the model accepts (rotary tables are built up to it).",
-                            at_least(1))
+    max_length: int = field(64, "Longest sequence the model accepts (data.length is checked against it; "
+                            "rotary tables are built at each call's length).", at_least(1))
     vocab_multiple: int = field(8, "Embedding/output tables are padded to a multiple of this (tensor "
                                 "sharding).", at_least(1))
     dtype: str = field("float32", "Compute dtype of matmuls: 'float32' or 'bfloat16'. Norms, rotary, GELU "
@@ -58,6 +60,8 @@ class DiTConfig(Section):
                       "(Glorot kernels, zero biases, N(0, 1) embedding).", one_of(*layers.INITS))
     remat: bool = field(False, "Rematerialise each block in the backward pass (saves memory, costs "
                         "compute).")
+    num_classes: int = field(0, "Label classes for classifier-free guidance (0 = unconditional: no label "
+                             "table); the table has one more row, 'no label'.", at_least(0))
 
     def validate(self):
         layers.check_head_split(self.hidden_size, self.num_heads)
@@ -166,16 +170,18 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Denoiser: tokens [B, L] int32, sigma [B] -> logits [B, L, vocab_size] float32.
+    """Denoiser: tokens [B, L] int32, sigma [B], labels [B] int32 | None -> logits [B, L, vocab_size] float32.
 
-    vocab_size is the model's vocabulary, [MASK] included.
+    vocab_size is the model's vocabulary, [MASK] included. labels in [0, num_classes], num_classes being
+    "no label" (what None stands for); a model with num_classes = 0 takes no labels.
     """
 
     cfg: DiTConfig
     vocab_size: int
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, sigma: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, tokens: jax.Array, sigma: jax.Array, *, labels: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
         cfg = self.cfg
         pdt = jnp.dtype(cfg.param_dtype)
         length = tokens.shape[1]
@@ -193,7 +199,12 @@ class DiT(nn.Module):
         embed = nn.with_logical_constraint(embed, ("vocab", None))
         x = jnp.take(embed, tokens, axis=0).astype(jnp.float32)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-        c = nn.with_logical_constraint(TimeEmbedding(cfg, name="time")(sigma), ("batch", None))
+        c = TimeEmbedding(cfg, name="time")(sigma)
+        if cfg.num_classes:
+            c = c + nn.silu(self._label_embedding(labels, tokens.shape[0]))
+        elif labels is not None:
+            raise ValueError("labels were given to a DiT with model.num_classes = 0")
+        c = nn.with_logical_constraint(c, ("batch", None))
         cos, sin = layers.rotary_tables(length, cfg.hidden_size // cfg.num_heads)
 
         block_cls = nn.remat(DiTBlock, static_argnums=(5,)) if cfg.remat else DiTBlock
@@ -213,3 +224,16 @@ class DiT(nn.Module):
         )(y.astype(jnp.dtype(cfg.dtype)))
         logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
         return logits[..., : self.vocab_size]
+
+    def _label_embedding(self, labels: jax.Array | None, batch: int) -> jax.Array:
+        """E[labels] [B, cond_dim]; None reads the last row ("no label") for every sequence."""
+        cfg = self.cfg
+        table = self.param(
+            "label_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "cond")),  # nn.Embedding's.
+            (cfg.num_classes + 1, cfg.cond_dim),
+            jnp.dtype(cfg.param_dtype),
+        )
+        if labels is None:
+            labels = jnp.full((batch,), cfg.num_classes, jnp.int32)
+        return jnp.take(table, labels, axis=0).astype(jnp.float32)

@@ -11,8 +11,9 @@ The vocabulary: LLaDA's [MASK] (126336 in LLaDA-8B) lies inside its 126464-row t
 it (the chat template's special tokens among them). The framework places [MASK] at `config.mask_id =
 data.vocab_size` and calls `build(model, data.vocab_size + 1)`; so a LLaDA config sets
 `data.vocab_size = model.mask_token_id`, and the model checks that the two agree. Logits come out over all
-`model.vocab_size` rows; today's losses and samplers read the ids [0, mask_id] of them, so the ids above the
-mask are never predicted until they read `model.mask_token_id` instead (not done here).
+`model.vocab_size` rows, and the losses and samplers read all of them but [MASK]
+(`config_base.Config.output_vocab_size`), so the ids above the mask are predicted too. LLaDA has no label
+conditioning: `model.num_classes` must stay 0.
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ class LLaDAConfig(Section):
     param_dtype: str = field("float32", "Storage dtype of parameters.", one_of(*DTYPES))
     remat: bool = field(False, "Rematerialise each block in the backward pass (saves memory, costs "
                         "compute).")
+    num_classes: int = field(0, "Label classes for classifier-free guidance: LLaDA has no label table, so "
+                             "only 0.", at_least(0))
 
     def validate(self):
+        if self.num_classes:
+            raise ConfigError(f"model.num_classes={self.num_classes}: LLaDA has no label conditioning "
+                              "(classifier-free guidance needs model.name=dit)")
         layers.check_head_split(self.hidden_size, self.num_heads)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model.num_kv_heads={self.num_kv_heads} must divide "
@@ -168,8 +174,11 @@ class LLaDA(nn.Module):
     vocab_size: int
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, sigma: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, tokens: jax.Array, sigma: jax.Array, *, labels: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
         del sigma, train  # No time conditioning and no dropout in LLaDA.
+        if labels is not None:
+            raise ValueError("LLaDA takes no labels (model.num_classes must be 0)")
         cfg = self.cfg
         cfg.check_vocabulary(self.vocab_size)
         pdt, dt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.dtype)

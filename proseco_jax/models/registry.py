@@ -1,9 +1,11 @@
 """Model families by name: `config.model.name` picks the Flax module and the config section it reads.
 
 A family is a module class constructed as `module(cfg=<its model section>, vocab_size=V + 1)` and called
-as `module.apply(variables, tokens [B, L], sigma [B], train=bool) -> logits [B, L, >= V + 1]`, its config
-section (a `configlib.Section` with a `name` field), its size presets, and its forward FLOP count. Adding a
-family is one `register(...)` call; training, sampling and inference only ever go through this table.
+as `module.apply(variables, tokens [B, L], sigma [B], labels=None | int32 [B], train=bool) -> logits
+[B, L, >= V + 1]` (labels only where the section's `num_classes` > 0), its config section (a
+`configlib.Section` with `name` and `num_classes` fields), its size presets, and its forward FLOP count.
+Adding a family is one `register(...)` call; training, sampling and inference only ever go through this
+table.
 """
 
 from __future__ import annotations
