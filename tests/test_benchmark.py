@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from conftest import assert_usage_error
+from conftest import CONFIG, assert_usage_error, run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--layers=1", "--hidden=32", "--heads=2", "--length=16", "--batch=8", "--steps=2", "--warmup=1"]
 REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_time", "mfu", "matmul_gflops",
             "model_gflops_per_step", "proseco_step_sec", "mdlm_step_sec", "compile_sec",
@@ -18,11 +15,7 @@ REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # Unoptimised XLA code compiles several times faster; these tests check the binary, not its speed.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    return subprocess.run([sys.executable, "launch/benchmark.py", "--config=configs/synthetic.py", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_binary("benchmark.py", f"--config={CONFIG}", *args, timeout=300)
 
 
 def test_train_step_benchmark_ends_with_a_json_line_of_positive_figures():
