@@ -4,13 +4,17 @@ stderr and exit code 2 (a `Halted` run: exit code 1), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import importlib.util
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 from absl import app, flags, logging
+from ml_collections import config_flags  # noqa: F401 - see run_in_process: imported before any binary.
 
 from proseco_jax.errors import Halted, UsageError
 
@@ -53,8 +57,8 @@ def _cpu_only_machine() -> bool:
     return not any(glob.glob(pattern) for pattern in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*"))
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """`app.run(main)`, with bad input reported as one line and exit code 2."""
+def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """`main` with the binaries' process settings applied and bad input turned into one line and an exit."""
 
     def guarded(argv):
         sys.unraisablehook = _quiet_closed_event_loop
@@ -75,7 +79,43 @@ def run(main: Callable[[list[str]], None]) -> None:
         except Halted as e:
             fail(str(e), code=1)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    return guarded
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`app.run(main)`, with bad input reported as one line and exit code 2."""
+    app.run(_guarded(main), flags_parser=_parse_flags)
+
+
+def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:
+    """Runs the binary at path `script` as `python script *argv` would, inside this process; returns its exit
+    code and what it wrote to stderr. For checking bad input without starting a process and importing jax
+    again: the binary is loaded into a fresh module, and the flags it defines (absl keeps them in one
+    process-wide registry, where two binaries' --config would collide) are removed again afterwards; flags
+    that a library defined when the binary first imported it stay, as the library stays imported (which is
+    why config_flags, defining the `--config.FIELD` flags while arguments are parsed, is imported above)."""
+    defined_before, imported_before = set(flags.FLAGS), set(sys.modules)
+    verbosity, unraisablehook, sys_argv = logging.get_verbosity(), sys.unraisablehook, sys.argv
+    sys.argv = [script, *argv]  # The config flag reads its `--config.FIELD` overrides from sys.argv.
+    name = os.path.splitext(os.path.basename(script))[0]
+    spec = importlib.util.spec_from_file_location(f"_in_process_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    stderr = io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stderr(stderr):
+            spec.loader.exec_module(module)
+            _guarded(module.main)(_parse_flags(sys.argv))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        for flag in set(flags.FLAGS) - defined_before:
+            if flags.FLAGS.find_module_defining_flag(flag) not in set(sys.modules) - imported_before:
+                delattr(flags.FLAGS, flag)
+        flags.FLAGS.unparse_flags()
+        logging.set_verbosity(verbosity)
+        sys.unraisablehook, sys.argv = unraisablehook, sys_argv
+    return code, stderr.getvalue()
 
 
 class DistributedFlags:

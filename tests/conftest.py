@@ -2,18 +2,25 @@
 
 XLA reads the flag once, when jax is first imported, so it is set before anything imports jax.
 
-Shared helpers (import them: `from conftest import run_binary, ...`): `run_binary` starts a launch/
-binary on fake CPU devices, `assert_usage_error` checks the one-line exit-code-2 contract of bad input,
-`TINY_OVERRIDES` are the `--config.` flags of the tiny model, corpus and batch the tests use, `tiny_config`
-builds that config in-process, and the session fixture `tiny_trained_workdir` trains one such model once.
+Shared helpers (import them: `from conftest import run_binary, ...`): every process a test starts goes
+through `start_python` / `run_python` (`run_binary` for a launch/ binary) on fake CPU devices;
+`usage_error` runs a binary's flags and main in this process, for bad-input messages that need no process
+of their own, and `assert_usage_error` checks the one-line exit-code-2 contract on either;
+`assert_resumes_after_sigkill` kills a training run midway and checks that its rerun logs the metrics of an
+uninterrupted one. `TINY_MODEL_OVERRIDES` is the one tiny DiT of the tests (`TINY_MODEL` as keyword
+arguments), `TINY_OVERRIDES` adds the tiny corpus and batch, `tiny_config` builds that config in-process,
+and the session fixture `tiny_trained_workdir` trains one such model once.
 """
 
 import ast
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -32,11 +39,10 @@ os.environ.setdefault(
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "synthetic.py")
 VOCAB, LENGTH = 16, 32
+TINY_MODEL = {"num_layers": 1, "hidden_size": 64, "num_heads": 4, "cond_dim": 32}
+TINY_MODEL_OVERRIDES = [f"--config.model.{field}={value}" for field, value in TINY_MODEL.items()]
 TINY_OVERRIDES = [
-    "--config.model.num_layers=1",
-    "--config.model.hidden_size=64",
-    "--config.model.num_heads=4",
-    "--config.model.cond_dim=32",
+    *TINY_MODEL_OVERRIDES,
     f"--config.model.max_length={LENGTH}",
     f"--config.data.vocab_size={VOCAB}",
     f"--config.data.length={LENGTH}",
@@ -55,15 +61,51 @@ TINY_TRAIN = [
 ]
 
 
-def run_binary(script: str, *args: str, devices: int = 1, timeout: float = 600
+def python_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a test's child process: CPU only, `devices` fake devices, then `extra`."""
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags, **extra}
+
+
+def start_python(*args: str, devices: int = 1, env: dict | None = None, capture: bool = True
+                 ) -> subprocess.Popen:
+    """Starts `python *args` on `devices` fake CPU devices (`env`: extra variables); stdout and stderr are
+    piped as text unless `capture` is False (a run that is killed midway: nobody reads its output)."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, *args], env=python_env(devices, **(env or {})), stdout=output,
+                            stderr=output, text=True)
+
+
+def run_python(*args: str, devices: int = 1, env: dict | None = None, timeout: float = 600
+               ) -> subprocess.CompletedProcess:
+    """Runs `python *args` to its end (see `start_python`); stdout and stderr captured as text."""
+    proc = start_python(*args, devices=devices, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def binary(script: str) -> str:
+    return os.path.join(REPO, "launch", script)
+
+
+def run_binary(script: str, *args: str, devices: int = 1, env: dict | None = None, timeout: float = 600
                ) -> subprocess.CompletedProcess:
     """Runs launch/<script> with `args` on `devices` fake CPU devices; stdout and stderr captured as text."""
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0")
-    cmd = [sys.executable, os.path.join(REPO, "launch", script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_python(binary(script), *args, devices=devices, env=env, timeout=timeout)
+
+
+def usage_error(script: str, *args: str) -> subprocess.CompletedProcess:
+    """launch/<script> with `args` run in this process up to its exit (flags parsed, main run), for
+    `assert_usage_error`: only a binary that rejects its input before any work belongs here."""
+    from proseco_jax import cli  # Imported here: nothing may import jax before XLA_FLAGS above is set.
+
+    code, stderr = cli.run_in_process(binary(script), args)
+    return subprocess.CompletedProcess([script, *args], code, "", stderr)
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -73,6 +115,39 @@ def assert_usage_error(proc: subprocess.CompletedProcess, message: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error:") and message in lines[0], lines[0]
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def assert_resumes_after_sigkill(train_args: list[str], workdir: str, uninterrupted: str, kill_after: int
+                                 ) -> None:
+    """Starts launch/train.py with `train_args` (writing `workdir`), SIGKILLs it once metrics.jsonl holds
+    step `kill_after`, reruns it, and checks that the rerun resumed and that `workdir` then holds the
+    metrics of the `uninterrupted` run of the same arguments (every figure but the throughput)."""
+    expected = read_metrics(uninterrupted)
+    proc = start_python(binary("train.py"), *train_args, capture=False)
+    path, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + 500
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path) and any(r["step"] >= kill_after for r in read_metrics(workdir)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(r["step"] for r in read_metrics(workdir)) < expected[-1]["step"]
+
+    rerun = run_binary("train.py", *train_args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in rerun.stdout
+    got = read_metrics(workdir)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for want, have in zip(expected, got):
+        for key in want:
+            if key != "tokens_per_sec":
+                assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
 
 
 def _value(text: str):

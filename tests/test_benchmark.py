@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-from conftest import assert_usage_error
+from conftest import CONFIG, REPO, assert_usage_error, run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--layers=1", "--hidden=32", "--heads=2", "--length=16", "--batch=8", "--steps=2", "--warmup=1"]
 REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_time", "mfu", "matmul_gflops",
             "model_gflops_per_step", "proseco_step_sec", "mdlm_step_sec", "compile_sec",
             "layers", "hidden", "heads", "length", "batch", "vocab")
 
 
-def run_benchmark(*args: str, config: str = "configs/synthetic.py") -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # Unoptimised XLA code compiles several times faster; these tests check the binary, not its speed.
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    return subprocess.run([sys.executable, "launch/benchmark.py", f"--config={config}", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def run_benchmark(*args: str, config: str = CONFIG) -> subprocess.CompletedProcess:
+    return run_binary("benchmark.py", f"--config={config}", *args, timeout=300)
 
 
 def test_train_step_benchmark_ends_with_a_json_line_of_positive_figures():
@@ -65,7 +59,7 @@ def test_benchmark_runs_for_a_llada_model_and_ends_with_its_json_line(what):
     # The tiny --shape preset sets the DiT's cond_dim, which LLaDA lacks: it applies where it exists.
     sampling = ["--batch=4", "--steps=1", "--warmup=0", "--config.sampling.steps=4",
                 "--config.sampling.corrector_steps=1"] if what == "sample" else []
-    result = run_benchmark(f"--what={what}", "--shape=tiny", *TINY, *sampling, config="configs/llada_tiny.py")
+    result = run_benchmark(f"--what={what}", "--shape=tiny", *TINY, *sampling, config=os.path.join(REPO, "configs", "llada_tiny.py"))
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["model"] == "llada" and figures["what"] == what and "cond_dim" not in figures

@@ -6,7 +6,7 @@ import gzip
 import json
 
 import pytest
-from conftest import assert_usage_error, run_binary
+from conftest import assert_usage_error, run_binary, usage_error
 
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import code_eval
@@ -143,8 +143,8 @@ def test_binary_scores_a_samples_file_and_reports_bad_input_in_one_line(humaneva
     assert results["per_problem"][0]["results"] == ["passed", "timed out: no exit within 5 s"]
     assert_usage_error(run_binary("evaluate_code.py", "--task=mbpp", f"--problems={tmp_path / 'none.jsonl'}",
                                   f"--samples={samples}", f"--output={output}"), "problem file not found")
-    assert_usage_error(run_binary("evaluate_code.py", "--task=humaneval", f"--problems={humaneval_file}",
-                                  f"--output={output}"), "--samples")
+    assert_usage_error(usage_error("evaluate_code.py", "--task=humaneval", f"--problems={humaneval_file}",
+                                   f"--output={output}"), "--samples")
 
 
 def test_binary_samples_a_workdir_on_the_problems_then_scores(tmp_path):

@@ -9,13 +9,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIG, REPO, assert_usage_error, run_binary, tiny_config
+from conftest import (
+    CONFIG,
+    TINY_OVERRIDES,
+    assert_usage_error,
+    binary,
+    run_binary,
+    run_python,
+    start_python,
+    tiny_config,
+    usage_error,
+)
 
 from proseco_jax import checkpoint, config_base, inference, samples_io, sharding, state, train
 from proseco_jax.errors import Halted, UsageError
@@ -256,13 +265,11 @@ def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_exit_cleanly(data_dir, tmp_path, signum):
     workdir = str(tmp_path / "work")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
     flags = [f"--config={CONFIG}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
              "--config.train.num_steps=100000", "--config.train.batch_size=8", "--config.train.eval_every=0",
              "--config.train.log_every=1", "--config.train.checkpoint_every=100000",
-             *[f for f in tiny_flags() if "batch_size" not in f]]
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "launch", "train.py"), *flags], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             *[f for f in TINY_OVERRIDES if "batch_size" not in f]]
+    proc = start_python(binary("train.py"), *flags)
     _wait_for(os.path.join(workdir, "metrics.jsonl"), proc)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
@@ -283,23 +290,17 @@ def test_a_second_ctrl_c_exits_at_once_with_code_130():
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    time.sleep(5)\n"
             "print('not reached')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = run_python("-c", code, timeout=60)
     assert proc.returncode == 130
     assert "not reached" not in proc.stdout
     assert "SIGINT again: exiting now" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def tiny_flags() -> list[str]:
-    from conftest import TINY_OVERRIDES
-
-    return list(TINY_OVERRIDES)
 
 
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
     for text in ("def get_config(:\n", "def get_config():\n    raise RuntimeError('boom')\n"):
         path = tmp_path / "bad_config.py"
         path.write_text(text)
-        assert_usage_error(run_binary("train.py", f"--config={path}", f"--workdir={tmp_path / 'w'}"),
+        assert_usage_error(usage_error("train.py", f"--config={path}", f"--workdir={tmp_path / 'w'}"),
                            "cannot load the config")
 
 

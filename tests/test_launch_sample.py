@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary, tiny_config
+from conftest import CONFIG, LENGTH, VOCAB, assert_usage_error, run_binary, tiny_config, usage_error
 
 from proseco_jax import config_base, inference, prompts, sharding
 from proseco_jax.errors import UsageError
@@ -46,8 +46,8 @@ def test_sample_binary_reports_bad_input_in_one_line(tiny_trained_workdir, tmp_p
     assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt_ids=1,99"), "99")
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
-                      f"--output={tmp_path / 's.jsonl'}")
+    proc = usage_error("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
+                       f"--output={tmp_path / 's.jsonl'}")
     assert_usage_error(proc, "no checkpoint")
 
 

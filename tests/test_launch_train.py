@@ -1,30 +1,27 @@
 """End-to-end checks of `launch/train.py`: the metrics contract, falling loss, resume after SIGKILL, and
 bad input reported as one line with exit code 2."""
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import assert_usage_error, tiny_config
+from conftest import (
+    CONFIG,
+    TINY_MODEL,
+    assert_resumes_after_sigkill,
+    assert_usage_error,
+    read_metrics,
+    run_binary,
+    tiny_config,
+    usage_error,
+)
 
 from proseco_jax import train
 from proseco_jax.errors import UsageError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "launch", "train.py")
-CONFIG = os.path.join(REPO, "configs", "synthetic.py")
-
 
 def tiny_flags(workdir, data_dir, **overrides):
     values = {
-        "model.num_layers": 1,
-        "model.hidden_size": 64,
-        "model.num_heads": 4,
-        "model.cond_dim": 32,
+        **{f"model.{field}": value for field, value in TINY_MODEL.items()},
         "model.max_length": 32,
         "data.vocab_size": 16,
         "data.length": 32,
@@ -41,21 +38,7 @@ def tiny_flags(workdir, data_dir, **overrides):
         "train.learning_rate": 3e-3,
     }
     values.update(overrides)
-    return [sys.executable, TRAIN, f"--config={CONFIG}", f"--workdir={workdir}"] + [
-        f"--config.{k}={v}" for k, v in values.items()
-    ]
-
-
-def env(devices=1):
-    e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
-    e["JAX_PLATFORMS"] = "cpu"
-    return e
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [f"--config={CONFIG}", f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in values.items()]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +49,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    proc = subprocess.run(
-        tiny_flags(workdir, data_dir), env=env(), capture_output=True, text=True, timeout=600
-    )
+    proc = run_binary("train.py", *tiny_flags(workdir, data_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, proc
 
@@ -95,9 +76,7 @@ def test_train_loss_falls(finished_run):
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(finished_run, data_dir):
     workdir, _ = finished_run
     before = read_metrics(workdir)
-    proc = subprocess.run(
-        tiny_flags(workdir, data_dir), env=env(), capture_output=True, text=True, timeout=600
-    )
+    proc = run_binary("train.py", *tiny_flags(workdir, data_dir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resumed from the checkpoint at step 40" in proc.stdout
     assert read_metrics(workdir) == before
@@ -105,39 +84,17 @@ def test_rerun_of_a_finished_run_resumes_and_does_nothing(finished_run, data_dir
 
 def test_sigkill_then_rerun_logs_the_same_metrics_as_an_uninterrupted_run(finished_run, data_dir, tmp_path):
     workdir = str(tmp_path / "killed")
-    cmd = tiny_flags(workdir, data_dir)
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 500
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics_path) and any(r["step"] >= 25 for r in read_metrics(workdir)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert max(r["step"] for r in read_metrics(workdir)) < 40
-
-    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resumed from the checkpoint at step" in rerun.stdout
-    expected = read_metrics(finished_run[0])
-    got = read_metrics(workdir)
-    assert [r["step"] for r in got] == [r["step"] for r in expected]
-    for want, have in zip(expected, got):
-        for key in want:
-            if key != "tokens_per_sec":
-                assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (want["step"], key)
+    assert_resumes_after_sigkill(tiny_flags(workdir, data_dir), workdir, finished_run[0], kill_after=25)
 
 
 def test_bad_input_through_the_binary_is_one_line_and_exit_code_2(tmp_path, data_dir):
-    """The exit-code plumbing of launch/train.py; the cases themselves are checked in-process below."""
-    for extra, message in ((["--config.train.no_such_field=1"], "no_such_field"),
-                           (["--nonexistent_flag=1"], "nonexistent_flag"),
-                           (["--config.data.length=128"], "longer than model.max_length")):
-        proc = subprocess.run(tiny_flags(str(tmp_path / "w"), data_dir) + extra, env=env(),
-                              capture_output=True, text=True, timeout=300)
-        assert_usage_error(proc, message)
+    """The exit-code plumbing of launch/train.py in a real process; the other cases run in this one."""
+    flags = tiny_flags(str(tmp_path / "w"), data_dir)
+    assert_usage_error(run_binary("train.py", *flags, "--config.train.no_such_field=1"), "no_such_field")
+    for extra, message in (("--nonexistent_flag=1", "nonexistent_flag"),
+                           ("--config.data.length=128", "longer than model.max_length"),
+                           ("surplus", "unexpected arguments: surplus")):
+        assert_usage_error(usage_error("train.py", *flags, extra), message)
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 

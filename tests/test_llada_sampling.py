@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, assert_usage_error, run_binary
+from conftest import REPO, assert_usage_error, run_binary, usage_error
 
 from proseco_jax import checkpoint, config_base, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
@@ -127,8 +127,8 @@ def test_bad_text_prompts_are_one_line_usage_errors(eos_workdir, tmp_path):
     long_prompt = " ".join(["what"] * LENGTH)
     assert_usage_error(run_binary("sample.py", f"--workdir={eos_workdir}", output, f"--prompt={long_prompt}"),
                        "longer than the sequence")
-    assert_usage_error(run_binary("sample.py", f"--workdir={eos_workdir}", output,
-                                  f"--prompt_file={tmp_path / 'missing.txt'}"), "prompt file not found")
+    assert_usage_error(usage_error("sample.py", f"--workdir={eos_workdir}", output,
+                                   f"--prompt_file={tmp_path / 'missing.txt'}"), "prompt file not found")
 
 
 def stub(position_of_eos: int, word: int):

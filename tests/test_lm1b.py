@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_usage_error, run_binary
+from conftest import REPO, TINY_MODEL_OVERRIDES, assert_usage_error, run_binary, usage_error
 
 from proseco_jax import config_base
 from proseco_jax.data import datasets, text_builder, text_sources, tokenizers
@@ -206,8 +206,7 @@ def test_lm1b_small_trains_two_steps_on_the_release_layout(corpus, tmp_path):
         "train.py", f"--config={LM1B_CONFIG}", f"--workdir={workdir}", f"--config.data.files={release}",
         f"--config.data.tokenizer_path={vocab_path}", f"--config.data.data_dir={tmp_path / 'data'}",
         "--config.data.length=16", "--config.data.num_proc=1", "--config.data.worker_count=0",
-        "--config.model.max_length=16", "--config.model.num_layers=1", "--config.model.hidden_size=64",
-        "--config.model.num_heads=4", "--config.model.cond_dim=32", "--config.model.dtype=float32",
+        "--config.model.max_length=16", *TINY_MODEL_OVERRIDES, "--config.model.dtype=float32",
         "--config.train.batch_size=4", "--config.train.num_steps=2", "--config.train.warmup_steps=1",
         "--config.train.log_every=1", "--config.train.eval_every=2", "--config.train.eval_batches=1",
         "--config.train.checkpoint_every=2", "--config.sampling.batch_size=4")
@@ -229,7 +228,7 @@ def test_lm1b_bad_input_is_one_line_with_exit_code_2(corpus, tmp_path, case):
         vocab = tmp_path / "vocab.txt"
         vocab.write_bytes(b"\xff\xfe\x00\x81 not a vocabulary\n")
         message = "is not a WordPiece vocab.txt"
-    proc = run_binary("prepare_data.py", f"--config={LM1B_CONFIG}", f"--config.data.files={files}",
-                      f"--config.data.tokenizer_path={vocab}", f"--config.data.data_dir={tmp_path / 'data'}",
-                      "--config.data.num_proc=1")
+    proc = usage_error("prepare_data.py", f"--config={LM1B_CONFIG}", f"--config.data.files={files}",
+                       f"--config.data.tokenizer_path={vocab}", f"--config.data.data_dir={tmp_path / 'data'}",
+                       "--config.data.num_proc=1")
     assert_usage_error(proc, message)

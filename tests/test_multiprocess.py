@@ -8,11 +8,9 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
-from conftest import CONFIG, REPO, TINY_OVERRIDES
+from conftest import CONFIG, TINY_OVERRIDES, binary, start_python
 
 TRAIN_FLAGS = [*TINY_OVERRIDES, "--config.train.batch_size=8", "--config.train.log_every=1",
                "--config.train.eval_every=0", "--config.train.checkpoint_every=3"]
@@ -26,17 +24,13 @@ def _free_port() -> int:
 
 def launch(script: str, args: list[str], *, processes: int, devices: int, timeout: float = 600) -> list[str]:
     """Runs launch/<script> as `processes` processes of `devices` CPU devices each; returns their stdout."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-                         "--xla_backend_optimization_level=0")
-    cmd = [sys.executable, os.path.join(REPO, "launch", script), *args]
+    cmd = [binary(script), *args]
     if processes == 1:
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+        procs = [start_python(*cmd, devices=devices)]
     else:
         port = _free_port()
-        procs = [subprocess.Popen(cmd + ["--multihost", f"--coordinator_address=127.0.0.1:{port}",
-                                         f"--num_processes={processes}", f"--process_id={i}"],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs = [start_python(*cmd, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
+                              f"--num_processes={processes}", f"--process_id={i}", devices=devices)
                  for i in range(processes)]
     outputs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outputs):

@@ -14,16 +14,12 @@ import json
 import math
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, assert_usage_error, run_binary
+from conftest import REPO, assert_resumes_after_sigkill, assert_usage_error, run_binary
 
 from proseco_jax import config_base, sharding, train
 from proseco_jax.data import pipeline, sft_builder
@@ -346,13 +342,6 @@ def _metrics(workdir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-               "--xla_backend_optimization_level=0")
-    return env
-
-
 @pytest.fixture(scope="module")
 def sft_run(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft_run")
@@ -376,27 +365,7 @@ def test_sft_training_through_the_binary_lowers_its_loss(sft_run):
 @pytest.mark.slow
 def test_sft_run_killed_with_sigkill_resumes_to_the_same_metrics(corpus, sft_run, tmp_path):
     workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"), *_flags(corpus, workdir, sft_run[1])]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 500
-    path = os.path.join(workdir, "metrics.jsonl")
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(path) and any(r["step"] >= 10 for r in _metrics(workdir)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert max(r["step"] for r in _metrics(workdir)) < 20
-    rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resumed from the checkpoint at step" in rerun.stdout
-    want, got = _metrics(sft_run[0]), _metrics(workdir)
-    assert [r["step"] for r in got] == [r["step"] for r in want]
-    for a, b in zip(want, got):
-        for key in a:
-            if key != "tokens_per_sec":
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert_resumes_after_sigkill(_flags(corpus, workdir, sft_run[1]), workdir, sft_run[0], kill_after=10)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_usage_error, run_binary
+from conftest import TINY_MODEL_OVERRIDES, assert_usage_error, run_binary
 
 from proseco_jax import config_base, diffusion, train
 from proseco_jax.configlib import ConfigError
@@ -349,8 +349,7 @@ def test_prepare_data_then_train_on_local_text(tmp_path):
     pattern = _write_corpus(tmp_path / "corpus", lines_per_file=(200, 200))
     flags = [f"--config={TEXT_CONFIG}", f"--config.data.files={pattern}", "--config.data.document_per=line",
              f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.num_proc=2",
-             "--config.data.length=32", "--config.model.max_length=32", "--config.model.num_layers=1",
-             "--config.model.hidden_size=64", "--config.model.num_heads=4", "--config.model.cond_dim=32",
+             "--config.data.length=32", "--config.model.max_length=32", *TINY_MODEL_OVERRIDES,
              "--config.train.batch_size=8"]
     proc = run_binary("prepare_data.py", *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
