@@ -59,7 +59,8 @@ def test_benchmark_runs_for_a_llada_model_and_ends_with_its_json_line(what):
     # The tiny --shape preset sets the DiT's cond_dim, which LLaDA lacks: it applies where it exists.
     sampling = ["--batch=4", "--steps=1", "--warmup=0", "--config.sampling.steps=4",
                 "--config.sampling.corrector_steps=1"] if what == "sample" else []
-    result = run_benchmark(f"--what={what}", "--shape=tiny", *TINY, *sampling, config=os.path.join(REPO, "configs", "llada_tiny.py"))
+    llada = os.path.join(REPO, "configs", "llada_tiny.py")
+    result = run_benchmark(f"--what={what}", "--shape=tiny", *TINY, *sampling, config=llada)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["model"] == "llada" and figures["what"] == what and "cond_dim" not in figures
