@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from proseco_jax import config_base, sharding, train
@@ -223,15 +222,7 @@ def _per_device_bytes(tree: Any) -> int:
 def lower_train_step(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, Any]:
     """(the train step lowered for the config's batch on `mesh`, its abstract train state)."""
     built = train.build(config, mesh)
-    tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.length), jnp.int32,
-                                  sharding=sharding.batch_sharding(mesh))
-    args = (built.abstract_state, tokens, _abstract_key(mesh))
-    # `Compiled.step` is the jitted step wrapped in the mesh context (`ModelOnMesh.under_mesh`). Fine-tuning
-    # batches carry their response mask [B, L] (uint8, as the input pipeline makes it) to the masked step.
-    if config.train.objective == "sft":
-        mask = jax.ShapeDtypeStruct(tokens.shape, jnp.uint8, sharding=tokens.sharding)
-        return built.placed.under_mesh(built.masked_step.__wrapped__.lower)(*args, mask), built.abstract_state
-    return built.placed.under_mesh(built.step.__wrapped__.lower)(*args), built.abstract_state
+    return built.lower(config.train.batch_size, config.data.length), built.abstract_state
 
 
 def lower_sampler(config: Config, mesh: Mesh) -> tuple[jax.stages.Lowered, Any]:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proseco_jax import sharding, train
+from proseco_jax import train
 from proseco_jax.config_base import Config
 from proseco_jax.models import registry
 from proseco_jax.sampling import Sampler
@@ -138,14 +138,14 @@ def bench_train_step(config: Config, mesh: jax.sharding.Mesh, *, steps: int, war
     }
     batch, length = config.train.batch_size, config.data.length
     data_key, init_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
-    tokens = jax.device_put(jax.random.randint(data_key, (batch, length), 0, config.data.vocab_size),
-                            sharding.batch_sharding(mesh))
+    tokens = np.asarray(jax.random.randint(data_key, (batch, length), 0, config.data.vocab_size))
+    inputs = train.device_batch({"tokens": tokens}, mesh)
     programs, states, initial = {}, {}, None
     for name, cfg in programs_cfg.items():
         compiled = train.build(cfg, mesh)
         initial = jax.block_until_ready(compiled.init(init_key) if initial is None else initial)
         states[name] = jax.tree.map(jnp.copy, initial)  # A step donates its state: each program its own.
-        programs[name] = (lambda step: lambda st, i: step(st, tokens, jax.random.fold_in(step_key, i)))(
+        programs[name] = (lambda step: lambda st, i: step(st, inputs, jax.random.fold_in(step_key, i)))(
             compiled.step)
     del initial
     timings = time_programs(programs, states, steps=steps, warmup=warmup)

@@ -66,17 +66,6 @@ def make_manager(workdir: str, keep: int, *, read_only: bool = False) -> ocp.Che
     )
 
 
-def latest_step(workdir: str) -> int | None:
-    """The newest step directory of workdir's checkpoints (None if there is none)."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
-        return None
-    manager = make_manager(workdir, 1, read_only=True)
-    try:
-        return manager.latest_step()
-    finally:
-        manager.close()
-
-
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None) -> None:
     """Starts an async save of (state, data iterator) at `step`; returns before it is on disk."""
     from grain.checkpoint import CheckpointSave

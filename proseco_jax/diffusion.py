@@ -134,6 +134,32 @@ def _masked_mean(values: jax.Array, token_mask: jax.Array) -> jax.Array:
     return jnp.sum(values * token_mask) / jnp.maximum(jnp.sum(token_mask), 1.0)
 
 
+CorrectorPass = Callable[[], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def gated_corrector(corrector: Corrector, step: jax.Array, pass_two: CorrectorPass
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(b * L_SC to add to the loss, the corrector's metrics): the switch both objectives share.
+
+    pass_two() -> scalars (L_SC, corrector_accuracy, corrector_input_accuracy). With the corrector disabled
+    pass two never runs (zeros); before `corrector.start_step` it is skipped by a `lax.cond` (an early step
+    costs one pass) and the loss is plain MDLM; from that step on it counts with weight b.
+    """
+    zero = jnp.zeros((), jnp.float32)
+    if not corrector.enabled:
+        sc = acc = in_acc = zero
+        weight = jnp.zeros((), jnp.float32)
+    elif corrector.start_step <= 0:
+        sc, acc, in_acc = pass_two()
+        weight = jnp.asarray(corrector.corrector_weight, jnp.float32)
+    else:
+        active = step >= corrector.start_step
+        sc, acc, in_acc = jax.lax.cond(active, lambda: pass_two(), lambda: (zero, zero, zero))
+        weight = jnp.where(active, corrector.corrector_weight, 0.0)
+    metrics = {"corrector_loss": sc, "corrector_accuracy": acc, "corrector_input_accuracy": in_acc}
+    return weight * sc, metrics
+
+
 def draw_noise(rng: jax.Array, x: jax.Array, objective: Objective) -> tuple[jax.Array, jax.Array]:
     """(t [B], z [B, L]): training times (antithetic if asked) and x masked at rate 1 - alpha(t)."""
     rng_t, rng_mask = jax.random.split(rng)
@@ -183,12 +209,8 @@ def proseco_loss(
         "mdm_loss": mdm,
         "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(token_mask), 1.0),
     }
-    zero = jnp.zeros((), jnp.float32)
-    if not c.enabled:
-        metrics.update(corrector_loss=zero, corrector_accuracy=zero, corrector_input_accuracy=zero)
-        return c.mdm_weight * mdm, metrics
 
-    def with_corrector(_):
+    def pass_two():
         y = corrector_input(rng_y, logp1, x, z, mask_id, c.input, c.use_argmax)
         logp2 = log_probs_without_mask(apply_fn(params, y, sigma, dropout_rng=rng_drop2), mask_id,
                                        vocab_size=vocab_size)
@@ -198,14 +220,8 @@ def proseco_loss(
         in_acc = _masked_mean((y == x).astype(jnp.float32), token_mask)
         return sc, acc, in_acc
 
-    active = step >= c.start_step
-    if c.start_step <= 0:
-        sc, acc, in_acc = with_corrector(None)
-    else:
-        sc, acc, in_acc = jax.lax.cond(active, with_corrector, lambda _: (zero, zero, zero), None)
-    loss = c.mdm_weight * mdm + jnp.where(active, c.corrector_weight, 0.0) * sc
-    metrics.update(corrector_loss=sc, corrector_accuracy=acc, corrector_input_accuracy=in_acc)
-    return loss, metrics
+    sc_term, sc_metrics = gated_corrector(c, step, pass_two)
+    return c.mdm_weight * mdm + sc_term, {**metrics, **sc_metrics}
 
 
 def nelbo(

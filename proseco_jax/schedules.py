@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from proseco_jax.config_base import SCHEDULES, Diffusion
 
-__all__ = ["SCHEDULES", "Schedule", "from_config"]
+__all__ = ["SCHEDULES", "Schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,3 @@ class Schedule:
         """w(t) = -alpha'(t) / (1 - alpha(t)) = dsigma / expm1(sigma)."""
         return self.dsigma(t) / jnp.expm1(self.sigma(t))
 
-
-def from_config(diffusion: Diffusion) -> Schedule:
-    """The schedule of a `config.diffusion` section."""
-    return Schedule(diffusion)

@@ -44,6 +44,11 @@ def _per_response(per_token: jax.Array, response: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.where(response, per_token, 0.0), axis=1) / length)
 
 
+def _response_mean(hits: jax.Array, response: jax.Array) -> jax.Array:
+    """The fraction of all response positions of the batch where hits [B, L] holds."""
+    return jnp.sum(hits & response) / jnp.maximum(jnp.sum(response), 1)
+
+
 def sft_loss(
     apply_fn: ApplyFn,
     params: Any,
@@ -76,29 +81,17 @@ def sft_loss(
     logp1 = log_probs(z)
     mdm = _per_response(diffusion.mdm_loss(logp1, x, z, weight, mask_id), response)
     masked = (z == mask_id) & response
-    metrics = {"mdm_loss": mdm,
-               "mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(response), 1)}
-    zero = jnp.zeros((), jnp.float32)
-    if not c.enabled:
-        metrics.update(corrector_loss=zero, corrector_accuracy=zero)
-        return c.mdm_weight * mdm, metrics
-
-    def with_corrector(_):
+    metrics = {"mdm_loss": mdm, "mask_rate": _response_mean(masked, response)}
+    def pass_two():
         y = diffusion.corrector_input(rng_y, logp1, x, z, mask_id, c.input, c.use_argmax)
         y = jnp.where(response, y, x)  # The prompt is given, never predicted.
         logp2 = log_probs(y)
         sc_weight = weight if c.weighted else jnp.ones_like(weight)
         sc = _per_response(diffusion.corrector_loss(logp2, x, y, sc_weight, c.upweight_errors), response)
-        hits = (jnp.argmax(logp2, -1) == x).astype(jnp.float32)
-        return sc, jnp.sum(jnp.where(response, hits, 0.0)) / jnp.maximum(jnp.sum(response), 1)
+        return sc, _response_mean(jnp.argmax(logp2, -1) == x, response), _response_mean(y == x, response)
 
-    active = step >= c.start_step
-    if c.start_step <= 0:
-        sc, acc = with_corrector(None)
-    else:
-        sc, acc = jax.lax.cond(active, with_corrector, lambda _: (zero, zero), None)
-    metrics.update(corrector_loss=sc, corrector_accuracy=acc)
-    return c.mdm_weight * mdm + jnp.where(active, c.corrector_weight, 0.0) * sc, metrics
+    sc_term, sc_metrics = diffusion.gated_corrector(c, step, pass_two)
+    return c.mdm_weight * mdm + sc_term, {**metrics, **sc_metrics}
 
 
 def sft_nats(

@@ -6,7 +6,11 @@ corrector input from pass one's argmax and runs pass two (see `diffusion.proseco
 AdamW and updates the EMA of the parameters. Gradient accumulation scans over micro-batches inside the step.
 `train.objective` picks the loss strategy the step runs: `Pretraining` (the above, on every position) or
 `FineTuning` (`sft.sft_loss`: LLaDA's SFT plus the corrector pass on the response positions, which the
-per-token mask of the batch marks); both draw their noise once per global batch.
+per-token mask of the batch marks); both draw their noise once per global batch. Every batch carries its
+mask (ones where the corpus has no padding), so a config has one step program and one evaluation program.
+The loop (`setup`, `restore`, `loop`) only dispatches steps: the host reads their metrics, the divergence
+flags and stop requests at log, evaluation and checkpoint steps (and every `POLL_EVERY` steps), as flax's
+lm1b example fetches metrics at log time, so the devices never idle waiting on the host in between.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from proseco_jax import config_base, diffusion, sft, sharding
+from proseco_jax import checkpoint, config_base, diffusion, sft, sharding
 from proseco_jax.config_base import Config
+from proseco_jax.data import datasets, pipeline
 from proseco_jax.errors import Halted, UsageError
+from proseco_jax.metrics_writer import MetricsWriter
 from proseco_jax.state import ModelOnMesh, TrainState
 from proseco_jax.stopping import StopRequest
 
@@ -88,8 +94,10 @@ class Pretraining:
 
     def evaluate(self, apply_fn: diffusion.ApplyFn, params: PyTree, tokens: jax.Array, token_mask: jax.Array,
                  rng: jax.Array, objective: diffusion.Objective) -> tuple[jax.Array, jax.Array]:
+        # Times from U[train_eps, 1], as training draws them (MDLM validates with its one sampling_eps too).
         return diffusion.nelbo(apply_fn, params, tokens, rng, objective.schedule, objective.mask_id,
-                               token_mask=token_mask, vocab_size=objective.vocab_size)
+                               eps=objective.diffusion.train_eps, token_mask=token_mask,
+                               vocab_size=objective.vocab_size)
 
     def report(self, nats_per_token: float) -> dict[str, float]:
         return {"val_bits_per_token": nats_per_token / math.log(2.0)}
@@ -174,11 +182,28 @@ def loss_and_grads(
     return jax.tree.map(lambda v: v / m, total)
 
 
+Batch = dict[str, jax.Array]  # 'tokens' int32 [B, L] and 'mask' uint8 [B, L], global arrays over the mesh.
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
+    """The step's inputs from this process's rows of a host batch, as global arrays sharded over the batch
+    axes. Corpora without padding get a mask of ones, so one compiled program serves every corpus."""
+    tokens = batch["tokens"]
+    mask = batch["mask"] if "mask" in batch else np.ones(tokens.shape, np.uint8)
+    return {"tokens": sharding.global_batch(tokens, mesh), "mask": sharding.global_batch(mask, mesh)}
+
+
+def abstract_batch(batch_size: int, length: int, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """What `device_batch` gives for a global batch [batch_size, length], as shapes (for lowering)."""
+    batch_sh = sharding.batch_sharding(mesh)
+    return {"tokens": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sh),
+            "mask": jax.ShapeDtypeStruct((batch_size, length), jnp.uint8, sharding=batch_sh)}
+
+
 def train_step(
     state: TrainState,
-    tokens: jax.Array,
+    batch: Batch,
     rng: jax.Array,
-    token_mask: jax.Array | None = None,
     *,
     apply_fn: diffusion.ApplyFn,
     tx: optax.GradientTransformation,
@@ -187,18 +212,19 @@ def train_step(
     ema_decay: float,
     loss_kind: Loss = PRETRAINING,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the global batch tokens [B, L] (token_mask [B, L]: the positions the loss
-    reads, 0 on padding; fine-tuning: 1 on the response); rng is this step's key."""
-    (loss, metrics), grads = loss_and_grads(state.params, tokens, rng, state.step, apply_fn=apply_fn,
+    """One optimizer step on the global batch (tokens [B, L]; mask [B, L]: the positions the loss reads, 0
+    on padding; fine-tuning: 1 on the response); rng is this step's key."""
+    (loss, metrics), grads = loss_and_grads(state.params, batch["tokens"], rng, state.step, apply_fn=apply_fn,
                                             objective=objective, micro_batches=micro_batches,
-                                            token_mask=token_mask, loss=loss_kind)
+                                            token_mask=batch["mask"], loss=loss_kind)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     grad_norm = optax.tree.norm(grads)
     # Divergence guard: a step whose loss, gradient or new parameters are not finite leaves the state as it
-    # was (only the step counter moves), so no checkpoint can ever hold non-finite parameters.
+    # was (only the step counter moves), so no checkpoint can ever hold non-finite parameters. The host
+    # reads the flag only at poll boundaries (`DivergenceGuard`), never waiting on a step in between.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
     updated = TrainState(step=state.step, params=params, ema_params=ema_params, opt_state=opt_state)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
@@ -212,9 +238,8 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 def eval_step(
     params: PyTree,
-    tokens: jax.Array,
+    batch: Batch,
     rng: jax.Array,
-    token_mask: jax.Array | None = None,
     *,
     apply_fn: diffusion.ApplyFn,
     objective: diffusion.Objective,
@@ -222,32 +247,46 @@ def eval_step(
 ) -> tuple[jax.Array, jax.Array]:
     """Validation loss of a held-out batch: (sum of nats, number of tokens it covers); pretraining: the
     negative ELBO over real tokens, fine-tuning: the SFT loss over response tokens."""
-    if token_mask is None:
-        token_mask = jnp.ones(tokens.shape, jnp.float32)
-    return loss_kind.evaluate(apply_fn, params, tokens, token_mask, rng, objective)
+    return loss_kind.evaluate(apply_fn, params, batch["tokens"], batch["mask"], rng, objective)
 
 
-@dataclasses.dataclass
-class Compiled:
-    """A config's model on a mesh with its sharded, jitted init / train / eval functions."""
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """A config's model on a mesh with its sharded, jitted init, train step and evaluation (jitted, compiled
+    at the first call or by `lower(...).compile()`); every call runs under the mesh and its axis rules."""
 
     placed: ModelOnMesh
     state_shardings: TrainState
     abstract_state: TrainState  # ShapeDtypeStructs with shardings (for checkpoint restore).
     init: Callable[[jax.Array], TrainState]
-    step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
-    evaluate: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-    # The same with a padding mask [B, L] as a fourth argument (batches of text corpora).
-    masked_step: Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]
-    masked_evaluate: Callable[[PyTree, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    jitted_step: Any  # jax.jit of train_step: (state, batch, rng) -> (state, metrics), the state donated.
+    jitted_evaluate: Any  # jax.jit of eval_step: (params, batch, rng) -> (nats, count).
     loss: Loss = PRETRAINING  # The strategy the step and the evaluation run.
 
     @property
     def mesh(self) -> Mesh:
         return self.placed.mesh
 
+    def step(self, state: TrainState, batch: Batch, rng: jax.Array
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+        with sharding.mesh_context(self.mesh, self.placed.rules):
+            return self.jitted_step(state, batch, rng)
 
-def build(config: Config, mesh: Mesh) -> Compiled:
+    def evaluate(self, params: PyTree, batch: Batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        with sharding.mesh_context(self.mesh, self.placed.rules):
+            return self.jitted_evaluate(params, batch, rng)
+
+    def lower(self, batch_size: int, length: int) -> jax.stages.Lowered:
+        """The train step lowered for the abstract state and a global batch [batch_size, length]: nothing is
+        allocated, so the mesh may be one of another topology (ahead-of-time compilation)."""
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(self.mesh))
+        with sharding.mesh_context(self.mesh, self.placed.rules):
+            batch = abstract_batch(batch_size, length, self.mesh)
+            return self.jitted_step.lower(self.abstract_state, batch, key)
+
+
+def build(config: Config, mesh: Mesh) -> TrainProgram:
     """The optimizer and the jitted, sharded init / train / eval functions of `config` on `mesh`."""
     config = config_base.resolve(config)
     placed = ModelOnMesh.create(config, mesh)
@@ -261,16 +300,11 @@ def build(config: Config, mesh: Mesh) -> Compiled:
                                 micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay,
                                 loss_kind=loss)
     eval_fn = functools.partial(eval_step, apply_fn=placed.apply_fn, objective=objective, loss_kind=loss)
-    # jit's in_shardings name every positional argument, so the masked variants are jitted on their own.
-    step, masked_step = (jax.jit(step_fn, in_shardings=(shardings, batch_sh, repl, batch_sh)[:n],
-                                 out_shardings=(shardings, repl), donate_argnums=(0,)) for n in (3, 4))
-    eval_shardings = (shardings.params, batch_sh, repl, batch_sh)
-    evaluate, masked_evaluate = (jax.jit(eval_fn, in_shardings=eval_shardings[:n], out_shardings=(repl, repl))
-                                 for n in (3, 4))
-    on_mesh = placed.under_mesh
-    return Compiled(placed=placed, state_shardings=shardings, abstract_state=abstract, init=init,
-                    step=on_mesh(step), evaluate=on_mesh(evaluate), masked_step=on_mesh(masked_step),
-                    masked_evaluate=on_mesh(masked_evaluate), loss=loss)
+    step = jax.jit(step_fn, in_shardings=(shardings, batch_sh, repl), out_shardings=(shardings, repl),
+                   donate_argnums=(0,))
+    evaluate = jax.jit(eval_fn, in_shardings=(shardings.params, batch_sh, repl), out_shardings=(repl, repl))
+    return TrainProgram(placed=placed, state_shardings=shardings, abstract_state=abstract, init=init,
+                        jitted_step=step, jitted_evaluate=evaluate, loss=loss)
 
 
 def check_mesh(config: Config, mesh: Mesh) -> None:
@@ -312,49 +346,82 @@ def check_vocabulary(config: Config, tokenizer: Any) -> None:
                          "data.vocab_size + 1)")
 
 
-def evaluate_bits_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
+def evaluate_nats_per_token(program: TrainProgram, params: PyTree, batches: Iterable[dict], rng: jax.Array
                             ) -> float:
-    """Validation negative ELBO in bits per token over `batches` (dicts with 'tokens', maybe 'mask')."""
-    return evaluate_nats_per_token(compiled, params, batches, rng) / math.log(2.0)
-
-
-def evaluate_nats_per_token(compiled: Compiled, params: PyTree, batches: Iterable[dict], rng: jax.Array
-                            ) -> float:
-    """The validation loss of `compiled.loss` in nats per token it covers, over `batches` (dicts with
+    """The validation loss of `program.loss` in nats per token it covers, over `batches` (host dicts with
     'tokens', maybe 'mask')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
-        args = (params, sharding.global_batch(batch["tokens"], compiled.mesh), jax.random.fold_in(rng, i))
-        if "mask" in batch:
-            n, c = compiled.masked_evaluate(*args, sharding.global_batch(batch["mask"], compiled.mesh))
-        else:
-            n, c = compiled.evaluate(*args)
+        n, c = program.evaluate(params, device_batch(batch, program.mesh), jax.random.fold_in(rng, i))
         nats, count = nats + float(n), count + float(c)
     return nats / max(count, 1.0)
 
 
+# Steps between host reads of the step metrics when logging and checkpoints are rarer: it bounds how many
+# steps' metrics wait on the device, how late a divergence halts, and (with several processes, where asking
+# whether any was signalled is a collective) how many steps a Ctrl-C or SIGTERM may take to act on.
+POLL_EVERY = 100
+
+
 class StepLog:
-    """Collects step metrics between log lines and turns them into one metrics.jsonl record."""
+    """Step metrics as the device returns them; fetched only at poll boundaries (one transfer for all steps
+    since the last) and turned into one metrics.jsonl record at log steps."""
 
     def __init__(self, config: Config, step: int):
         self._tokens_per_step = config.train.batch_size * config.data.length
         self._lr = learning_rate_schedule(config.train)
         self._pending: list[dict[str, jax.Array]] = []
+        self._sums: dict[str, float] = {}
+        self._count, self._fetched_step = 0, step
         self._tick, self._tick_step = time.time(), step
 
     def add(self, metrics: dict[str, jax.Array]) -> None:
         self._pending.append(metrics)
 
+    def fetch(self) -> tuple[int, list[float]]:
+        """Waits for the pending steps, adds their metrics to the sums; (number of the first, their
+        `nonfinite` flags)."""
+        pending, self._pending = jax.device_get(self._pending), []
+        first = self._fetched_step + 1
+        self._fetched_step += len(pending)
+        for metrics in pending:
+            for k, v in metrics.items():
+                self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._count += len(pending)
+        return first, [float(m["nonfinite"]) for m in pending]
+
     def record(self, step: int) -> dict[str, float]:
-        """Means of the metrics since the last record, tokens/s and the learning rate of the last step."""
-        pending, self._pending = self._pending, []
-        means = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]} if pending else {}
+        """Means of the metrics fetched since the last record, tokens/s and the learning rate of the last
+        step (call after `fetch`, so the time covers finished steps)."""
+        means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
         now = time.time()
         tokens = (step - self._tick_step) * self._tokens_per_step
         means["tokens_per_sec"] = tokens / max(now - self._tick, 1e-9)
         means["learning_rate"] = float(self._lr(step - 1))
         self._tick, self._tick_step = now, step
         return means
+
+
+@dataclasses.dataclass
+class DivergenceGuard:
+    """Host bookkeeping of the steps' `nonfinite` flags, fed at poll boundaries: the current run of bad steps
+    in a row and the first run that reached `limit` (1 with train.nonfinite=halt, else train.max_skips)."""
+
+    limit: int
+    run: int = 0
+    run_start: int = 0
+    tripped: tuple[int, int] | None = None  # (first step, length) of the first run that reached the limit.
+
+    def update(self, first_step: int, flags: list[float]) -> None:
+        for step, bad in enumerate(flags, first_step):
+            if not bad:
+                self.run = 0
+                continue
+            self.run += 1
+            self.run_start = step if self.run == 1 else self.run_start
+            if self.run >= self.limit and (self.tripped is None or self.tripped[0] == self.run_start):
+                self.tripped = (self.run_start, self.run)
 
 
 def _print_start(config: Config, state: TrainState, mesh: Mesh, entropy_bits: float | None) -> None:
@@ -366,27 +433,47 @@ def _print_start(config: Config, state: TrainState, mesh: Mesh, entropy_bits: fl
               flush=True)
 
 
-def _divergence_message(config: Config, step: int, skipped: int, manager, workdir: str) -> str:
-    from proseco_jax import checkpoint
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A checked training run: its typed config, workdir, data, program, checkpoints and keys."""
 
-    manager.wait_until_finished()
-    good = manager.latest_step()
-    where = ("no checkpoint was written yet" if good is None
-             else f"the last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}")
-    return (f"training halted at step {step}: {skipped} step(s) in a row had a non-finite loss, gradient or "
-            f"update (not applied); {where}; lower train.learning_rate={config.train.learning_rate:g} or set "
-            "train.nonfinite=skip")
+    config: Config
+    workdir: str
+    data: datasets.Data
+    program: TrainProgram
+    manager: Any  # orbax CheckpointManager of workdir/checkpoints.
+    init_rng: jax.Array
+    train_rng: jax.Array
+    eval_rng: jax.Array
+
+    def data_iterator(self) -> Any:
+        c = self.config
+        return pipeline.train_iterator(self.data.sources["train"], global_batch_size=c.train.batch_size,
+                                       seed=c.seed, process_index=jax.process_index(),
+                                       process_count=jax.process_count(), worker_count=c.data.worker_count)
+
+    def validate(self, params: PyTree) -> dict[str, float]:
+        t = self.config.train
+        batches = pipeline.eval_batches(self.data.sources["validation"], global_batch_size=t.batch_size,
+                                        num_batches=t.eval_batches, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+        out = self.program.loss.report(evaluate_nats_per_token(self.program, params, batches, self.eval_rng))
+        if self.data.entropy_bits_per_token is not None:
+            out["data_bits_per_token"] = self.data.entropy_bits_per_token
+        return out
+
+    def halt_message(self, step: int, first: int, run: int) -> str:
+        self.manager.wait_until_finished()
+        good = self.manager.latest_step()
+        where = ("no checkpoint was written yet" if good is None else
+                 f"the last good checkpoint is step {good} in {checkpoint.checkpoint_dir(self.workdir)}")
+        return (f"training halted at step {step}: {run} step(s) in a row from step {first} had a non-finite "
+                f"loss, gradient or update (not applied); {where}; lower train.learning_rate="
+                f"{self.config.train.learning_rate:g} or set train.nonfinite=skip")
 
 
-def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
-    """Trains the model of `config` in `workdir`, resuming from its latest checkpoint if any.
-
-    Returns the final train state and its step (less than train.num_steps after a preemption).
-    """
-    from proseco_jax import checkpoint
-    from proseco_jax.data import datasets, pipeline
-    from proseco_jax.metrics_writer import MetricsWriter
-
+def setup(config: Any, workdir: str) -> Run:
+    """Checks `config` against the mesh, the data and the workdir (UsageError: one line); builds the run."""
     config = config_base.resolve(config)
     checkpoint.ensure_writable(workdir, "workdir")
     mesh = sharding.make_mesh(config.mesh)
@@ -394,78 +481,86 @@ def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
     check_objective(config)
     data = datasets.load(config.data)
     check_vocabulary(config, data.tokenizer)
-    compiled = build(config, mesh)
     t = config.train
-    pid, nproc = jax.process_index(), jax.process_count()
     held_out, needed = len(data.sources["validation"]), t.eval_batches * t.batch_size
     if t.eval_every > 0 and needed > held_out:  # Fail now, not at the first validation.
         raise UsageError(f"validation needs train.eval_batches * train.batch_size = {needed} held-out "
                          f"sequences, but {config.data.name} has {held_out}")
-
-    def data_iterator():
-        return pipeline.train_iterator(data.sources["train"], global_batch_size=t.batch_size,
-                                       seed=config.seed, process_index=pid, process_count=nproc,
-                                       worker_count=config.data.worker_count)
-
-    train_iter = data_iterator()
-    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
+    program = build(config, mesh)
     checkpoint.ensure_writable(checkpoint.checkpoint_dir(workdir), "checkpoints")
     manager = checkpoint.make_manager(workdir, t.keep_checkpoints)
-    restored = checkpoint.restore(manager, compiled.abstract_state, train_iter)
+    keys = jax.random.split(jax.random.key(config.seed), 3)
+    return Run(config, workdir, data, program, manager, *keys)
+
+
+def restore(run: Run) -> tuple[int, TrainState, Any]:
+    """(step, train state, data iterator) of the latest checkpoint that restores, else of a fresh start."""
+    train_iter = run.data_iterator()
+    restored = checkpoint.restore(run.manager, run.program.abstract_state, train_iter)
     if restored is not None:
         step, state = restored
-        if pid == 0:
-            print(f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}",
+        if jax.process_index() == 0:
+            print(f"resumed from the checkpoint at step {step} in {checkpoint.checkpoint_dir(run.workdir)}",
                   flush=True)
     else:  # A fresh start, also after every step proved damaged (an attempt may have moved the iterator).
-        step, state, train_iter = 0, compiled.init(init_rng), data_iterator()
-    writer = MetricsWriter(workdir, resume_step=step, total_steps=t.num_steps, enabled=pid == 0)
-    if pid == 0:
-        config_base.save_json(config, workdir)
+        step, state, train_iter = 0, run.program.init(run.init_rng), run.data_iterator()
+    if jax.process_index() == 0:
+        config_base.save_json(run.config, run.workdir)
         if step == 0:
-            _print_start(config, state, mesh, data.entropy_bits_per_token)
+            _print_start(run.config, state, run.program.mesh, run.data.entropy_bits_per_token)
+    return step, state, train_iter
 
-    def validate(params) -> dict[str, float]:
-        batches = pipeline.eval_batches(data.sources["validation"], global_batch_size=t.batch_size,
-                                        num_batches=t.eval_batches, process_index=pid, process_count=nproc)
-        out = compiled.loss.report(evaluate_nats_per_token(compiled, params, batches, eval_rng))
-        if data.entropy_bits_per_token is not None:
-            out["data_bits_per_token"] = data.entropy_bits_per_token
-        return out
 
-    log = StepLog(config, step)
-    skipped, stopping = 0, False
+def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[TrainState, int]:
+    """Trains from `step` to train.num_steps, dispatching steps without waiting on them: metrics, the
+    divergence guard and stop requests are read at poll boundaries (log, evaluation and checkpoint steps,
+    every POLL_EVERY steps, and at once on a lone process asked to stop)."""
+    t, program, lone = run.config.train, run.program, jax.process_count() == 1
+    log, guard = StepLog(run.config, step), DivergenceGuard(1 if t.nonfinite == "halt" else t.max_skips)
+    writer = MetricsWriter(run.workdir, resume_step=step, total_steps=t.num_steps,
+                           enabled=jax.process_index() == 0)
+    stopping = False
     with StopRequest("the current step") as stop:
         try:
             while step < t.num_steps and not stopping:
-                batch = next(train_iter)
-                tokens = sharding.global_batch(batch["tokens"], mesh)
-                args = (state, tokens, jax.random.fold_in(train_rng, step))
-                if "mask" in batch:  # Text corpora: padding is left out of the loss.
-                    state, metrics = compiled.masked_step(*args, sharding.global_batch(batch["mask"], mesh))
-                else:
-                    state, metrics = compiled.step(*args)
+                batch = device_batch(next(train_iter), program.mesh)
+                state, metrics = program.step(state, batch, jax.random.fold_in(run.train_rng, step))
                 log.add(metrics)
                 step += 1
-                skipped = skipped + 1 if float(metrics["nonfinite"]) else 0
-                if skipped and (t.nonfinite == "halt" or skipped >= t.max_skips):
-                    raise Halted(_divergence_message(config, step, skipped, manager, workdir))
                 last = step == t.num_steps
                 evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
-                if step % t.log_every == 0 or evaluate_now or last:
+                log_now = step % t.log_every == 0 or evaluate_now or last
+                save_now = step % t.checkpoint_every == 0 or last
+                if not (log_now or save_now or step % POLL_EVERY == 0 or (lone and stop.requested)):
+                    continue
+                guard.update(*log.fetch())
+                if guard.tripped is not None:
+                    raise Halted(run.halt_message(step, *guard.tripped))
+                if log_now:
                     record = log.record(step)
                     if evaluate_now:
-                        record.update(validate(state.ema_params))
+                        record.update(run.validate(state.ema_params))
                     writer.write(step, record)
                     writer.progress(step, record)
                 stopping = stop.agreed()  # Every process stops at the same step (a collective).
-                if step % t.checkpoint_every == 0 or last or stopping:
-                    checkpoint.save(manager, step, state, train_iter)
-            if stopping and pid == 0:
+                if save_now or stopping:
+                    checkpoint.save(run.manager, step, state, train_iter)
+            if stopping and jax.process_index() == 0:
                 print(f"{stop.signal_name or 'stop'}: saved the checkpoint at step {step}; rerun the same "
                       "command to resume", flush=True)
         finally:
-            manager.wait_until_finished()
-            manager.close()
             writer.close()
     return state, step
+
+
+def train_and_evaluate(config: Any, workdir: str) -> tuple[TrainState, int]:
+    """Trains the model of `config` in `workdir`, resuming from its latest checkpoint if any.
+
+    Returns the final train state and its step (less than train.num_steps after a preemption).
+    """
+    run = setup(config, workdir)
+    try:
+        return loop(run, *restore(run))
+    finally:
+        run.manager.wait_until_finished()
+        run.manager.close()

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proseco_jax import config_base, diffusion
+from proseco_jax import config_base, diffusion, sft
 from proseco_jax.configlib import ConfigError
 from proseco_jax.diffusion import Objective
 from proseco_jax.schedules import Schedule
@@ -555,6 +555,21 @@ def test_corrector_start_step_works_with_a_traced_step_under_jit():
     full, _, _ = _loss_and_grad(_config())
     np.testing.assert_allclose([float(f(jnp.asarray(s))) for s in (0, 2, 3, 10)], [mdlm, mdlm, full, full],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(corrector_enabled=False), dict(corrector_start_step=3), {}])
+def test_pretraining_and_fine_tuning_share_the_corrector_gate_and_metric_keys(options):
+    """Both objectives switch pass two with `diffusion.gated_corrector`: same keys, zeros while it is off."""
+    cfg, x, table = _config(**options), _tokens(), _table(20)
+    response = jnp.broadcast_to(jnp.arange(L) >= 4, (B, L))
+    _, pre = diffusion.proseco_loss(_fake([table]), None, x, jax.random.key(3), jnp.asarray(0), cfg)
+    _, fine = sft.sft_loss(_fake([table]), None, x, response, jax.random.key(3), jnp.asarray(0), cfg)
+    assert pre.keys() == fine.keys() == {"mdm_loss", "mask_rate", "corrector_loss", "corrector_accuracy",
+                                         "corrector_input_accuracy"}
+    off = not cfg.corrector.enabled or cfg.corrector.start_step > 0
+    for metrics in (pre, fine):
+        assert (float(metrics["corrector_loss"]) == 0.0) == off
+        assert (float(metrics["corrector_input_accuracy"]) == 0.0) == off
 
 
 def test_d3pm_lets_the_corrector_input_differ_from_x_at_visible_positions():

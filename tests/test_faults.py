@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -85,13 +86,28 @@ def test_divergence_halts_in_one_line_and_never_writes_a_non_finite_checkpoint(t
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(loaded.params))
 
 
+def test_halt_mode_halts_at_the_next_log_step_naming_the_first_bad_step(trained, data_dir, tmp_path):
+    """The loop never waits on a step between boundaries, so a divergence is read at the next log step."""
+    workdir = _copy(trained, tmp_path)
+    config = _config(data_dir, "--config.train.num_steps=20", "--config.train.checkpoint_every=100",
+                     "--config.train.log_every=5", "--config.train.learning_rate=1e38")
+    with pytest.raises(Halted, match="training halted at step 10: ") as info:
+        train.train_and_evaluate(config, workdir)
+    first = int(re.search(r"from step (\d+)", str(info.value)).group(1))
+    assert 7 <= first <= 10 and "the last good checkpoint is step 6" in str(info.value)
+    assert _steps(workdir) == [3, 6]
+
+
 def test_skip_mode_drops_bad_updates_and_halts_after_max_skips(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     config = _config(data_dir, "--config.train.num_steps=30", "--config.train.checkpoint_every=100",
                      "--config.train.learning_rate=1e38", "--config.train.nonfinite=skip",
-                     "--config.train.max_skips=3")
-    with pytest.raises(Halted, match="3 step\\(s\\) in a row"):
+                     "--config.train.max_skips=3", "--config.train.log_every=15")
+    with pytest.raises(Halted, match="training halted at step 15: ") as info:
         train.train_and_evaluate(config, workdir)
+    # The run is read at the next boundary (the last step): at least max_skips bad steps, the first named.
+    run, first = map(int, re.search(r"(\d+) step\(s\) in a row from step (\d+)", str(info.value)).groups())
+    assert run >= 3 and 7 <= first <= 15 - run + 1
     assert _steps(workdir) == [3, 6]  # nothing new was saved, nothing was deleted
 
 

@@ -282,8 +282,7 @@ def test_corrector_off_step_loss_is_the_vanilla_llada_sft_loss(step_setup):
     config, mesh, compiled, state, tokens, mask = step_setup
     key = jax.random.key(7)
     placed = jax.device_put(state, compiled.state_shardings)
-    _, metrics = compiled.masked_step(placed, sharding.global_batch(tokens, mesh), key,
-                                      sharding.global_batch(mask, mesh))
+    _, metrics = compiled.step(placed, train.device_batch({"tokens": tokens, "mask": mask}, mesh), key)
     # Vanilla SFT by hand: the step draws (p, z) for the global batch from the first half of its key.
     noise_key, _ = jax.random.split(key)
     response = mask.astype(bool)
@@ -384,4 +383,5 @@ def test_the_sft_step_compiles_ahead_of_time_with_its_response_mask():
     assert report.error is None and report.temp_bytes > 0 and report.batch_size == 2
     lowered, _ = aot.lower_train_step(config_base.resolve(config), sharding.make_mesh(
         config_base.resolve(config).mesh, jax.devices()[:1]))
-    assert len(lowered.args_info[0]) == 4  # state, tokens, key and the response mask
+    _, batch, _ = lowered.args_info[0]  # state, batch, key
+    assert batch["mask"].shape == batch["tokens"].shape == (2, config.data.length)  # the response mask

@@ -2,9 +2,9 @@
 
 Compiling a train step is the expensive part on CPU, so each variant (mesh, micro-batching, remat, dtype)
 is compiled once in a module-scoped fixture, and every run starts from the same initial state, copied to
-the host once and placed on each mesh with `jax.device_put`. The jitted functions of `train.build` are
-compiled ahead of time with LLVM's -O0 backend, which halves XLA:CPU compile time; the HLO (and so the
-sharding and the arithmetic) is exactly what `build` produced.
+the host once and placed on each mesh with `jax.device_put`. `conftest.py` compiles every program with XLA's
+backend at optimisation level 0, about twice as fast on CPU; the HLO (and so the sharding and the
+arithmetic) is exactly what `train.build` produced.
 """
 
 from __future__ import annotations
@@ -52,15 +52,15 @@ def _host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def _init(compiled: train.Compiled):
+def _init(compiled: train.TrainProgram):
     key = jax.random.key(0)
     return _host(compiled.init(key))
 
 
-def _run(compiled: train.Compiled, host_state, steps: int, rngs=None):
+def _run(compiled: train.TrainProgram, host_state, steps: int, rngs=None):
     """Runs `steps` steps from a host copy of the state; returns host (states, metrics) after each step."""
     state = jax.device_put(host_state, compiled.state_shardings)
-    batch = sharding.global_batch(_tokens(), compiled.mesh)
+    batch = train.device_batch({"tokens": _tokens()}, compiled.mesh)
     rngs = [jax.random.key(100 + i) for i in range(steps)] if rngs is None else rngs
     step_fn = compiled.step
     states, metrics = [], []
@@ -307,7 +307,10 @@ def _check(config, mesh=None):
 
 def test_check_mesh_accepts_the_tiny_config_on_a_full_mesh():
     config = tiny_config(data=2, fsdp=2, tensor=2)
-    _check(config, sharding.make_mesh(config.mesh))
+    mesh = sharding.make_mesh(config.mesh)
+    assert mesh.devices.size == jax.device_count() == 8  # every device in use
+    _check(config, mesh)  # accepted: no UsageError
+    assert BATCH % (sharding.data_parallel_size(mesh) * config.train.micro_batches) == 0
 
 
 def test_check_mesh_rejects_a_batch_not_divisible_by_the_data_parallel_size():
@@ -443,3 +446,44 @@ def test_rotary_rotates_each_pair_by_its_angle_and_its_gradient_rotates_back(dty
     (grad,) = vjp(jnp.asarray(g, dtype))
     np.testing.assert_allclose(np.asarray(grad, np.float64), rotate(np.asarray(jnp.asarray(g, dtype),
                                np.float64), -1), rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def test_a_corpus_without_padding_gets_the_batch_of_a_padded_one_so_one_program_serves_both(sharded):
+    mesh = sharded["compiled"].mesh
+
+    def avals(batch):
+        return jax.tree.map(lambda a: (a.shape, a.dtype, a.sharding), batch)
+
+    plain = train.device_batch({"tokens": _tokens()}, mesh)
+    padded = train.device_batch({"tokens": _tokens(), "mask": np.zeros((BATCH, LENGTH), np.uint8)}, mesh)
+    assert avals(plain) == avals(padded) == avals(train.abstract_batch(BATCH, LENGTH, mesh))
+    np.testing.assert_array_equal(np.asarray(plain["mask"]), 1)
+
+
+def test_step_log_fetches_the_pending_steps_at_once_and_records_their_means():
+    log = train.StepLog(config_base.resolve(tiny_config()), step=10)
+    for value in (1.0, 2.0, 6.0):
+        log.add({"loss": jnp.asarray(value), "nonfinite": jnp.asarray(float(value == 2.0))})
+    assert log.fetch() == (11, [0.0, 1.0, 0.0])  # steps 11, 12, 13
+    record = log.record(13)
+    assert record["loss"] == pytest.approx(3.0) and record["nonfinite"] == pytest.approx(1 / 3)
+    assert record["tokens_per_sec"] > 0 and "learning_rate" in record
+    assert log.fetch() == (14, [])
+
+
+def test_divergence_guard_names_the_first_run_of_bad_steps_that_reaches_the_limit():
+    halt = train.DivergenceGuard(limit=1)  # train.nonfinite=halt
+    halt.update(1, [0, 0, 0])
+    assert halt.tripped is None
+    halt.update(4, [0, 1, 1, 0, 1])
+    assert halt.tripped == (5, 2)  # steps 5 and 6; the later bad step 8 does not replace it
+    skip = train.DivergenceGuard(limit=3)  # train.nonfinite=skip, train.max_skips=3
+    skip.update(1, [1, 1, 0, 1])
+    assert skip.tripped is None  # runs of 2 and (so far) 1
+    skip.update(5, [1, 1])
+    assert skip.tripped == (4, 3)  # a run that spans two fetches counts whole
+    skip.update(7, [1, 0, 1, 1, 1])
+    assert skip.tripped == (4, 4)
