@@ -345,6 +345,16 @@ class Sampling(Section):
     stop_on_eos: str = field("batch", "LLaDA block sampler: stop once a closed block ends in eos_id for the "
                              "whole batch ('batch', as the reference's evaluation) or per sample ('sample').",
                              one_of("batch", "sample"))
+    guidance_label: int = field(-1, "Classifier-free guidance: the class to steer towards, in [0, "
+                                "model.num_classes) (-1: none; a label-conditioned model then samples "
+                                "with its 'no label' row).", at_least(-1))
+    guidance_scale: float = field(1.0, "Classifier-free guidance gamma: log p = gamma log p(x|c) + "
+                                  "(1 - gamma) log p(x|none), renormalised; 0: unconditional, 1: conditional "
+                                  "only (one call), otherwise two model evaluations per call.", at_least(0))
+    guidance_corrector: str = field("conditional", "Corrector under guidance: 'conditional' (the authors': "
+                                    "starts from the conditional prediction, calls the conditional model "
+                                    "only) or 'guided' (starts from the guided prediction; guided calls).",
+                                    one_of("conditional", "guided"))
 
     def validate(self):
         if self.sampler == "remdm" and self.remdm_strategy == "loop":
@@ -411,6 +421,18 @@ class Config(Section):
             raise ConfigError(f"sampling.eos_id={eos} is not a real token id: [0, {self.mask_id})"
                               + (f" or ({self.mask_id}, {self.output_vocab_size})"
                                  if self.output_vocab_size > self.mask_id + 1 else ""))
+        label, classes = self.sampling.guidance_label, self.num_classes
+        if label >= 0 and not classes:
+            raise ConfigError(f"sampling.guidance_label={label} needs a label-conditioned model; this one "
+                              "has no labels (model.num_classes=0)")
+        if label >= classes:
+            raise ConfigError(f"sampling.guidance_label={label} is not one of the model's {classes} classes "
+                              f"[0, {classes})")
+
+    @property
+    def num_classes(self) -> int:
+        """Label classes of a label-conditioned model (0: unconditional; families without labels have 0)."""
+        return getattr(self.model, "num_classes", 0)
 
     @property
     def mask_id(self) -> int:

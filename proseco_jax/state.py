@@ -39,12 +39,14 @@ class TrainState:
 
 
 def make_apply_fn(model: nn.Module) -> ApplyFn:
-    """`apply_fn(params, tokens [B, L], sigma [B], dropout_rng=None) -> logits`; dropout only with a key."""
+    """`apply_fn(params, tokens [B, L], sigma [B], dropout_rng=None, labels=None) -> logits`; dropout only
+    with a key; labels int32 [B] only for a label-conditioned model (None: its "no label" row)."""
 
-    def apply_fn(params, tokens, sigma, dropout_rng=None):
+    def apply_fn(params, tokens, sigma, dropout_rng=None, labels=None):
         train = dropout_rng is not None
         rngs = {"dropout": dropout_rng} if train else {}
-        return model.apply({"params": params}, tokens, sigma, train=train, rngs=rngs)
+        kwargs = {} if labels is None else {"labels": labels}
+        return model.apply({"params": params}, tokens, sigma, train=train, rngs=rngs, **kwargs)
 
     return apply_fn
 

@@ -37,8 +37,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from proseco_jax.config_base import Sampling
+from proseco_jax.sampling import guidance as cfg_guidance
 from proseco_jax.sampling import ops, samplers
 from proseco_jax.sampling.corrector import Corrector
+from proseco_jax.sampling.guidance import Guidance
 from proseco_jax.sampling.samplers import Unmasker
 from proseco_jax.sampling.settings import SamplingError, check_inputs
 from proseco_jax.sampling.unmasking import StepContext, stop_at_eos
@@ -75,7 +77,12 @@ class SamplerState:
     conf: jax.Array  # float32 [B, L]: ReMDM-conf scores (-inf where masked)
     predictor_nfe: jax.Array  # int32 [B]
     corrector_nfe: jax.Array  # int32 [B]
+    step_nfe: jax.Array  # int32 [B]: NFE with a guided (two-evaluation) call counted once, as the authors
     model_calls: jax.Array  # int32 []: batched model calls made
+    # Guidance that mixes two models: the cached conditional and unconditional log-probs [B, L, vocab_size]
+    # that `logp` combines (None otherwise).
+    cond_logp: jax.Array | None = None
+    uncond_logp: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -84,6 +91,7 @@ class SampleOutput:
     nfe: jax.Array  # int32 [B]: predictor_nfe + corrector_nfe
     predictor_nfe: jax.Array  # int32 [B]
     corrector_nfe: jax.Array  # int32 [B]
+    step_nfe: jax.Array  # int32 [B]: nfe with a guided call counted once (the authors' count; = nfe unguided)
     model_calls: jax.Array  # int32 []: batched model calls (the reference's NFE for this batch)
     history: jax.Array | None = None  # int32 [T, B, L]: z after every step, when asked
 
@@ -104,6 +112,16 @@ class Plan:
     block_length: int  # tokens per block; the whole generated region unless the block sampler splits it
     eos_id: int  # a sample stops once a just-closed block ends in this id (-1: never)
     batch_sharding: NamedSharding | None  # the batch split over a mesh's BATCH_AXES (None: unsharded)
+    guidance: Guidance | None = None  # classifier-free guidance (None: the model is called without labels)
+
+    @property
+    def mixes(self) -> bool:
+        """Predictions combine a conditional and an unconditional call (guidance.py)."""
+        return self.guidance is not None and self.guidance.mixes
+
+    def labels(self, label: int | None) -> jax.Array | None:
+        """int32 [B] of `label` (None: the model is called without labels)."""
+        return None if label is None else jnp.full((self.batch_size,), label, jnp.int32)
 
     @property
     def dtype(self) -> Any:
@@ -171,8 +189,11 @@ class Plan:
             conf=jnp.full(shape, -jnp.inf, jnp.float32),
             predictor_nfe=jnp.zeros((self.batch_size,), jnp.int32),
             corrector_nfe=jnp.zeros((self.batch_size,), jnp.int32),
+            step_nfe=jnp.zeros((self.batch_size,), jnp.int32),
             model_calls=jnp.zeros((), jnp.int32),
         )
+        if self.mixes:
+            state = state.replace(cond_logp=state.logp, uncond_logp=state.logp)
         return state, fixed
 
     def finish_step(self, state: SamplerState, before: jax.Array, after: jax.Array, conf: jax.Array,
@@ -190,11 +211,12 @@ class Plan:
 
 def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length: int, mask_id: int,
               vocab_size: int | None = None, mesh: Mesh | None = None,
-              inputs: Inputs = NO_INPUTS) -> Plan:
+              inputs: Inputs = NO_INPUTS, num_classes: int = 0) -> Plan:
     """Validates the inputs (raising SamplingError, a ValueError), builds the strategies once and lays the
     batch over the mesh's BATCH_AXES. `settings.sampler` becomes behaviour through its traits
     (`settings.kind`, `config_base.SAMPLERS`) and its `samplers.UNMASKERS` entry. vocab_size: ids read
-    from the logits, [MASK] among them (None: mask_id + 1)."""
+    from the logits, [MASK] among them (None: mask_id + 1). num_classes: the label classes of a
+    label-conditioned model (0: none), which `settings.guidance_label` must lie among."""
     s = settings.resolved()
     kind = s.kind
     vocab_size = int(mask_id) + 1 if vocab_size is None else vocab_size
@@ -222,13 +244,31 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
         block_length=s.block_length if kind.blocked else int(length) - prompt_len,
         eos_id=s.eos_id if kind.blocked else -1,
         batch_sharding=_batch_sharding(mesh, int(batch_size)),
+        guidance=_guidance(s, num_classes),
     )
 
 
-def _log_probs(apply_fn: ApplyFn, plan: Plan, params: Any, tokens: jax.Array, sigma: jax.Array) -> jax.Array:
-    """[B, L, vocab_size] log-probs of the model at tokens [B, L] ([MASK] at -inf); checks the logits'
-    shape while tracing."""
-    logits = apply_fn(params, tokens, sigma)
+def _guidance(s: Sampling, num_classes: int) -> Guidance | None:
+    if s.guidance_label < 0:
+        return None
+    if num_classes <= 0:
+        raise SamplingError(f"sampling.guidance_label={s.guidance_label} needs a label-conditioned model; "
+                            "this one was trained without labels (model.num_classes=0)")
+    if s.guidance_label >= num_classes:
+        raise SamplingError(f"sampling.guidance_label={s.guidance_label} is not one of the model's "
+                            f"{num_classes} classes [0, {num_classes})")
+    return Guidance(scale=float(s.guidance_scale), label=s.guidance_label, null_label=int(num_classes),
+                    corrector=s.guidance_corrector)
+
+
+def _log_probs(apply_fn: ApplyFn, plan: Plan, params: Any, tokens: jax.Array, sigma: jax.Array,
+               labels: jax.Array | None = None) -> jax.Array:
+    """[N, L, vocab_size] log-probs of the model at tokens [N, L] ([MASK] at -inf), with labels int32 [N]
+    when given; checks the logits' shape while tracing."""
+    if labels is None:
+        logits = apply_fn(params, tokens, sigma)
+    else:
+        logits = apply_fn(params, tokens, sigma, labels=labels)
     if logits.ndim != 3 or logits.shape[:2] != tokens.shape or logits.shape[-1] < plan.vocab_size:
         raise SamplingError(f"apply_fn returned logits of shape {list(logits.shape)}; expected "
                             f"[{tokens.shape[0]}, {tokens.shape[1]}, >= {plan.vocab_size}] "
@@ -244,15 +284,30 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
     tokens = state.tokens
 
     need = ~state.logp_valid & state.active
-    fresh = jax.lax.cond(
-        jnp.any(need),
-        lambda: _log_probs(apply_fn, plan, params, tokens, plan.sigma(ctx.t)),
-        lambda: state.logp,
-    )
+    sigma = plan.sigma(ctx.t)
+    if plan.mixes:
+        # The caches of both models are kept, and a sample that needs no call combines them again (after a
+        # corrector step the conditional cache holds the corrector's log-probs), as the authors' cache does.
+        cond, uncond = _keep(need, jax.lax.cond(
+            jnp.any(need),
+            lambda: cfg_guidance.paired_log_probs(_labelled(apply_fn, plan, params), tokens, sigma,
+                                                  plan.guidance),
+            lambda: (state.cond_logp, state.uncond_logp),
+        ), (state.cond_logp, state.uncond_logp))
+        state = state.replace(cond_logp=cond, uncond_logp=uncond,
+                              logp=cfg_guidance.combine(cond, uncond, plan.guidance.scale))
+    else:
+        label = None if plan.guidance is None else plan.guidance.single_label
+        fresh = jax.lax.cond(
+            jnp.any(need),
+            lambda: _log_probs(apply_fn, plan, params, tokens, sigma, plan.labels(label)),
+            lambda: state.logp,
+        )
+        state = state.replace(logp=_keep(need, fresh, state.logp))
     state = state.replace(
         rng=rng,
-        logp=jnp.where(need[:, None, None], fresh, state.logp),
-        predictor_nfe=state.predictor_nfe + need,
+        predictor_nfe=state.predictor_nfe + need * (2 if plan.mixes else 1),
+        step_nfe=state.step_nfe + need,
         model_calls=state.model_calls + jnp.any(need),
     )
     if plan.corrector is not None:
@@ -275,39 +330,72 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
     return out
 
 
+def _labelled(apply_fn: ApplyFn, plan: Plan, params: Any) -> cfg_guidance.LabelledLogProbs:
+    return lambda tokens, sigma, labels: _log_probs(apply_fn, plan, params, tokens, sigma, labels)
+
+
+def _keep(need: jax.Array, fresh: Any, cached: Any) -> Any:
+    """Per sample (need bool [B]), the fresh log-probs [B, L, V] (a pytree of them) or the cached ones."""
+    return jax.tree.map(lambda f, c: jnp.where(need[:, None, None], f, c), fresh, cached)
+
+
 def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state: SamplerState,
              ctx: StepContext, prior_key: jax.Array, corrector_key: jax.Array) -> SamplerState:
-    """The corrector's fixed-point loop as a `lax.while_loop` of at most S iterations."""
-    corrector = plan.corrector
+    """The corrector's fixed-point loop as a `lax.while_loop` of at most S iterations.
+
+    Under guidance (guidance.py) it starts from the conditional prediction and calls the conditional model
+    only ("conditional", the authors'), or starts from the guided prediction and calls both ("guided").
+    """
+    corrector, g = plan.corrector, plan.guidance
     active = state.active
     movable = plan.movable(fixed, ctx)
-    y0 = corrector.initial(prior_key, state.tokens, state.logp, fixed)
+    conditional_start = plan.mixes and g.corrector == "conditional"
+    prior = state.cond_logp if conditional_start else state.logp
+    y0 = corrector.initial(prior_key, state.tokens, prior, fixed)
+    mixes = g is not None and g.corrector_mixes
+    calls_per_eval = 2 if mixes else 1
+
+    def evaluate(y, j):
+        """(log-probs that drive the corrector, the model caches they came from) of y."""
+        sigma = plan.corrector_sigma(j)
+        if mixes:
+            cond, uncond = cfg_guidance.paired_log_probs(_labelled(apply_fn, plan, params), y, sigma, g)
+            return cfg_guidance.combine(cond, uncond, g.scale), (cond, uncond)
+        label = None if g is None else g.corrector_label
+        return _log_probs(apply_fn, plan, params, y, sigma, plan.labels(label)), ()
+
+    caches = (state.cond_logp, state.uncond_logp) if mixes else ()
 
     def body(carry):
-        j, y, c, need, nfe, calls = carry
-        fresh = jax.lax.cond(
-            jnp.any(need),
-            lambda: _log_probs(apply_fn, plan, params, y, plan.corrector_sigma(j)),
-            lambda: c,
-        )
-        c = jnp.where(need[:, None, None], fresh, c)
+        j, y, c, parts, need, nfe, step_nfe, calls = carry
+        fresh = jax.lax.cond(jnp.any(need), lambda: evaluate(y, j), lambda: (c, parts))
+        c, parts = _keep(need, fresh, (c, parts))
         y_next = corrector.update(jax.random.fold_in(corrector_key, j), c, y, movable)
         changed = jnp.any(y_next != y, axis=-1) & active
-        return j + 1, y_next, c, changed, nfe + need, calls + jnp.any(need)
+        return (j + 1, y_next, c, parts, changed, nfe + need * calls_per_eval, step_nfe + need,
+                calls + jnp.any(need))
 
     def cond(carry):
-        j, need = carry[0], carry[3]
+        j, need = carry[0], carry[4]
         more = jnp.any(need) if corrector.stops_at_fixed_point else True
         return (j < corrector.steps) & more
 
-    init = (jnp.zeros((), jnp.int32), y0, state.logp, active, state.corrector_nfe, state.model_calls)
-    _, y, c, _, nfe, calls = jax.lax.while_loop(cond, body, init)
-    return state.replace(
+    init = (jnp.zeros((), jnp.int32), y0, state.logp, caches, active, state.corrector_nfe, state.step_nfe,
+            state.model_calls)
+    _, y, c, parts, _, nfe, step_nfe, calls = jax.lax.while_loop(cond, body, init)
+    out = state.replace(
         tokens=corrector.merge(state.tokens, y, movable, active),
-        logp=jnp.where(active[:, None, None], c, state.logp),
+        logp=_keep(active, c, state.logp),
         corrector_nfe=nfe,
+        step_nfe=step_nfe,
         model_calls=calls,
     )
+    if mixes:
+        cond_logp, uncond_logp = _keep(active, parts, (state.cond_logp, state.uncond_logp))
+        out = out.replace(cond_logp=cond_logp, uncond_logp=uncond_logp)
+    elif conditional_start:  # The corrector's conditional log-probs replace the conditional cache.
+        out = out.replace(cond_logp=_keep(active, c, state.cond_logp))
+    return out
 
 
 def _batch_sharding(mesh: Mesh | None, batch_size: int) -> NamedSharding | None:
@@ -335,7 +423,8 @@ def initial_state(plan: Plan, rng: jax.Array,
     state, fixed = plan.initial(rng, inputs)
     # Every per-sample field, so that a step's inputs are laid out as its outputs and the jitted step of
     # the host loop compiles once.
-    per_sample = ("tokens", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe")
+    per_sample = ("tokens", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe",
+                  "step_nfe") + (("cond_logp", "uncond_logp") if plan.mixes else ())
     state = state.replace(**{name: _constrain(getattr(state, name), plan) for name in per_sample})
     return state, _constrain(fixed, plan)
 
@@ -347,6 +436,7 @@ def sample_output(state: SamplerState, history: jax.Array | None) -> SampleOutpu
         nfe=state.predictor_nfe + state.corrector_nfe,
         predictor_nfe=state.predictor_nfe,
         corrector_nfe=state.corrector_nfe,
+        step_nfe=state.step_nfe,
         model_calls=state.model_calls,
         history=history,
     )

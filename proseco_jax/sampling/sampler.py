@@ -30,7 +30,8 @@ from proseco_jax.state import ModelOnMesh
 class Sampler:
     """A model ready to sample: `sampler.sample(settings, rng, batch_size, length, ...)`."""
 
-    apply_fn: ApplyFn  # (params, tokens int32 [B, L], sigma float32 [B]) -> logits [B, L, >= vocab_size]
+    # (params, tokens int32 [B, L], sigma float32 [B][, labels=int32 [B]]) -> logits [B, L, >= vocab_size]
+    apply_fn: ApplyFn
     params: Any  # a pytree (None for a model without), traced: new values never recompile
     schedule: schedules.Schedule
     mask_id: int  # the [MASK] id
@@ -38,6 +39,7 @@ class Sampler:
     parameterization: str = "subs"  # what an empty sampling.parameterization follows
     mesh: Mesh | None = None  # the batch is split over its ("data", "fsdp") axes
     rules: sharding.Rules | None = None  # logical-axis rules of the model's sharding constraints (with mesh)
+    num_classes: int = 0  # label classes of a label-conditioned model (guidance steers towards one of them)
 
     @classmethod
     def for_model(cls, placed: ModelOnMesh, params: Any) -> Sampler:
@@ -45,14 +47,15 @@ class Sampler:
         config = placed.config
         return cls(apply_fn=placed.apply_fn, params=params, schedule=schedules.Schedule(config.diffusion),
                    mask_id=config.mask_id, vocab_size=config.output_vocab_size,
-                   parameterization=config.diffusion.parameterization, mesh=placed.mesh, rules=placed.rules)
+                   parameterization=config.diffusion.parameterization, mesh=placed.mesh, rules=placed.rules,
+                   num_classes=config.num_classes)
 
     def plan(self, settings: Sampling, batch_size: int, length: int,
              inputs: Inputs = NO_INPUTS) -> loop.Plan:
         """The static description of a call (validated: SamplingError, a ValueError, on bad inputs)."""
         return loop.make_plan(settings.resolved(self.parameterization), self.schedule, batch_size=batch_size,
                               length=length, mask_id=self.mask_id, vocab_size=self.vocab_size, mesh=self.mesh,
-                              inputs=inputs)
+                              inputs=inputs, num_classes=self.num_classes)
 
     def sample(self, settings: Sampling, rng: jax.Array, batch_size: int, length: int, *,
                prompt: Any = None, infill: tuple[Any, Any] | None = None, history: bool = False,
