@@ -231,6 +231,9 @@ class Train(Section):
     grad_clip: float = field(1.0, "Clip gradients to this global norm (0 disables clipping).", at_least(0))
     ema_decay: float = field(0.999, "EMA of params used for evaluation and sampling (ramped up early in "
                              "training).", between(0, 1, open_high=True))
+    label_dropout: float = field(0.0, "Label-conditioned models: each sequence's label is replaced by 'no "
+                                 "label' with this probability, in both passes (classifier-free guidance "
+                                 "training; the authors use 0.1).", between(0, 1))
     log_every: int = field(50, "Steps between metrics.jsonl lines (and the progress line).", at_least(1))
     eval_every: int = field(500, "Steps between validation ELBO evaluations (0 disables).", at_least(0))
     eval_batches: int = field(8, "Batches of held-out data per validation.", at_least(1))
@@ -422,6 +425,9 @@ class Config(Section):
                               + (f" or ({self.mask_id}, {self.output_vocab_size})"
                                  if self.output_vocab_size > self.mask_id + 1 else ""))
         label, classes = self.sampling.guidance_label, self.num_classes
+        if self.train.label_dropout > 0 and not classes:
+            raise ConfigError(f"train.label_dropout={self.train.label_dropout} needs a label-conditioned "
+                              "model (model.num_classes > 0)")
         if label >= 0 and not classes:
             raise ConfigError(f"sampling.guidance_label={label} needs a label-conditioned model; this one "
                               "has no labels (model.num_classes=0)")

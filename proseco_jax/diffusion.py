@@ -160,6 +160,20 @@ def gated_corrector(corrector: Corrector, step: jax.Array, pass_two: CorrectorPa
     return weight * sc, metrics
 
 
+def drop_labels(rng: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """labels int32 [B], each replaced by `null_label` ("no label") with probability `rate`: the label
+    dropout that trains one network to be both the conditional and the unconditional model (CFG)."""
+    return jnp.where(jax.random.bernoulli(rng, rate, labels.shape), null_label, labels).astype(jnp.int32)
+
+
+def with_labels(apply_fn: ApplyFn, labels: jax.Array | None) -> ApplyFn:
+    """apply_fn with labels int32 [B] bound (both passes of a step then see the same, possibly dropped,
+    label); apply_fn itself when there are none."""
+    if labels is None:
+        return apply_fn
+    return lambda params, tokens, sigma, **kwargs: apply_fn(params, tokens, sigma, labels=labels, **kwargs)
+
+
 def draw_noise(rng: jax.Array, x: jax.Array, objective: Objective) -> tuple[jax.Array, jax.Array]:
     """(t [B], z [B, L]): training times (antithetic if asked) and x masked at rate 1 - alpha(t)."""
     rng_t, rng_mask = jax.random.split(rng)

@@ -149,27 +149,30 @@ def loss_and_grads(
     micro_batches: int = 1,
     token_mask: jax.Array | None = None,
     loss: Loss = PRETRAINING,
+    labels: jax.Array | None = None,
 ) -> tuple[LossOut, PyTree]:
     """((loss, metrics), grads) of the global batch tokens [B, L], accumulated over micro-batches.
 
     The noise (times or masking rates, and masks) is drawn once for the global batch and then split (every
     M-th row), so accumulating over M micro-batches gives the loss and gradient of the full batch.
     token_mask [B, L] (pretraining: 1 real token, 0 padding; fine-tuning: 1 on the response) is split like
-    the tokens; each micro-batch averages over its own rows.
+    the tokens; each micro-batch averages over its own rows. labels int32 [B] (label-conditioned models,
+    after dropout) are split the same way and bound to apply_fn for both passes.
     """
     noise_rng, loss_rng = jax.random.split(rng)
     if token_mask is None:
         token_mask = jnp.ones(tokens.shape, jnp.float32)
     noise = loss.noise(noise_rng, tokens, token_mask, objective)
 
-    def loss_fn(p, micro_tokens, micro_mask, micro_noise, micro_rng):
-        return loss.loss(apply_fn, p, micro_tokens, micro_mask, micro_noise, micro_rng, step, objective)
+    def loss_fn(p, micro_tokens, micro_mask, micro_noise, micro_labels, micro_rng):
+        return loss.loss(diffusion.with_labels(apply_fn, micro_labels), p, micro_tokens, micro_mask,
+                         micro_noise, micro_rng, step, objective)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     m = micro_batches
     if m == 1:
-        return grad_fn(params, tokens, token_mask, noise, loss_rng)
-    micro = jax.tree.map(lambda a: split_micro_batches(a, m), (tokens, token_mask, noise))
+        return grad_fn(params, tokens, token_mask, noise, labels, loss_rng)
+    micro = jax.tree.map(lambda a: split_micro_batches(a, m), (tokens, token_mask, noise, labels))
 
     def accumulate(total, inputs):
         i, micro_inputs = inputs
@@ -182,22 +185,33 @@ def loss_and_grads(
     return jax.tree.map(lambda v: v / m, total)
 
 
-Batch = dict[str, jax.Array]  # 'tokens' int32 [B, L] and 'mask' uint8 [B, L], global arrays over the mesh.
+# 'tokens' int32 [B, L], 'mask' uint8 [B, L] and, for a label-conditioned model, 'labels' int32 [B]: global
+# arrays over the mesh.
+Batch = dict[str, jax.Array]
 
 
-def device_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> Batch:
+def device_batch(batch: dict[str, np.ndarray], mesh: Mesh, *, labels: bool = False) -> Batch:
     """The step's inputs from this process's rows of a host batch, as global arrays sharded over the batch
-    axes. Corpora without padding get a mask of ones, so one compiled program serves every corpus."""
+    axes. Corpora without padding get a mask of ones, so one compiled program serves every corpus; with
+    `labels` (a label-conditioned model) the corpus's per-sequence 'label' goes along."""
     tokens = batch["tokens"]
     mask = batch["mask"] if "mask" in batch else np.ones(tokens.shape, np.uint8)
-    return {"tokens": sharding.global_batch(tokens, mesh), "mask": sharding.global_batch(mask, mesh)}
+    out = {"tokens": sharding.global_batch(tokens, mesh), "mask": sharding.global_batch(mask, mesh)}
+    if labels:
+        out["labels"] = sharding.global_batch(np.asarray(batch["label"], np.int32), mesh)
+    return out
 
 
-def abstract_batch(batch_size: int, length: int, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(batch_size: int, length: int, mesh: Mesh, *, labels: bool = False
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
     """What `device_batch` gives for a global batch [batch_size, length], as shapes (for lowering)."""
     batch_sh = sharding.batch_sharding(mesh)
-    return {"tokens": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sh),
-            "mask": jax.ShapeDtypeStruct((batch_size, length), jnp.uint8, sharding=batch_sh)}
+    out = {"tokens": jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=batch_sh),
+           "mask": jax.ShapeDtypeStruct((batch_size, length), jnp.uint8, sharding=batch_sh)}
+    if labels:
+        labels_sh = sharding.batch_sharding(mesh, ndim=1)
+        out["labels"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=labels_sh)
+    return out
 
 
 def train_step(
@@ -211,12 +225,19 @@ def train_step(
     micro_batches: int,
     ema_decay: float,
     loss_kind: Loss = PRETRAINING,
+    label_dropout: float = 0.0,
+    null_label: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the global batch (tokens [B, L]; mask [B, L]: the positions the loss reads, 0
-    on padding; fine-tuning: 1 on the response); rng is this step's key."""
+    on padding; fine-tuning: 1 on the response; labels [B] of a label-conditioned model, each dropped to
+    `null_label` w.p. `label_dropout`); rng is this step's key."""
+    labels = batch.get("labels")
+    if labels is not None:
+        rng, label_rng = jax.random.split(rng)
+        labels = diffusion.drop_labels(label_rng, labels, label_dropout, null_label)
     (loss, metrics), grads = loss_and_grads(state.params, batch["tokens"], rng, state.step, apply_fn=apply_fn,
                                             objective=objective, micro_batches=micro_batches,
-                                            token_mask=batch["mask"], loss=loss_kind)
+                                            token_mask=batch["mask"], loss=loss_kind, labels=labels)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
@@ -246,7 +267,9 @@ def eval_step(
     loss_kind: Loss = PRETRAINING,
 ) -> tuple[jax.Array, jax.Array]:
     """Validation loss of a held-out batch: (sum of nats, number of tokens it covers); pretraining: the
-    negative ELBO over real tokens, fine-tuning: the SFT loss over response tokens."""
+    negative ELBO over real tokens (given each sequence's label, for a label-conditioned model),
+    fine-tuning: the SFT loss over response tokens."""
+    apply_fn = diffusion.with_labels(apply_fn, batch.get("labels"))
     return loss_kind.evaluate(apply_fn, params, batch["tokens"], batch["mask"], rng, objective)
 
 
@@ -267,6 +290,15 @@ class TrainProgram:
     def mesh(self) -> Mesh:
         return self.placed.mesh
 
+    @property
+    def labelled(self) -> bool:
+        """The model is label-conditioned: batches carry each sequence's label."""
+        return self.placed.config.num_classes > 0
+
+    def batch(self, host_batch: dict[str, np.ndarray]) -> Batch:
+        """The step's global batch from this process's rows of a host batch (`device_batch`)."""
+        return device_batch(host_batch, self.mesh, labels=self.labelled)
+
     def step(self, state: TrainState, batch: Batch, rng: jax.Array
              ) -> tuple[TrainState, dict[str, jax.Array]]:
         with sharding.mesh_context(self.mesh, self.placed.rules):
@@ -282,7 +314,7 @@ class TrainProgram:
         key = jax.eval_shape(lambda: jax.random.key(0))
         key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(self.mesh))
         with sharding.mesh_context(self.mesh, self.placed.rules):
-            batch = abstract_batch(batch_size, length, self.mesh)
+            batch = abstract_batch(batch_size, length, self.mesh, labels=self.labelled)
             return self.jitted_step.lower(self.abstract_state, batch, key)
 
 
@@ -295,10 +327,12 @@ def build(config: Config, mesh: Mesh) -> TrainProgram:
     objective = diffusion.Objective(config.diffusion, config.corrector, config.mask_id,
                                     config.output_vocab_size)
     loss = loss_of(config)
-    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    # Every leaf of a batch (tokens and mask [B, L], labels [B]) split along B: a rank-1 spec fits them all.
+    batch_sh, repl = sharding.batch_sharding(mesh, ndim=1), sharding.replicated(mesh)
     step_fn = functools.partial(train_step, apply_fn=placed.apply_fn, tx=tx, objective=objective,
                                 micro_batches=config.train.micro_batches, ema_decay=config.train.ema_decay,
-                                loss_kind=loss)
+                                loss_kind=loss, label_dropout=config.train.label_dropout,
+                                null_label=config.num_classes)
     eval_fn = functools.partial(eval_step, apply_fn=placed.apply_fn, objective=objective, loss_kind=loss)
     step = jax.jit(step_fn, in_shardings=(shardings, batch_sh, repl), out_shardings=(shardings, repl),
                    donate_argnums=(0,))
@@ -324,6 +358,9 @@ def check_mesh(config: Config, mesh: Mesh) -> None:
         raise UsageError(f"model.num_heads={heads} is not divisible by mesh.tensor={mesh.shape['tensor']}")
 
 
+LABELLED_CORPORA = ("qm9",)  # corpora whose records carry a per-sequence 'label'
+
+
 def check_objective(config: Config) -> None:
     """Raises UsageError (one line) when train.objective does not suit the data or the model."""
     sft_data, sft_loss = config.data.name == "sft_jsonl", config.train.objective == "sft"
@@ -335,6 +372,9 @@ def check_objective(config: Config) -> None:
     if sft_loss and getattr(config.model, "time_conditioning", False):
         raise UsageError("train.objective=sft feeds the model no noise level (as LLaDA): set "
                          "model.time_conditioning=False")
+    if config.num_classes and config.data.name not in LABELLED_CORPORA:
+        raise UsageError(f"model.num_classes={config.num_classes} needs a corpus with a label per sequence "
+                         f"(data.name in {LABELLED_CORPORA}), not data.name={config.data.name}")
 
 
 def check_vocabulary(config: Config, tokenizer: Any) -> None:
@@ -352,7 +392,7 @@ def evaluate_nats_per_token(program: TrainProgram, params: PyTree, batches: Iter
     'tokens', maybe 'mask')."""
     nats, count = 0.0, 0.0
     for i, batch in enumerate(batches):
-        n, c = program.evaluate(params, device_batch(batch, program.mesh), jax.random.fold_in(rng, i))
+        n, c = program.evaluate(params, program.batch(batch), jax.random.fold_in(rng, i))
         nats, count = nats + float(n), count + float(c)
     return nats / max(count, 1.0)
 
@@ -523,7 +563,7 @@ def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[Train
     with StopRequest("the current step") as stop:
         try:
             while step < t.num_steps and not stopping:
-                batch = device_batch(next(train_iter), program.mesh)
+                batch = program.batch(next(train_iter))
                 state, metrics = program.step(state, batch, jax.random.fold_in(run.train_rng, step))
                 log.add(metrics)
                 step += 1

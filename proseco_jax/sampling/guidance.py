@@ -23,7 +23,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-
 # (tokens int32 [N, L], sigma float32 [N], labels int32 [N]) -> log-probs [N, L, V] ([MASK] at -inf).
 LabelledLogProbs = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
