@@ -41,6 +41,8 @@ setup(
         # against, and the notebook runner.
         "test": [
             "pytest>=8",
+            # The suite runs on two workers (`-n 2`), one per core of a small machine.
+            "pytest-xdist>=3.5",
             "ruff>=0.5",
             "torch==2.13.0",
             "transformers==5.24.0",
