@@ -15,6 +15,7 @@ import pytest
 from conftest import assert_usage_error, run_binary
 
 from proseco_jax import config_base, inference, sharding
+from proseco_jax.data.smiles import REFERENCE_SPECIALS as SPECIALS
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import convert, layout, sources
 from proseco_jax.models import registry
@@ -445,14 +446,18 @@ class TorchGuidedBackbone(TorchBackbone):
         return self.output_layer(x, c)
 
 
-def test_guided_checkpoint_converts_with_its_label_table_and_exports_back(tmp_path):
+def guided_model():
     torch.manual_seed(3)
     model = TorchModel()
     model.backbone = TorchGuidedBackbone()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.2 * torch.randn_like(p))
-    model.eval()
+    return model.eval()
+
+
+def test_guided_checkpoint_converts_with_its_label_table_and_exports_back(tmp_path):
+    model = guided_model()
     config = hf_config(cfg=True, cfg_num_classes=NUM_CLASSES)
     ref = layout.ReferenceConfig.from_hf(config, "test")
     assert [row.key for row in layout.tensors(ref)] == [name for name, _ in model.named_parameters()]
@@ -479,3 +484,51 @@ def test_guided_checkpoint_converts_with_its_label_table_and_exports_back(tmp_pa
         assert json.load(f)["cfg_num_classes"] == NUM_CLASSES
     np.testing.assert_array_equal(exported[layout.LABEL_TABLE].numpy(),
                                   model.state_dict()[layout.LABEL_TABLE].numpy())
+
+
+def smiles_base_config(tmp_path):
+    """A qm9 config over the committed QM9 sample, sized for the test DiT's vocabulary and length."""
+    with open(os.path.join(os.path.dirname(__file__), "data", "qm9_sample.txt"), encoding="utf-8") as f:
+        rows = "".join(f"{i},{line.strip()}\n" for i, line in enumerate(f) if line.strip())
+    (tmp_path / "mols.csv").write_text("Index,SMILES\n" + rows)
+    base = config_base.get_config()
+    base.data.update(name="qm9", tokenizer="smiles", files=str(tmp_path / "mols.csv"), length=LENGTH,
+                     vocab_size=VOCAB - 1, data_dir=str(tmp_path / "data"))
+    return base
+
+
+def test_guided_smiles_checkpoint_imports_its_rows_in_our_vocabulary_order_and_exports_back(tmp_path):
+    pytest.importorskip("rdkit")
+    model = guided_model()
+    base = smiles_base_config(tmp_path)
+    ours = convert.smiles_tokenizer(config_base.resolve(base))
+    # The authors' ids: <mask> = 2, then our tokens reversed and tokens our corpus lacks (for our spare ids).
+    lacking = [t for t in ("S", "Cl", "Br", "P", "I", "c", "n", "o", "5", "6") if t not in ours.tokens]
+    theirs = [*reversed(ours.tokens), *lacking[: VOCAB - len(SPECIALS) - len(ours.tokens)]]
+    config = hf_config(cfg=True, cfg_num_classes=NUM_CLASSES)
+    source = write_hf_dir(tmp_path / "hf", model.state_dict(), config)
+    with open(os.path.join(source, sources.VOCAB_JSON), "w") as f:
+        json.dump({**SPECIALS, **{t: len(SPECIALS) + i for i, t in enumerate(theirs)}}, f)
+    imported = convert.import_checkpoint(sources.read(source), str(tmp_path / "work"), base)
+    assert imported.data.name == "qm9" and imported.mask_id == VOCAB - 1
+    order = ours.reference_order(theirs)
+    assert order[imported.mask_id] == SPECIALS["<mask>"] and sorted(order) == list(range(VOCAB))
+
+    tokens = np.random.default_rng(1).integers(0, VOCAB, (3, LENGTH)).astype(np.int32)
+    sigma, labels = np.zeros((3,), np.float32), np.array([0, 1, 2], np.int32)
+    with torch.no_grad():  # The authors' model reads their ids; its logit j is their token j.
+        want = model.backbone(torch.from_numpy(order[tokens]), torch.from_numpy(sigma),
+                              torch.from_numpy(labels).long()).numpy()[..., order]
+    loaded = inference.load_workdir(str(tmp_path / "work"), mesh=one_device_mesh())
+    module = registry.build(loaded.config.model, loaded.config.mask_id + 1)
+    got = np.asarray(module.apply({"params": loaded.params}, tokens, sigma, labels=labels))
+    assert float(np.max(np.abs(got[..., :VOCAB] - want))) < 1e-5
+
+    # Export writes the rows in the authors' order under a vocab.json naming them: importing it again
+    # gives the same parameters.
+    convert.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "exported"))
+    again = convert.import_checkpoint(sources.read(str(tmp_path / "exported")), str(tmp_path / "work2"), base)
+    assert again.data == imported.data
+    reloaded = inference.load_workdir(str(tmp_path / "work2"), mesh=one_device_mesh())
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(reloaded.params),
+                 jax.device_get(loaded.params))

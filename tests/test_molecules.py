@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import logging
 import os
 
 import flax.linen as nn
@@ -133,6 +134,21 @@ def test_qm9_builder_reads_jsonl_and_refuses_a_missing_column(tmp_path):
     assert len(data.sources["train"]) + len(data.sources["validation"]) == 20
     with pytest.raises(DataError, match="lacks the field 'SMILES'"):
         datasets.load(qm9_data_config(tmp_path, path))
+
+
+def test_qm9_corpus_of_another_rdkit_is_used_with_a_one_line_warning(tmp_path, caplog):
+    path = write_csv(tmp_path / "mols.csv", sample_smiles()[:20])
+    data = datasets.load(qm9_data_config(tmp_path, path))
+    summary_path = os.path.join(data.directory, qm9_builder.MOLECULES_JSON)
+    with open(summary_path) as f:
+        summary = json.load(f)
+    with open(summary_path, "w") as f:
+        json.dump({**summary, "rdkit_version": "2000.01.1"}, f)
+    with caplog.at_level(logging.WARNING):
+        again = datasets.load(qm9_data_config(tmp_path, path))
+    assert again.directory == data.directory and len(again.sources["train"]) == len(data.sources["train"])
+    warnings = [r.getMessage() for r in caplog.records if "RDKit 2000.01.1" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "delete it" in warnings[0]
 
 
 def test_qm9_config_needs_the_smiles_tokenizer_and_resolves_in_both_presets():

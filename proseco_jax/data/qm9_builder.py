@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import glob
-import hashlib
 import importlib.util
 import json
 import math
@@ -35,13 +33,15 @@ from typing import Any, ClassVar
 import numpy as np
 import rdkit
 import tensorflow_datasets as tfds
+from absl import logging
 from rdkit import Chem
 
+from proseco_jax.config_base import Data
 from proseco_jax.data import smiles as smiles_lib
 from proseco_jax.data import tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.markov_builder import RandomAccessSource, _data_config_value, _is_prepared
 from proseco_jax.data.text_sources import describe_files
+from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 from proseco_jax.evaluation import chemistry
 
 TRAIN, VALIDATION = "train", "validation"
@@ -50,19 +50,6 @@ CANONICAL_TXT = "canonical_smiles.txt"
 MOLECULES_JSON = "molecules.json"
 QM9PACK_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 _DESCRIPTION = "QM9 molecules as canonical SMILES tokens with QED, ring count and a percentile label."
-
-
-@dataclasses.dataclass
-class QM9Config(tfds.core.BuilderConfig):
-    """One prepared molecule corpus; build it with `qm9_config` so that the name matches the settings."""
-
-    files: str = ""
-    smiles_column: str = "SMILES"
-    length: int = 32
-    label_property: str = "qed"
-    label_percentile: float = 90.0
-    validation_fraction: float = 0.05
-    vocab_size: int = 34
 
 
 def qm9pack_files() -> list[str]:
@@ -159,7 +146,8 @@ def split_indices(n: int, validation_fraction: float, seed: int = SPLIT_SEED) ->
 
 
 class QM9(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Canonicalises, scores, labels, splits and tokenises the molecules of `QM9Config`."""
+    """Canonicalises, scores, labels, splits and tokenises the molecules of its config's `data` section
+    (from `qm9_config`)."""
 
     name = "qm9"
     VERSION = tfds.core.Version("1.0.0")
@@ -176,7 +164,7 @@ class QM9(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self,
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict({
-                "tokens": tfds.features.Tensor(shape=(self.builder_config.length,), dtype=np.int32),
+                "tokens": tfds.features.Tensor(shape=(self.builder_config.data.length,), dtype=np.int32),
                 "label": tfds.features.Tensor(shape=(), dtype=np.int32),
                 "qed": tfds.features.Tensor(shape=(), dtype=np.float32),
                 "ring_count": tfds.features.Tensor(shape=(), dtype=np.int32),
@@ -186,7 +174,7 @@ class QM9(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
         del dl_manager  # Nothing is downloaded.
-        cfg: QM9Config = self.builder_config
+        cfg: Data = self.builder_config.data
         paths = source_files(cfg.files)
         strings = [s for p in paths for s in read_smiles(p, cfg.smiles_column)]
         mols = canonicalise(strings, cfg.length)
@@ -219,23 +207,20 @@ class QM9(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, indices: np.ndarray, mols: Molecules, labels: np.ndarray,
                            tokenizer: smiles_lib.SmilesTokenizer) -> Iterator[tuple[int, dict[str, Any]]]:
-        length = self.builder_config.length
+        length = self.builder_config.data.length
         for key, i in enumerate(indices):
             yield key, {"tokens": tokenizer.encode_padded(mols.canonical[i], length), "label": labels[i],
                         "qed": mols.qed[i], "ring_count": mols.ring_count[i]}
 
 
-def qm9_config(data_config: Any) -> QM9Config:
-    """The builder config `data_config` describes (its name: a digest of every setting)."""
-    value = functools.partial(_data_config_value, data_config)
-    files = value("files")
-    settings = dict(files=os.path.abspath(os.path.expanduser(files)) if files else "",
-                    smiles_column=value("smiles_column"), length=value("length"),
-                    label_property=value("label_property"), label_percentile=float(value("label_percentile")),
-                    validation_fraction=float(value("validation_fraction")), vocab_size=value("vocab_size"))
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"{settings['label_property']}_l{settings['length']}_{digest}"
-    return QM9Config(name=name, description="QM9 molecules as SMILES tokens.", **settings)
+def qm9_config(data: Data) -> SectionConfig:
+    """The builder config of the molecule corpus `data` describes: its section with `files` made absolute,
+    filed under `<label_property>_l<length>_<digest of every setting that changes the data>`."""
+    data = data.replace(files=os.path.abspath(os.path.expanduser(data.files)) if data.files else "")
+    settings = {k: getattr(data, k) for k in ("files", "smiles_column", "length", "label_property",
+                                              "label_percentile", "validation_fraction", "vocab_size")}
+    name = f"{data.label_property}_l{data.length}_{tfds_build.settings_digest(settings)}"
+    return tfds_build.section_config(data, name, "QM9 molecules as SMILES tokens.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,42 +246,65 @@ def load_canonical(version_dir: str) -> frozenset[str]:
                         ) from None
 
 
-def prepare_qm9(data_config: Any) -> PreparedMolecules:
-    """Builds the molecule corpus `data_config` describes if needed (once per settings) and opens it.
+def _warn_if_other_rdkit(version_dir: str) -> None:
+    """Logs one line when the corpus was canonicalised and scored by another RDKit version.
+
+    A warning, not a refusal: rebuilding could renumber the SMILES vocabulary (first-seen order over the
+    canonical strings), which would break every model trained on the corpus; the user decides.
+    """
+    try:
+        with open(os.path.join(version_dir, MOLECULES_JSON), encoding="utf-8") as f:
+            built_with = json.load(f)["rdkit_version"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{version_dir}/{MOLECULES_JSON} is unreadable ({one_line(e)}); delete "
+                        f"{version_dir} to rebuild") from None
+    if built_with != rdkit.__version__:
+        logging.warning("%s was prepared with RDKit %s, this is RDKit %s: canonical SMILES (novelty), QED "
+                        "and ring counts may differ from what it holds; delete it to prepare it again",
+                        version_dir, built_with, rdkit.__version__)
+
+
+def _check_sources(sources: dict[str, RandomAccessSource], length: int, vocab_size: int) -> None:
+    for split in (TRAIN, VALIDATION):
+        source = sources.get(split)
+        tokens = np.asarray(source[0]["tokens"]) if source is not None and len(source) else None
+        if tokens is None or tokens.shape != (length,) or tokens.max() >= vocab_size:
+            raise DataError(f"split {split} is missing, empty or holds records other than int32[{length}] "
+                            f"tokens below {vocab_size}")
+
+
+def prepare_qm9(data: Data) -> PreparedMolecules:
+    """Builds the molecule corpus `data` describes if needed (once per settings) and opens it.
+
+    A corpus prepared by another RDKit version is used with a one-line warning (see `_warn_if_other_rdkit`).
 
     Raises:
       DataError (one line): no file matches, a file without the SMILES column, too few molecules, a
-        vocabulary larger than data.vocab_size, data_dir not writable, or prepared data that is damaged.
+        vocabulary larger than data.vocab_size, data_dir not writable, or prepared data that is damaged or
+        whose source files changed.
     """
-    cfg = qm9_config(data_config)
-    data_dir = tfds_build.created_data_dir(_data_config_value(data_config, "data_dir"))
-    version_dir = tfds_build.version_dir_of(QM9, data_dir, cfg)
-    if _is_prepared(version_dir):
+    cfg = qm9_config(data)
+    files = cfg.data.files
+
+    def check_prepared(version_dir: str) -> None:
         try:
-            paths = source_files(cfg.files)
+            paths = source_files(files)
         except DataError:  # Prepared elsewhere, or its files removed: the corpus stands on its own.
             paths = []
-        tfds_build.check_files_unchanged(version_dir, paths, cfg.files or "qm9pack")
-    else:
-        if os.path.isdir(version_dir):
-            raise DataError(f"{version_dir} exists without dataset_info.json; delete it to rebuild")
-        source_files(cfg.files)  # Fails before anything is written when there is nothing to read.
-        try:
-            tfds_build.build_once(QM9(data_dir=data_dir, config=cfg), data_dir,
-                                  lambda d: print(f"preparing qm9/{cfg.name} in {d}", flush=True))
-        except OSError as e:
-            raise DataError(f"cannot build qm9 in {data_dir}: {one_line(e)}") from e
-    hint = f"delete {version_dir} to rebuild"
-    tokenizer = tokenizers.load_recorded(version_dir)
-    try:
-        sources = dict(QM9(data_dir=data_dir, config=cfg).as_data_source())
-        for split, source in sources.items():
-            tokens = np.asarray(source[0]["tokens"]) if len(source) else None
-            if tokens is None or tokens.shape != (cfg.length,) or tokens.max() >= tokenizer.vocab_size:
-                raise DataError(f"split {split} is empty or holds records other than int32[{cfg.length}] "
-                                f"tokens below {tokenizer.vocab_size}")
-    except DataError as e:
-        raise DataError(f"qm9 corpus {cfg.name}: {e}; {hint}") from e
-    except Exception as e:  # noqa: BLE001 - missing or truncated array_record files fail inside tfds.
-        raise DataError(f"qm9 corpus {cfg.name} is unreadable: {one_line(e)}; {hint}") from e
-    return PreparedMolecules(sources=sources, version_dir=version_dir, tokenizer=tokenizer)
+        tfds_build.check_files_unchanged(version_dir, paths, files or "qm9pack")
+        _warn_if_other_rdkit(version_dir)
+
+    tokenizer: smiles_lib.SmilesTokenizer | None = None  # The vocabulary saved with the data.
+
+    def check_sources(sources: dict[str, RandomAccessSource], version_dir: str) -> None:
+        nonlocal tokenizer
+        tokenizer = tokenizers.load_recorded(version_dir)
+        _check_sources(sources, cfg.data.length, tokenizer.vocab_size)
+
+    def announce(version_dir: str) -> None:
+        print(f"preparing qm9/{cfg.name} in {version_dir}", flush=True)
+
+    prepared = tfds_build.prepare(QM9, cfg, check_prepared=check_prepared,
+                                  check_inputs=lambda: source_files(files),  # Fails before any write.
+                                  check_sources=check_sources, announce=announce)
+    return PreparedMolecules(sources=prepared.sources, version_dir=prepared.version_dir, tokenizer=tokenizer)

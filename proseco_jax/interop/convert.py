@@ -5,7 +5,11 @@
 model's shape from the source and everything else from a base config, and an orbax checkpoint at step 0
 whose train state holds the converted weights as both `params` and `ema_params`, with a freshly
 initialised optimizer state. `export_checkpoint` writes a workdir's EMA weights back as the authors'
-Hugging Face model (config.json + model.safetensors). Both first read and check everything, then write
+Hugging Face model (config.json + model.safetensors). A SMILES model (the base config's data.name='qm9')
+numbers its tokens as the prepared corpus's vocabulary does, and the authors' as theirs (`<mask>` = 2, see
+`smiles.SmilesTokenizer.reference_order`): the embedding and output rows are permuted into our order on
+import (the authors' order from the source's vocab.json, else ours after their specials) and back on
+export, which writes that vocab.json beside the weights. Both first read and check everything, then write
 into a hidden directory next to the target and rename it at the end, so bad input or a crash never leaves
 a half-written workdir.
 """
@@ -23,6 +27,8 @@ import numpy as np
 
 from proseco_jax import checkpoint, config_base, configlib, inference, sharding, train
 from proseco_jax.config_base import Config
+from proseco_jax.data import datasets
+from proseco_jax.data.smiles import REFERENCE_SPECIALS, SmilesTokenizer
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import layout, sources
 from proseco_jax.interop import llada as llada_hf
@@ -53,9 +59,23 @@ def config_for(ref: layout.ReferenceConfig, base: ml_collections.ConfigDict) -> 
     data.update(vocab_size=ref.vocab_size - 1, length=ref.model_length)
     if is_text_model(ref):
         data.name = "owt"
-    else:  # Any other vocabulary is scored as a Markov language of that size.
+    elif data.name != "qm9":  # Any other vocabulary is scored as a Markov language of that size.
         data.update(name="markov", successors=min(data.successors, data.vocab_size))
     return config_base.resolve(config)
+
+
+def smiles_tokenizer(config: Config) -> SmilesTokenizer | None:
+    """The vocabulary of the corpus a SMILES model's config names (prepared if need be), else None."""
+    if config.data.name != "qm9":
+        return None
+    return datasets.load(config.data).tokenizer
+
+
+def _reference_names(tokenizer: SmilesTokenizer) -> tuple[str, ...]:
+    """The tokens an exported SMILES model's vocab.json lists after the authors' specials: ours in our
+    order, then a placeholder for each spare id (the authors' vocabulary has no unused ids)."""
+    spare = tokenizer.vocab_size - len(REFERENCE_SPECIALS) + 1 - len(tokenizer.tokens)
+    return (*tokenizer.tokens, *(f"<unused{i}>" for i in range(spare)))
 
 
 def _one_device_mesh() -> jax.sharding.Mesh:
@@ -98,7 +118,9 @@ def import_checkpoint(source: sources.Source, workdir: str,
     config = config_for(source.config, config_base.get_config() if base is None else base)
     placed = ModelOnMesh.create(config, _one_device_mesh())
     padded_vocab = config.model.padded_vocab_size(config.mask_id + 1)
-    params = layout.to_params(source.tensors, source.config, padded_vocab, source.origin)
+    tokenizer = smiles_tokenizer(config)
+    order = None if tokenizer is None else tokenizer.reference_order(source.vocabulary)
+    params = layout.to_params(source.tensors, source.config, padded_vocab, source.origin, order)
     layout.check_tree(params, placed.abstract_params())
     _write_workdir(workdir, config, _train_state(placed, params, config))
     return config
@@ -140,7 +162,8 @@ def import_llada(source: str, workdir: str, base: ml_collections.ConfigDict) -> 
 
 def export_checkpoint(workdir: str, output_dir: str) -> layout.ReferenceConfig:
     """Writes the EMA weights of `workdir`'s latest checkpoint to `output_dir` (new, or empty) as the
-    reference's Hugging Face model: config.json and model.safetensors, vocabulary padding removed."""
+    reference's Hugging Face model: config.json and model.safetensors, vocabulary padding removed (a
+    SMILES model: its rows in the authors' order, and vocab.json)."""
     check_new_directory(output_dir, "--output_dir")
     try:
         from safetensors.numpy import save_file
@@ -150,10 +173,17 @@ def export_checkpoint(workdir: str, output_dir: str) -> layout.ReferenceConfig:
     loaded = inference.load_workdir(workdir, mesh=_one_device_mesh())
     config = loaded.config
     ref = layout.ReferenceConfig.from_model(config.model, config.mask_id + 1, config.data.length)
-    tensors = layout.from_params(jax.device_get(loaded.params), ref)
+    tokenizer = smiles_tokenizer(config)
+    names = None if tokenizer is None else _reference_names(tokenizer)
+    order = None if tokenizer is None else tokenizer.reference_order(names)
+    tensors = layout.from_params(jax.device_get(loaded.params), ref, order)
     with staged_directory(output_dir) as staging:
         with open(os.path.join(staging, sources.HF_CONFIG), "w", encoding="utf-8") as f:
             f.write(json.dumps(ref.to_hf(), indent=2) + "\n")
+        if names is not None:
+            vocab = {**REFERENCE_SPECIALS, **{t: len(REFERENCE_SPECIALS) + i for i, t in enumerate(names)}}
+            with open(os.path.join(staging, sources.VOCAB_JSON), "w", encoding="utf-8") as f:
+                f.write(json.dumps(vocab, indent=1) + "\n")
         # transformers loads only safetensors files that declare the PyTorch format.
         save_file(tensors, os.path.join(staging, sources.SAFETENSORS), metadata={"format": "pt"})
     return ref

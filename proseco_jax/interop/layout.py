@@ -116,17 +116,22 @@ class Tensor:
     transpose: bool = False
     pad_axis: int | None = None
 
-    def to_ours(self, value: np.ndarray, padded_vocab: int) -> np.ndarray:
+    def to_ours(self, value: np.ndarray, padded_vocab: int, order: np.ndarray | None = None) -> np.ndarray:
+        """`order` [V]: the reference's vocabulary row of each of ours (None: the same ids)."""
         out = (value.T if self.transpose else value).reshape(self.ours)
         if self.pad_axis is not None:
+            if order is not None:
+                out = np.take(out, order, axis=self.pad_axis)
             widths = [(0, 0)] * out.ndim
             widths[self.pad_axis] = (0, padded_vocab - out.shape[self.pad_axis])
             out = np.pad(out, widths)
         return out
 
-    def to_reference(self, value: np.ndarray) -> np.ndarray:
+    def to_reference(self, value: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         if self.pad_axis is not None:
-            value = np.take(value, np.arange(self.ours[self.pad_axis]), axis=self.pad_axis)
+            # Our row r is the reference's row order[r], so the reference's row j is our argsort(order)[j].
+            rows = np.arange(self.ours[self.pad_axis]) if order is None else np.argsort(order)
+            value = np.take(value, rows, axis=self.pad_axis)
         if self.transpose:
             return np.ascontiguousarray(value.reshape(self.shape[::-1]).T)
         return value.reshape(self.shape)
@@ -191,9 +196,10 @@ def _check_rotary(value: np.ndarray, ref: ReferenceConfig, origin: str) -> None:
 
 
 def to_params(state: Mapping[str, np.ndarray], ref: ReferenceConfig, padded_vocab: int,
-              origin: str) -> dict[str, Any]:
+              origin: str, order: np.ndarray | None = None) -> dict[str, Any]:
     """Our nested parameter dict (float32) of a reference state dict; UsageError (one line) naming every
-    missing, unexpected or mis-shaped key."""
+    missing, unexpected or mis-shaped key. `order` [vocab_size]: the reference's id of each of our token
+    ids, where the two vocabularies number the same tokens differently (None: they agree)."""
     rows = tensors(ref)
     wanted = {row.key for row in rows}
     if not wanted & state.keys():
@@ -213,13 +219,14 @@ def to_params(state: Mapping[str, np.ndarray], ref: ReferenceConfig, padded_voca
         node = params
         for name in row.path[:-1]:
             node = node.setdefault(name, {})
-        node[row.path[-1]] = row.to_ours(np.asarray(state[row.key], np.float32), padded_vocab)
+        node[row.path[-1]] = row.to_ours(np.asarray(state[row.key], np.float32), padded_vocab, order)
     return params
 
 
-def from_params(params: Mapping[str, Any], ref: ReferenceConfig) -> dict[str, np.ndarray]:
+def from_params(params: Mapping[str, Any], ref: ReferenceConfig,
+                order: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The reference state dict (float32, vocabulary padding cut off, rotary buffer included) of our
-    parameters; every leaf of `params` must be used exactly once."""
+    parameters; every leaf of `params` must be used exactly once. `order`: as for `to_params`."""
     flat = _flatten(params)
     rows = tensors(ref)
     used = {row.path for row in rows}
@@ -228,7 +235,7 @@ def from_params(params: Mapping[str, Any], ref: ReferenceConfig) -> dict[str, np
                  for path in flat if path not in used]
     if problems:
         raise UsageError(_problems_line(problems, "the workdir's parameters"))
-    state = {row.key: row.to_reference(np.asarray(flat[row.path], np.float32)) for row in rows}
+    state = {row.key: row.to_reference(np.asarray(flat[row.path], np.float32), order) for row in rows}
     state[INV_FREQ] = inv_freq(ref.head_dim)
     return state
 

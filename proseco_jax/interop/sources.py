@@ -8,7 +8,8 @@ inert placeholder that keeps its pickled state, so a checkpoint runs no code of 
 the packages that wrote it. A Lightning checkpoint's model settings are read from that state (its
 `hyper_parameters.config`); with `ema`, its weights are the EMA shadow parameters, which the reference's
 `ExponentialMovingAverage` stores as a list in the order of `backbone.parameters()` followed by the
-(parameter-free) noise schedule's.
+(parameter-free) noise schedule's. A model directory may hold `vocab.json` ({token: id}), the vocabulary
+of a SMILES model, whose ids differ from ours (`smiles.SmilesTokenizer.reference_order`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from proseco_jax.data.smiles import REFERENCE_SPECIALS
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import layout
 
@@ -31,6 +33,7 @@ HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
+VOCAB_JSON = "vocab.json"
 # The authors' released models.
 RELEASED = ("kuleshov-group/proseco-owt", "kuleshov-group/mdlm-owt")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,6 +46,8 @@ class Source:
     origin: str
     config: layout.ReferenceConfig
     tensors: dict[str, np.ndarray]
+    # Its corpus tokens in id order, specials left out, where it came with a vocab.json; else None.
+    vocabulary: tuple[str, ...] | None = None
 
 
 def read(source: str, *, ema: bool = False) -> Source:
@@ -55,7 +60,7 @@ def read(source: str, *, ema: bool = False) -> Source:
         return read_lightning(source, ema=ema)
     if _REPO_ID.match(source):
         _no_ema(ema, source)
-        return read_hf_dir(download(source), origin=source)
+        return read_hf_dir(download(source, (VOCAB_JSON,)), origin=source)
     raise UsageError(f"--source {source} is neither a checkpoint file, a model directory nor a Hugging Face "
                      f"repo id such as {RELEASED[0]}")
 
@@ -118,7 +123,20 @@ def read_hf_dir(directory: str, origin: str | None = None) -> Source:
         tensors = _to_numpy(state, os.path.join(directory, TORCH_BIN))
     else:
         raise UsageError(f"{directory} has no {SAFETENSORS} or {TORCH_BIN}")
-    return Source(origin=origin, config=config, tensors=tensors)
+    vocab_path = os.path.join(directory, VOCAB_JSON)
+    vocabulary = read_vocabulary(vocab_path) if os.path.isfile(vocab_path) else None
+    return Source(origin=origin, config=config, tensors=tensors, vocabulary=vocabulary)
+
+
+def read_vocabulary(path: str) -> tuple[str, ...]:
+    """The corpus tokens of the authors' SMILES vocabulary `path` ({token: id}: their specials at their
+    ids, then tokens at consecutive ids) in id order; UsageError if it is not such a map."""
+    values = read_json(path)
+    ids = sorted(values.values()) if isinstance(values, dict) else None
+    if ids != list(range(len(ids or ()))) or any(values.get(t) != i for t, i in REFERENCE_SPECIALS.items()):
+        raise UsageError(f"{path} is not a vocabulary {{token: id}} with ids 0..n-1 and the specials "
+                         f"{REFERENCE_SPECIALS}")
+    return tuple(t for t in sorted(values, key=values.get) if t not in REFERENCE_SPECIALS)
 
 
 def _shards(index_path: str) -> list[str]:
