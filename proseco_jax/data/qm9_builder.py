@@ -37,12 +37,11 @@ from absl import logging
 from rdkit import Chem
 
 from proseco_jax.config_base import Data
+from proseco_jax.data import molecules, tfds_build, tokenizers
 from proseco_jax.data import smiles as smiles_lib
-from proseco_jax.data import tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.text_sources import describe_files
 from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
-from proseco_jax.evaluation import chemistry
 
 TRAIN, VALIDATION = "train", "validation"
 SPLIT_SEED = 42  # The authors' seed of the held-out permutation.
@@ -117,7 +116,7 @@ def canonicalise(strings: list[str], length: int) -> Molecules:
     canonical, qed, rings = [], [], []
     unparsable = too_long = 0
     for s in strings:
-        mol = chemistry.parse(s.strip())
+        mol = molecules.parse(s.strip())
         if mol is None:
             unparsable += 1
             continue
@@ -126,8 +125,8 @@ def canonicalise(strings: list[str], length: int) -> Molecules:
             too_long += 1
             continue
         canonical.append(c)
-        qed.append(chemistry.PROPERTY_FNS["qed"](mol))
-        rings.append(chemistry.ring_count(mol))
+        qed.append(molecules.PROPERTY_FNS["qed"](mol))
+        rings.append(molecules.ring_count(mol))
     return Molecules(canonical, np.asarray(qed, np.float32), np.asarray(rings, np.int32), unparsable,
                      too_long)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.tokenizers import TOKENIZER_JSON, Tokenizer
+from proseco_jax.data.tokenizer_base import TOKENIZER_JSON, Tokenizer
 
 NAME = "smiles"
 PATTERN = (r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|\%[0-9]{2}"

@@ -15,8 +15,9 @@
 
 The model adds one [MASK] id on top of the V ids (`mask_id` = `vocab_size`). A prepared corpus records
 its tokenizer next to its data (`record`: tokenizer.txt naming it, plus tokenizer.json for the BPE ones)
-and `load_recorded` reads it back. The `tokenizers` library is imported only by the BPE tokenizers; the
-names and sizes alone are in `tokenizer_names.py`.
+and `load_recorded` reads it back. The interface is `tokenizer_base.Tokenizer`, below every tokenizer;
+the `tokenizers` library is imported only by the BPE tokenizers; the names and sizes alone are in
+`tokenizer_names.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from proseco_jax.data import smiles
 from proseco_jax.data.errors import DataError, one_line
+from proseco_jax.data.tokenizer_base import TOKENIZER_JSON, Tokenizer
 from proseco_jax.data.tokenizer_names import (
     BERT_VOCAB,
     BPE_SPECIALS,
@@ -43,43 +46,7 @@ GPT2_HUB_NAME = "gpt2"
 BERT_HUB_NAME = "bert-base-uncased"
 BERT_VOCAB_TXT = "vocab.txt"
 BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}  # bert-base-uncased's.
-TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_TXT = "tokenizer.txt"
-
-
-class Tokenizer:
-    """Text <-> ids [0, vocab_size). `bos_id`, `eos_id`, `pad_id` are None where the tokenizer has none."""
-
-    name: str
-    vocab_size: int
-    bos_id: int | None = None
-    eos_id: int | None = None
-    pad_id: int | None = None
-    # Encoded by a numpy table lookup: faster in place than the copying to and from worker processes.
-    vectorised: bool = True
-
-    @property
-    def mask_id(self) -> int:
-        """The [MASK] id that the model adds on top of the vocabulary."""
-        return self.vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_array(text).tolist()
-
-    def encode_array(self, text: str) -> np.ndarray:
-        """int32 [n] ids of `text`, no special ids added."""
-        raise NotImplementedError
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [self.encode_array(t) for t in texts]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; special ids and ids outside the vocabulary (e.g. [MASK]) are left out."""
-        raise NotImplementedError
-
-    def to_json(self) -> str | None:
-        """The tokenizer.json to save with the data (None: the name alone defines the tokenizer)."""
-        return None
 
 
 class ByteTokenizer(Tokenizer):
@@ -285,9 +252,6 @@ def load(name: str, directory: str = "") -> Tokenizer:
     if not directory:
         raise DataError(f"tokenizer {name} is trained when the corpus is prepared; no directory given")
     if name == "smiles":
-        # Imported here: smiles.py builds on this module's Tokenizer.
-        from proseco_jax.data import smiles
-
         return smiles.load(directory)
     return _bpe(name, _read_json(name, directory))
 

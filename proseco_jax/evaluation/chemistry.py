@@ -12,35 +12,14 @@ authors' QM9 guidance evaluation computes them, plus a stricter novelty on canon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
-from rdkit import Chem, RDLogger
-from rdkit.Chem import QED
+from rdkit import Chem
 
-PROPERTIES = ("qed", "ring_count")
-RDLogger.DisableLog("rdApp.*")  # An invalid sample is a figure here, not a warning on stderr.
+from proseco_jax.data.molecules import PROPERTIES, PROPERTY_FNS, canonical, parse, ring_count
 
-
-def ring_count(mol: Chem.Mol) -> int:
-    return len(Chem.GetSymmSSSR(mol))
-
-
-PROPERTY_FNS: dict[str, Callable[[Chem.Mol], float]] = {"qed": QED.qed, "ring_count": ring_count}
-
-
-def parse(smiles: str) -> Chem.Mol | None:
-    """The molecule of `smiles`, or None when RDKit cannot parse it or it has no atom."""
-    if not smiles:
-        return None
-    mol = Chem.MolFromSmiles(smiles)
-    return mol if mol is not None and mol.GetNumAtoms() > 0 else None
-
-
-def canonical(smiles: str) -> str | None:
-    """RDKit's canonical SMILES of `smiles`, or None when it is not a valid molecule."""
-    mol = parse(smiles)
-    return None if mol is None else Chem.MolToSmiles(mol)
+__all__ = ["PROPERTIES", "PROPERTY_FNS", "canonical", "metrics", "parse", "ring_count"]
 
 
 def _summary(values: Sequence[float], prefix: str) -> dict[str, float]:
