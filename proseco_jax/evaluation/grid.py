@@ -2,12 +2,13 @@
 
 A `Setting` is a family label (its curve in the plot) and the config's `sampling` section with the
 sampler, T steps, S corrector steps and omega changed (`Sampling.replace`); every other sampling field is
-the config's (a guidance grid also sets the guidance scale and label). Each row draws `num_samples` sequences and scores them with the sweep's scorer
-(a `scoring.Scorer`: against the Markov chain, or gen-PPL, entropy and MAUVE for text) next to
-their mean NFE per sample, the x-axis of the paper's figures, and what the corrector rewrote. The NFE
-bound per sample is `Sampling.max_nfe`, T + S ceil(T / omega). The grids: `default_grid` for the Markov
-language's short sequences, `text_grid` for text (the paper's OpenWebText grid, scaled to the length),
-`guidance_grid` for label-conditioned molecules (the paper's QM9 figure).
+the config's (a guidance grid also sets the guidance scale and label). Each row draws `num_samples`
+sequences and scores them with the sweep's scorer (a `scoring.Scorer`: against the Markov chain, gen-PPL,
+entropy and MAUVE for text, RDKit's figures for molecules) next to their mean NFE per sample, the x-axis
+of the paper's figures, and what the corrector rewrote. The NFE bound per sample is `Sampling.max_nfe`,
+T + S ceil(T / omega). The grids: `default_grid` for the Markov language's short sequences, `text_grid`
+for text (the paper's OpenWebText grid, scaled to the length), `guidance_grid` for label-conditioned
+molecules (the paper's QM9 figure).
 """
 
 from __future__ import annotations
@@ -127,12 +128,13 @@ def guidance_grid(base: config_base.Sampling, length: int, *, quick: bool = Fals
     grid = []
     for t in steps:
         grid += [guided(base, "MDLM", "mdlm", t, g) for g in scales]
-        grid += [guided(base, f"ProSeCo S={corrector_steps} ω={every}", "proseco", t, g, corrector_steps, every)
-                 for g in scales]
+        family = f"ProSeCo S={corrector_steps} ω={every}"
+        grid += [guided(base, family, "proseco", t, g, corrector_steps, every) for g in scales]
     return grid
 
 
-GRIDS = {"markov": default_grid, "text": text_grid, "chemistry": guidance_grid}  # by `Scorer.kind`: a new scorer's rows need its grid
+# By `Scorer.kind`: a new scorer's rows need its grid.
+GRIDS = {"markov": default_grid, "text": text_grid, "chemistry": guidance_grid}
 
 
 def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False,
