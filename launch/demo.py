@@ -19,6 +19,13 @@ steps run on the text grid (`grid.text_grid`); samples are shown as decoded text
 ProSeCo's with every character (or token) the corrector rewrote marked [a→b]; the likelihood section
 sets the validation bits per token against the unigram entropy of the corpus's own training tokens, and
 gen-PPL (the headline's quality figure) is scored under the GPT-2 of --evaluator_dir when given.
+
+On molecules (`--config=configs/qm9.py:cpu`: a label-conditioned DiT on QM9's SMILES, its own budget) the
+sweep is the guidance grid (`grid.guidance_grid`: gamma in {0..5} x T in {32, 64, 128} x MDLM / ProSeCo,
+steered towards the high-property class), each row scored by RDKit (validity, uniqueness, novelty by the
+authors' rule and on canonical forms, the property's mean); it prints the table, the headline (ProSeCo's
+frontier of novel samples against their mean property, against MDLM's), molecules as SMILES with the
+corrector's rewrites marked, and writes WORKDIR/results.json and WORKDIR/novel_vs_property.png.
 """
 
 import os
@@ -40,7 +47,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: a short training, a few s
 _COMPARE = flags.DEFINE_bool("compare_training", False, "Also train plain MDLM with the same budget in "
                              "WORKDIR/mdlm and sample it with MDLM.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row (default 96 on the Markov "
-                                    "language, 48 on text; quick: 32).", lower_bound=1)
+                                    "language, 48 on text, 256 on molecules; quick: 32, molecules 64).",
+                                    lower_bound=1)
 _SHOW = flags.DEFINE_integer("show", 3, "Samples printed with the corrector's rewrites marked.")
 _EVALUATOR_DIR = flags.DEFINE_string("evaluator_dir", None, "Text: local Hugging Face GPT-2 directory "
                                      "(config.json, model.safetensors, tokenizer.json) scoring gen-PPL.")
@@ -54,6 +62,8 @@ _QUICK_FIELDS = {"train.num_steps": 60, "train.warmup_steps": 10, "train.log_eve
 # Samples per sweep row unless --num_samples: 96 on the Markov language; 48 on text, whose longer rows
 # would otherwise take most of the demo's ~10 minutes.
 _MARKOV_SAMPLES, _TEXT_SAMPLES = 96, 48
+# Molecules: 256 per row (the paper's 1024 would make the 36-row grid most of an hour on 2 cores); quick 64.
+_MOLECULE_SAMPLES, _QUICK_MOLECULE_SAMPLES = 256, 64
 
 
 def _configure(config, num_samples: int) -> None:
@@ -83,8 +93,9 @@ def main(argv):
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     start = time.time()
     config_dict = cli.config_or_fail(_CONFIG)
-    default = _MARKOV_SAMPLES if config_dict.data.name == "markov" else _TEXT_SAMPLES
-    num_samples = _NUM_SAMPLES.value or (32 if _QUICK.value else default)
+    defaults = {"markov": (_MARKOV_SAMPLES, 32), "qm9": (_MOLECULE_SAMPLES, _QUICK_MOLECULE_SAMPLES)}
+    default, quick = defaults.get(config_dict.data.name, (_TEXT_SAMPLES, 32))
+    num_samples = _NUM_SAMPLES.value or (quick if _QUICK.value else default)
     sweep.check_request(config_dict, num_samples, _EVALUATOR_DIR.value)
     _configure(config_dict, num_samples)
     config = config_base.resolve(config_dict)
@@ -101,7 +112,7 @@ def main(argv):
                                             quick=_QUICK.value, mdlm_workdir=mdlm_workdir,
                                             evaluator_dir=_EVALUATOR_DIR.value)
     renderer = scoring.make_scorer(config, datasets.load(config.data))  # shows tokens; scores nothing here
-    if renderer.kind == "text":
+    if renderer.kind in ("text", "chemistry"):
         for line in report.sample_lines(results, outputs, renderer, "mdlm", _SHOW.value):
             print(line, flush=True)
     for line in report.correction_lines(results, outputs, renderer, config.mask_id, _SHOW.value):

@@ -17,7 +17,10 @@ and `text` (the completion alone) to `tokens` (prompt included) and the NFE coun
 
 Without --config, the workdir's config.json (written by launch/train.py or launch/convert.py) is used.
 Loads the EMA parameters of the latest checkpoint in --workdir and writes one JSON object per sample:
-`tokens`, `text`, `nfe`, `predictor_nfe`, `corrector_nfe` (and `history`, every iterate, with --history).
+`tokens`, `text`, `nfe`, `predictor_nfe`, `corrector_nfe` (and `history`, every iterate, with --history);
+molecules (configs/qm9.py) write their SMILES as `text`, and a guided run
+(`--config.sampling.guidance_label=1 --config.sampling.guidance_scale=3`) adds the `label` it was guided to
+and `step_nfe` (a guided call counted once, the authors' count).
 The whole unmask-then-correct schedule runs on device in one compiled `lax.scan`, the batch sharded over
 the mesh's data axes. Each finished batch is appended to --output at once: Ctrl-C (or SIGTERM) stops after
 the current batch, and rerunning the same command continues the file (--noresume starts it over).
@@ -102,7 +105,8 @@ def sample_unconditional(config, output: str, primary: bool, say) -> None:
 
     def draw(loaded, done: int):
         batches = inference.sample_batches(loaded, total, start=done, prompt=prompt, history=_HISTORY.value)
-        return inference.sample_records(batches, inference.text_decoder(config, warn=say))
+        return inference.sample_records(batches, inference.text_decoder(config, warn=say),
+                                        label=settings.guidance_label)
 
     inference.write_samples(config, _WORKDIR.value, output, total=total, draw=draw, describe=describe,
                             resume=_RESUME.value, primary=primary, say=say)

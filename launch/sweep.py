@@ -14,7 +14,10 @@ decoded text retokenized), the mean per-sample unigram entropy of the token ids,
 `mauve-text` is installed. Held-out data scored the same way is the reference. Writes
 OUTPUT_DIR/results.json (data, rows, headline) and OUTPUT_DIR/quality_vs_nfe.png, and prints the table
 and the headline (NFE ProSeCo needs to reach MDLM's best transition error or gen-PPL; that figure and
-entropy at the max preset). --mdlm_workdir adds the MDLM rows of a model trained without the corrector.
+entropy at the max preset). Molecules (configs/qm9.py): the guidance grid (gamma in {0..5} x T in
+{32, 64, 128} x MDLM / ProSeCo, class 1) scored by RDKit, the headline ProSeCo's frontier of novel samples
+against their mean property next to MDLM's, the plot OUTPUT_DIR/novel_vs_property.png. --mdlm_workdir
+adds the MDLM rows of a model trained without the corrector.
 """
 
 from absl import flags

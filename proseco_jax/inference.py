@@ -148,7 +148,8 @@ def sample_batches(
     multiple of the batch size) continues exactly as the uninterrupted run would have.
 
     settings: the sampler (default: the loaded config's `sampling` section).
-    Yields numpy dicts: tokens [b, L], nfe / predictor_nfe / corrector_nfe [b], history [T, b, L] if asked.
+    Yields numpy dicts: tokens [b, L], nfe / predictor_nfe / corrector_nfe / step_nfe [b], history
+    [T, b, L] if asked.
     Each batch is one call of the compiled sampler, its batch sharded over the mesh's data axes.
     """
     config = loaded.config
@@ -162,22 +163,25 @@ def sample_batches(
         out = sampler.sample(settings, jax.random.fold_in(rng, done), settings.batch_size, config.data.length,
                              prompt=prompt, history=history)
         take = min(settings.batch_size, num_samples - done)
-        result = {key: to_host(getattr(out, key))[:take] for key in ("tokens", *NFE_KEYS)}
+        result = {key: to_host(getattr(out, key))[:take] for key in ("tokens", *NFE_KEYS, "step_nfe")}
         if history:
             result["history"] = to_host(out.history)[:, :take]
         yield result
         done += take
 
 
-def sample_records(batches: Iterable[dict[str, np.ndarray]], decode: Callable[[np.ndarray], str]
-                   ) -> Iterator[list[dict[str, Any]]]:
+def sample_records(batches: Iterable[dict[str, np.ndarray]], decode: Callable[[np.ndarray], str],
+                   label: int = -1) -> Iterator[list[dict[str, Any]]]:
     """The records a samples file holds, one list per batch of `sample_batches`: `tokens`, `text` (decoded
-    by `decode`), the NFE counts and, when drawn, `history`."""
+    by `decode`), the NFE counts and, when drawn, `history`; with a guided `label` (>= 0), that label and
+    `step_nfe` (a guided call counted once, the authors' count)."""
     for out in batches:
         rows = []
         for i, tokens in enumerate(out["tokens"]):
             row = {"tokens": tokens.tolist(), "text": decode(tokens),
                    **{key: int(out[key][i]) for key in NFE_KEYS}}
+            if label >= 0:
+                row.update(label=int(label), step_nfe=int(out["step_nfe"][i]))
             if "history" in out:
                 row["history"] = out["history"][:, i].tolist()
             rows.append(row)

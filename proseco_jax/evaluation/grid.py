@@ -2,11 +2,13 @@
 
 A `Setting` is a family label (its curve in the plot) and the config's `sampling` section with the
 sampler, T steps, S corrector steps and omega changed (`Sampling.replace`); every other sampling field is
-the config's. Each row draws `num_samples` sequences and scores them with the sweep's scorer
-(a `scoring.Scorer`: against the Markov chain, or gen-PPL, entropy and MAUVE for text) next to
-their mean NFE per sample, the x-axis of the paper's figures, and what the corrector rewrote. The NFE
-bound per sample is `Sampling.max_nfe`, T + S ceil(T / omega). The grids: `default_grid` for the Markov
-language's short sequences, `text_grid` for text (the paper's OpenWebText grid, scaled to the length).
+the config's (a guidance grid also sets the guidance scale and label). Each row draws `num_samples`
+sequences and scores them with the sweep's scorer (a `scoring.Scorer`: against the Markov chain, gen-PPL,
+entropy and MAUVE for text, RDKit's figures for molecules) next to their mean NFE per sample, the x-axis
+of the paper's figures, and what the corrector rewrote. The NFE bound per sample is `Sampling.max_nfe`,
+T + S ceil(T / omega). The grids: `default_grid` for the Markov language's short sequences, `text_grid`
+for text (the paper's OpenWebText grid, scaled to the length), `guidance_grid` for label-conditioned
+molecules (the paper's QM9 figure).
 """
 
 from __future__ import annotations
@@ -101,7 +103,38 @@ def text_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -
     return grid + [preset_setting(base, "max")]
 
 
-GRIDS = {"markov": default_grid, "text": text_grid}  # by `Scorer.kind`: a new scorer's rows need its grid
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # gamma: 0 unconditional, 1 conditional, above: guided
+GUIDANCE_STEPS = (32, 64, 128)  # T of the paper's QM9 figure
+GUIDANCE_CORRECTOR = (2, 1)  # ProSeCo's (S, omega) in the guidance grid
+GUIDED_LABEL = 1  # the high-property class (above the 90th percentile)
+
+
+def guided(base: config_base.Sampling, family: str, sampler: str, steps: int, gamma: float,
+           corrector_steps: int = 0, corrector_every: int = 1, label: int = GUIDED_LABEL) -> Setting:
+    """`setting` steered towards class `label` with guidance scale gamma."""
+    plain = setting(base, family, sampler, steps, corrector_steps, corrector_every)
+    return dataclasses.replace(plain, sampling=plain.sampling.replace(guidance_scale=gamma,
+                                                                      guidance_label=label))
+
+
+def guidance_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
+    """The paper's QM9 sweep, every setting built from `base` and steered towards class 1 (the high-property
+    class): gamma in {0, ..., 5} x T in {32, 64, 128} x {MDLM (S = 0), ProSeCo (S = 2, omega = 1)}: 36
+    rows. `quick` keeps four: gamma in {0, 3} at T = 32, both samplers. (`length` does not bound T here:
+    the paper runs T up to 4x the molecules' 32 positions.)"""
+    del length
+    scales, steps = ((0.0, 3.0), (32,)) if quick else (GUIDANCE_SCALES, GUIDANCE_STEPS)
+    corrector_steps, every = GUIDANCE_CORRECTOR
+    grid = []
+    for t in steps:
+        grid += [guided(base, "MDLM", "mdlm", t, g) for g in scales]
+        family = f"ProSeCo S={corrector_steps} ω={every}"
+        grid += [guided(base, family, "proseco", t, g, corrector_steps, every) for g in scales]
+    return grid
+
+
+# By `Scorer.kind`: a new scorer's rows need its grid.
+GRIDS = {"markov": default_grid, "text": text_grid, "chemistry": guidance_grid}
 
 
 def mdlm_grid(base: config_base.Sampling, length: int, *, quick: bool = False,
@@ -138,6 +171,9 @@ def evaluate_setting(loaded: Any, setting: Setting, scorer: Scorer, num_samples:
         "preset": setting.sampling.preset,
     }
     row.update(sample_metrics.nfe_means(out))
+    if run.guidance_label >= 0:  # A guided row: its gamma, label and the authors' NFE (a guided call once)
+        row.update(guidance_scale=run.guidance_scale, guidance_label=run.guidance_label,
+                   step_nfe=float(np.mean(out["step_nfe"])))
     row.update(scorer.score(out["tokens"]))
     row.update(scorer.rewrites(out["history"], loaded.config.mask_id))
     row["num_samples"] = int(out["tokens"].shape[0])

@@ -63,10 +63,14 @@ def format_table(rows: Sequence[Row], data: Row | None, scorer: Scorer) -> str:
 
 
 def plot(results: dict[str, Any], scorer: Scorer, path: str) -> None:
-    """Two panels against mean NFE (log x): the scorer's quality figure and entropy, one curve per family.
+    """Two panels against mean NFE (log x): the scorer's quality figure and entropy, one curve per family;
+    a molecule sweep (`guidance_plot`) draws the paper's guidance figure instead.
 
     A `Figure` without pyplot: no GUI backend is chosen or needed, and a notebook's own is left alone.
     """
+    if results.get("scorer") == "chemistry":
+        guidance_plot(results, results["headline"]["property"], path)
+        return
     rows, data = results["rows"], results["data"]
     quality = scorer.quality
     fig = Figure(figsize=(12, 4.5))
@@ -103,6 +107,45 @@ def plot(results: dict[str, Any], scorer: Scorer, path: str) -> None:
     axes[0].set_title("quality: lower is better")
     axes[1].set_title("diversity: the data's is the target")
     for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def guidance_plot(results: dict[str, Any], prop: str, path: str) -> None:
+    """The paper's QM9 figure and validity: (left) novel samples out of N (x) against their mean `prop`
+    (y), one curve per sampler family and T through its guidance scales, marker area growing with gamma,
+    the held-out data's mean as a line; (right) validity against gamma, the same curves."""
+    rows, data = results["rows"], results["data"]
+    key = f"{prop}_novel_mean"
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
+    curves: dict[tuple[str, int], list[Row]] = {}
+    for row in rows:
+        curves.setdefault((row["family"], row["steps"]), []).append(row)
+    for (family, steps), members in curves.items():
+        members = sorted(members, key=lambda r: r.get("guidance_scale", 0.0))
+        gammas = np.asarray([r.get("guidance_scale", 0.0) for r in members])
+        style = "--" if "MDLM" in family else "-"
+        label = f"{family} T={steps}"
+        line = axes[0].plot([r["num_novel"] for r in members], [r[key] for r in members], style, label=label)
+        color = line[0].get_color()
+        axes[0].scatter([r["num_novel"] for r in members], [r[key] for r in members], s=15 + 25 * gammas,
+                        color=color)
+        axes[1].plot(gammas, [r["validity"] for r in members], style, marker="o", color=color, label=label)
+    if data.get(f"{prop}_valid_mean") is not None:
+        axes[0].axhline(data[f"{prop}_valid_mean"], color="black", linewidth=1, label="data (held out)")
+    num = max((r["num_samples"] for r in rows), default=0)
+    axes[0].set_xlabel(f"novel samples out of {num}")
+    axes[0].set_ylabel(f"mean {prop} of the novel samples")
+    axes[0].set_title("guidance frontier (marker size: γ): up and right is better")
+    axes[1].set_xlabel("guidance scale γ")
+    axes[1].set_ylabel("validity")
+    axes[1].set_title("valid molecules against γ")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

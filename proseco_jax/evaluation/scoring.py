@@ -63,8 +63,17 @@ class Scorer(Protocol):
 
 # (config, data of `datasets.load(config.data)`, evaluator directory or None) -> the corpus's scorer.
 ScorerFactory = Callable[[Any, Any, str | None], Scorer]
+
+
+def _molecules(config: Any, data: Any, evaluator_dir: str | None) -> Scorer:
+    # Imported here: chemistry needs RDKit, an optional dependency (the qm9 extra) no other corpus needs.
+    from proseco_jax.evaluation import chemistry_scoring
+
+    return chemistry_scoring.for_corpus(config, data, evaluator_dir)
+
+
 # By `config.data.name`; any other corpus is text.
-SCORERS: dict[str, ScorerFactory] = {"markov": markov_scoring.for_corpus}
+SCORERS: dict[str, ScorerFactory] = {"markov": markov_scoring.for_corpus, "qm9": _molecules}
 
 
 def make_scorer(config: Any, data: Any, evaluator_dir: str | None = None) -> Scorer:

@@ -37,6 +37,10 @@ def check_request(config: Any, num_samples: int, evaluator_dir: str | None = Non
             raise UsageError("--evaluator_dir scores text; the Markov language (data.name='markov') is "
                              "scored against its chain")
         return
+    if config.data.name == "qm9":
+        if evaluator_dir:
+            raise UsageError("--evaluator_dir scores text; molecules (data.name='qm9') are scored by RDKit")
+        return
     if evaluator_dir and not os.path.isdir(evaluator_dir):
         raise UsageError(f"--evaluator_dir {evaluator_dir} is not a directory (a local Hugging Face GPT-2: "
                          "config.json, model.safetensors, tokenizer.json)")
@@ -62,8 +66,10 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     """The whole sweep of a trained workdir: rows, data reference, headline, results.json and the PNG.
 
     The corpus picks the scorer and the grid: the Markov language is scored against its chain
-    (`grid.default_grid`); text by gen-PPL under the GPT-2 of `evaluator_dir` (without one: entropy
-    only, and no headline), entropy and MAUVE (`grid.text_grid`). `num_data` held-out sequences are the
+    (`grid.default_grid`); molecules by RDKit under the guidance grid (`grid.guidance_grid`; the headline
+    `headline.molecule_claims`, the plot novel_vs_property.png in place of quality_vs_nfe.png); text by
+    gen-PPL under the GPT-2 of `evaluator_dir` (without one: entropy only, and no headline), entropy and
+    MAUVE (`grid.text_grid`). `num_data` held-out sequences are the
     reference (default: 1000 for the Markov language, `num_samples` for text, whose scoring is costlier).
     `mdlm_workdir` (a model of the same config trained with corrector.enabled=False) adds its MDLM rows
     under sampler "mdlm (MDLM-trained)" and a second headline against them (`headline["vs_mdlm_trained"]`).
@@ -75,6 +81,7 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     checkpoint.ensure_writable(output_dir, "output directory")
     data = datasets.load(config.data)
     scorer = scoring.make_scorer(config, data, evaluator_dir)
+    molecules = scorer.kind == "chemistry"
     if num_data is None:
         num_data = 1000 if scorer.kind == "markov" else num_samples
     length = config.data.length
@@ -86,7 +93,13 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     with StopRequest("the rows being sampled") as stop:
         rows, outputs = grid.run_sweep(loaded, settings, scorer, num_samples, progress=progress,
                                        stop=lambda: stop.requested)
-    head = headline.claims(rows, reference, quality=scorer.quality)
+    def claims(baseline: str) -> dict[str, Any]:
+        if molecules:
+            return headline.molecule_claims(rows, config.data.label_property, baseline=baseline)
+        return headline.claims(rows, reference, baseline=baseline, quality=scorer.quality)
+
+    describe = headline.molecule_lines if molecules else headline.lines
+    head = claims("mdlm")
     if mdlm_workdir and not stop.requested:
         mdlm_model = inference.load_model(config, mdlm_workdir)
         progress(f"sampling the MDLM-trained model of {mdlm_workdir} (step {mdlm_model.step})")
@@ -94,8 +107,7 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
         more_rows, more_outputs = grid.run_sweep(mdlm_model, mdlm_settings, scorer, num_samples,
                                                  sampler_label=MDLM_TRAINED, progress=progress)
         rows, outputs = rows + more_rows, outputs + more_outputs
-        head["vs_mdlm_trained"] = headline.claims(rows, reference, baseline=MDLM_TRAINED,
-                                                  quality=scorer.quality)
+        head["vs_mdlm_trained"] = claims(MDLM_TRAINED)
     results = {"scorer": scorer.kind, "quality": scorer.quality, "data": reference, "rows": rows,
                "headline": head, "model": {"workdir": os.path.abspath(workdir), "step": loaded.step,
                                            **report.validation_bits(workdir)}}
@@ -104,11 +116,11 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     if stop.requested:  # Keep what was sampled: the rows finished before the stop.
         results["interrupted"] = f"{len(rows)} of {len(settings)} rows"
     json_path = os.path.join(output_dir, "results.json")
-    png_path = os.path.join(output_dir, "quality_vs_nfe.png")
+    png_path = os.path.join(output_dir, "novel_vs_property.png" if molecules else "quality_vs_nfe.png")
     fileio.atomic_write_json(json_path, results)
     report.plot(results, scorer, png_path)
     progress(report.format_table(rows, reference, scorer))
-    for line in headline.lines(head) + (headline.lines(head["vs_mdlm_trained"]) if mdlm_workdir else []):
+    for line in describe(head) + (describe(head["vs_mdlm_trained"]) if mdlm_workdir else []):
         progress(line)
     progress(f"wrote {json_path} and {png_path}")
     if stop.requested:

@@ -1,0 +1,121 @@
+"""Molecules in the sweep: the chemistry scorer on hand-made token rows, the guidance grid, the frontier
+headline on constructed rows, the guidance plot, and the label of guided sample records."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rdkit")
+
+from proseco_jax import config_base, inference  # noqa: E402
+from proseco_jax.data import smiles  # noqa: E402
+from proseco_jax.evaluation import chemistry_scoring, grid, headline, report  # noqa: E402
+
+LENGTH = 12
+CORPUS = frozenset({"CCO", "c1ccccc1"})  # canonical SMILES of the "training set"
+
+
+def _tokenizer() -> smiles.SmilesTokenizer:
+    return smiles.SmilesTokenizer(["C", "O", "N", "(", ")", "=", "1", "c"])
+
+
+def _rows(tokenizer: smiles.SmilesTokenizer, strings: list[str]) -> np.ndarray:
+    return np.stack([tokenizer.encode_padded(s, LENGTH) for s in strings])
+
+
+def test_scorer_counts_validity_uniqueness_and_both_novelty_rules():
+    tokenizer = _tokenizer()
+    scorer = chemistry_scoring.ChemistryScorer(tokenizer, CORPUS, "ring_count")
+    # A training molecule, a novel one twice, an unparsable one, a training molecule spelled
+    # non-canonically (novel by the authors' rule only).
+    tokens = _rows(tokenizer, ["CCO", "CCN", "CCN", "C(", "OCC"])
+    assert scorer.smiles(tokens) == ["CCO", "CCN", "CCN", "C(", "OCC"]
+    row = scorer.score(tokens)
+    assert row["num_samples"] == 5
+    assert row["num_valid"] == 4 and row["validity"] == pytest.approx(0.8)
+    assert row["num_unique"] == 3
+    assert row["num_novel"] == 2 and row["num_novel_canonical"] == 1
+    assert row["missed_novel"] == pytest.approx(1 - 2 / 5)
+    assert row["ring_count_valid_mean"] == 0.0
+    ringed = scorer.score(_rows(tokenizer, ["c1ccccc1", "C1CC1"]))
+    assert ringed["num_novel"] == 1 and ringed["ring_count_novel_mean"] == 1.0
+    reference = scorer.reference(_rows(tokenizer, ["CCO", "c1ccccc1"]))
+    assert reference["num_novel"] == 0 and reference["validity"] == 1.0
+
+
+def test_scorer_rewrites_and_marks():
+    tokenizer = _tokenizer()
+    scorer = chemistry_scoring.ChemistryScorer(tokenizer, CORPUS, "qed")
+    first, final = _rows(tokenizer, ["C(", "C("]), _rows(tokenizer, ["CCO", "C("])
+    mask_id = tokenizer.vocab_size
+    history = np.stack([np.full_like(first, mask_id), first, final])  # [T, N, L]
+    out = scorer.rewrites(history, mask_id)
+    # C( [EOS] [PAD] -> CCO [EOS]: three positions of the first sample rewritten, none of the second.
+    assert out["validity_first_decoded"] == 0.0 and out["rewritten"] == pytest.approx(1.5)
+    assert scorer.mark(tokenizer.encode_array("(")[0], tokenizer.encode_array("C")[0]) == "[(→C]"
+    assert scorer.mark(smiles.PAD, tokenizer.encode_array("O")[0]) == "[∅→O]"
+    assert scorer.sample_note(first[0], final[0]) == "invalid as first decoded, valid after correction"
+    with pytest.raises(ValueError):
+        chemistry_scoring.ChemistryScorer(tokenizer, CORPUS, "weight")
+
+
+def test_guidance_grid_settings():
+    base = config_base.Sampling()
+    full = grid.GRIDS["chemistry"](base, 32)
+    assert len(full) == 6 * 3 * 2
+    shapes = {(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale, s.applied.num_corrector_steps)
+              for s in full}
+    assert len(shapes) == len(full)
+    assert {s.sampling.guidance_label for s in full} == {grid.GUIDED_LABEL} == {1}
+    assert {s.sampling.steps for s in full} == {32, 64, 128}
+    assert {s.sampling.guidance_scale for s in full} == {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    assert {s.applied.num_corrector_steps for s in full if s.sampling.sampler == "mdlm"} == {0}
+    quick = grid.guidance_grid(base, 32, quick=True)
+    assert [(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale) for s in quick] == [
+        ("mdlm", 32, 0.0), ("mdlm", 32, 3.0), ("proseco", 32, 0.0), ("proseco", 32, 3.0)]
+
+
+def _row(sampler: str, novel: float, qed: float, gamma: float = 3.0) -> dict:
+    return {"sampler": sampler, "family": sampler.upper(), "steps": 32,
+            "corrector_steps": 2 * (sampler != "mdlm"), "corrector_every": 1, "guidance_scale": gamma,
+            "nfe": 32.0, "step_nfe": 32.0, "num_novel": novel,
+            "num_samples": 1024, "qed_novel_mean": qed, "validity": 0.5}
+
+
+def test_molecule_headline_met_and_not_met():
+    mdlm = [_row("mdlm", 300, 0.50, 0.0), _row("mdlm", 110, 0.60), _row("mdlm", 40, 0.58, 5.0)]
+    better = [_row("proseco", 400, 0.52, 0.0), _row("proseco", 205, 0.61), _row("proseco", 120, 0.64, 5.0)]
+    head = headline.molecule_claims(mdlm + better, "qed")
+    assert head["baseline_best"]["num_novel"] == 110 and head["baseline_count"] == 110
+    assert head["method_count"] == 205 and head["count_met"]
+    assert head["method_property"] == pytest.approx(0.64) and head["property_met"]
+    assert head["met"]
+    assert any(line.endswith(": met") for line in headline.molecule_lines(head))
+    worse = [_row("proseco", 250, 0.50, 0.0), _row("proseco", 100, 0.59)]
+    head = headline.molecule_claims(mdlm + worse, "qed")
+    assert head["method_count"] == 0 and not head["count_met"]
+    assert not head["property_met"] and not head["met"]
+    assert headline.molecule_lines(head)[-1].endswith("not met")
+    # Rows with too few novel molecules are no points of the frontier.
+    head = headline.molecule_claims([_row("mdlm", 5, 0.9)] + better, "qed")
+    assert "note" in head and headline.molecule_lines(head)[0].startswith("headline:")
+
+
+def test_guidance_plot_writes_png(tmp_path):
+    rows = [_row("mdlm", 300, 0.50, 0.0), _row("mdlm", 110, 0.60), _row("proseco", 205, 0.61)]
+    for row in rows:
+        row["family"] = "MDLM" if row["sampler"] == "mdlm" else "ProSeCo S=2 ω=1"
+    results = {"scorer": "chemistry", "rows": rows, "data": {"qed_valid_mean": 0.47},
+               "headline": headline.molecule_claims(rows, "qed")}
+    path = tmp_path / "novel_vs_property.png"
+    report.plot(results, None, str(path))
+    assert path.stat().st_size > 0
+
+
+def test_guided_records_carry_label():
+    batch = {"tokens": np.zeros((2, 4), np.int32), "nfe": np.array([64, 64]),
+             "predictor_nfe": np.array([64, 64]), "corrector_nfe": np.array([0, 0]),
+             "step_nfe": np.array([32, 32])}
+    records = next(inference.sample_records([batch], lambda t: "C", label=1))
+    assert [(r["label"], r["step_nfe"], r["text"]) for r in records] == [(1, 32, "C"), (1, 32, "C")]
+    unguided = next(inference.sample_records([batch], lambda t: "C"))
+    assert "label" not in unguided[0] and "step_nfe" not in unguided[0]
