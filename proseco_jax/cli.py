@@ -16,6 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags  # noqa: F401 - see run_in_process: imported before any binary.
 
+from proseco_jax import config_base, inference, recorded_config
 from proseco_jax.errors import Halted, UsageError
 
 # Where binaries cache compiled XLA programs unless JAX_COMPILATION_CACHE_DIR says otherwise.
@@ -32,9 +33,22 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _with_recorded_config(argv: list[str]) -> list[str]:
+    """argv with `--config=<recorded_config.py>:WORKDIR` added when it overrides config fields and names a
+    --workdir but no config file, so the overrides apply to the config the workdir's model was trained with
+    (config_flags reads them from sys.argv, which is set to the result too)."""
+    names = [arg.split("=", 1)[0] for arg in argv[1:]]
+    workdirs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--workdir=")]
+    overrides = any(name.startswith("--config.") for name in names)
+    if "config" not in flags.FLAGS or "--config" in names or not overrides or len(workdirs) != 1:
+        return argv
+    sys.argv = [argv[0], f"--config={recorded_config.__file__}:{workdirs[0]}", *argv[1:]]
+    return sys.argv
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_with_recorded_config(argv))
     except flags.Error as e:
         fail(str(e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections override errors.
@@ -165,8 +179,6 @@ def config_or_fail(flag_holder):
 def sampling_config(flag_holder, workdir: str):
     """The typed config a binary samples `workdir` with: --config (a `DEFINE_config_file` flag) when given,
     checked against the model recorded in the workdir, else the workdir's own config.json."""
-    from proseco_jax import config_base, inference
-
     if flags.FLAGS[flag_holder.name].present:
         config = config_base.resolve(config_or_fail(flag_holder))
         inference.check_workdir_config(config, workdir)

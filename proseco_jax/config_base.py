@@ -394,8 +394,12 @@ class Sampling(Section):
 
     @property
     def max_nfe(self) -> int:
-        """NFE bound per sample: T + S ceil(T / omega)."""
-        return self.steps + self.num_corrector_steps * -(-self.steps // self.corrector_every)
+        """NFE bound per sample: T + S ceil(T / omega), each call counted twice where guidance evaluates
+        two models (a gamma other than 0 and 1: the predictor always, the corrector when guided)."""
+        mixes = self.guidance_label >= 0 and self.guidance_scale not in (0.0, 1.0)
+        corrector_evals = 2 if mixes and self.guidance_corrector == "guided" else 1
+        return ((2 if mixes else 1) * self.steps
+                + corrector_evals * self.num_corrector_steps * -(-self.steps // self.corrector_every))
 
 
 @dataclasses.dataclass(frozen=True)

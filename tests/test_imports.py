@@ -35,7 +35,7 @@ LAYERS = (
     ("diffusion", "state", "sft"),
     ("train", "sampling"),
     ("inference", "prompts", "evaluation", "benchmarking"),
-    ("interop", "aot", "cli"),
+    ("interop", "aot", "recorded_config", "cli"),
 )
 def _modules() -> dict[str, str]:
     """{dotted module name: file} of every module of the package."""
