@@ -44,7 +44,10 @@ class ChemistryScorer:
         self.tokenizer = tokenizer
         self.corpus = corpus if isinstance(corpus, (set, frozenset)) else frozenset(corpus)
         self.prop = prop
-        self.columns = (("validity", "valid", ".3f"), ("num_unique", "unique", ".0f"),
+        # gamma and the authors' NFE (a guided call of two evaluations counted once) lead: a guidance sweep's
+        # rows differ in them.
+        self.columns = (("guidance_scale", "gamma", ".0f"), ("step_nfe", "NFE(paper)", ".1f"),
+                        ("validity", "valid", ".3f"), ("num_unique", "unique", ".0f"),
                         ("num_novel", "novel", ".0f"), ("num_novel_canonical", "novel(can)", ".0f"),
                         (f"{prop}_valid_mean", f"{prop}(valid)", ".3f"),
                         (f"{prop}_novel_mean", f"{prop}(novel)", ".3f"))
@@ -88,7 +91,9 @@ class ChemistryScorer:
         return f"{before} as first decoded, {after} after correction"
 
     def summary(self, row: Record) -> str:
-        return (f"valid {row['validity']:.3f} | novel {row['num_novel']:.0f} of {row['num_samples']} "
+        gamma = row.get("guidance_scale")
+        return ((f"gamma {gamma:g} | " if gamma is not None else "")
+                + f"valid {row['validity']:.3f} | novel {row['num_novel']:.0f} of {row['num_samples']} "
                 f"(canonical {row['num_novel_canonical']:.0f}) | {self.prop} novel mean "
                 f"{row[f'{self.prop}_novel_mean']:.3f}, valid mean {row[f'{self.prop}_valid_mean']:.3f}")
 
