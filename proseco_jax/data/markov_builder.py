@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -68,25 +68,13 @@ def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint32)[0])
 
 
-class MarkovLanguage(tfds.core.GeneratorBasedBuilder):
+class MarkovLanguage(tfds_build.LocalBuilder):
     """tfds builder of the Markov language: splits `train` and `validation` of `{'tokens': int32 [L]}`.
 
     Always construct it with a config from `markov_config`. Examples are stored in generation order
     (shuffling is disabled), so row i of a split is row i of `sample_sequences` with that split's seed.
     The chain is written as `chain.npz` next to the array_record files.
     """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> os.PathLike | None:
-        """No source file to locate: tfds only uses it to find download checksums, and nothing is downloaded.
-
-        tfds's own lookup imports `importlib_resources`, which tfds does not declare as a dependency.
-        """
-        return None
 
     def _info(self) -> tfds.core.DatasetInfo:
         data: Data = self.builder_config.data

@@ -28,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import rdkit
@@ -144,19 +144,11 @@ def split_indices(n: int, validation_fraction: float, seed: int = SPLIT_SEED) ->
     return {TRAIN: order[: n - held], VALIDATION: order[n - held :]}
 
 
-class QM9(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class QM9(tfds_build.LocalBuilder, skip_registration=True):
     """Canonicalises, scores, labels, splits and tokenises the molecules of its config's `data` section
     (from `qm9_config`)."""
 
     name = "qm9"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> os.PathLike | None:
-        """None: nothing is downloaded, so tfds has no checksums to look for next to the code."""
-        return None
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -182,18 +182,10 @@ def _split(count: int, fraction: float) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- builder
 
 
-class SFTJsonl(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class SFTJsonl(tfds_build.LocalBuilder, skip_registration=True):
     """Tokenises the records of `open_records` with the chat template; train then validation split."""
 
     name = "sft_jsonl"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> os.PathLike | None:
-        """None: nothing is downloaded, so tfds has no checksums to look for next to the code."""
-        return None
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -38,7 +38,7 @@ import math
 import os
 import zipfile
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -61,19 +61,11 @@ _DESCRIPTION = "A text corpus tokenised and packed into fixed-length sequences w
 Splits = dict[str, tuple[int, Callable[[], Iterator[str]]]]  # split -> (documents, their reader)
 
 
-class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _TextBuilder(tfds_build.LocalBuilder, skip_registration=True):
     """Tokenises and packs the documents of `_documents()`; subclasses say where they come from. Its
     config comes from `text_config`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
     _encoder: ParallelEncoder | None = None
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> os.PathLike | None:
-        """None: nothing is downloaded, so tfds has no checksums to look for next to the code."""
-        return None
 
     def _info(self) -> tfds.core.DatasetInfo:
         length = self.builder_config.data.length

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -41,6 +41,22 @@ import tensorflow_datasets as tfds
 from proseco_jax.config_base import Data, data_directory
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.text_sources import describe_files
+
+
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """The base of every builder here: data made on this machine (nothing downloaded), version 1.0.0."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> os.PathLike | None:
+        """No source file to locate: tfds only uses it to find download checksums, and nothing is downloaded.
+
+        tfds's own lookup imports `importlib_resources`, which tfds does not declare as a dependency.
+        """
+        return None
 
 SOURCES_JSON = "sources.json"  # A corpus's source files (names and sizes) and its split sizes.
 # In data_dir, shared by every corpus; named after the first one, and kept so that builds by earlier
