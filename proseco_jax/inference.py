@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from proseco_jax import config_base, configlib, samples_io, stopping
 from proseco_jax.config_base import Config
+from proseco_jax.data import datasets, tokenizers
 from proseco_jax.errors import UsageError
 from proseco_jax.fileio import NFE_KEYS
 from proseco_jax.sampling import Sampler
@@ -118,8 +119,6 @@ def text_decoder(config: Config, warn: Callable[[str], None] = print) -> Callabl
     `warn` says why, in one line."""
     if config.data.name == "markov":
         return lambda tokens: " ".join(f"t{int(t)}" for t in tokens)
-    from proseco_jax.data import datasets, tokenizers
-
     try:
         # Trained (bpe:N) or built (smiles) with the corpus and saved next to it.
         if config.data.tokenizer.startswith("bpe:") or config.data.tokenizer == "smiles":
