@@ -354,9 +354,11 @@ class Sampling(Section):
     guidance_scale: float = field(1.0, "Classifier-free guidance gamma: log p = gamma log p(x|c) + "
                                   "(1 - gamma) log p(x|none), renormalised; 0: unconditional, 1: conditional "
                                   "only (one call), otherwise two model evaluations per call.", at_least(0))
-    guidance_corrector: str = field("conditional", "Corrector under guidance: 'conditional' (the authors': "
-                                    "starts from the conditional prediction, calls the conditional model "
-                                    "only) or 'guided' (starts from the guided prediction; guided calls).",
+    guidance_corrector: str = field("guided", "Corrector under guidance: 'guided' (starts from the "
+                                    "guided prediction; its calls are guided) or 'conditional' (the "
+                                    "authors': starts from the conditional prediction, calls the "
+                                    "conditional model only; with a corrector at every step gamma then has "
+                                    "no effect).",
                                     one_of("conditional", "guided"))
 
     def validate(self):

@@ -77,13 +77,23 @@ def test_mixing_gamma_samples_from_the_renormalised_combination_and_counts_both_
 
 def test_guided_corrector_calls_both_models_and_the_conditional_one_only_the_conditional():
     settings = PROSECO.replace(guidance_label=0, guidance_scale=2.0)
-    conditional = _sampler().sample(settings, RNG, B, L)
+    conditional = _sampler().sample(settings.replace(guidance_corrector="conditional"), RNG, B, L)
     guided = _sampler().sample(settings.replace(guidance_corrector="guided"), RNG, B, L)
     for out, per_call in ((conditional, 1), (guided, 2)):
         corrector_calls = out.step_nfe - out.predictor_nfe // 2
         np.testing.assert_array_equal(out.corrector_nfe, per_call * corrector_calls)
         assert int(corrector_calls.min()) > 0
     assert not np.array_equal(conditional.tokens, guided.tokens)
+
+
+def test_with_the_authors_corrector_at_every_step_gamma_has_no_effect_and_with_the_guided_one_it_has():
+    def tokens(scale, mode):
+        settings = PROSECO.replace(guidance_label=1, guidance_scale=scale, guidance_corrector=mode)
+        return np.asarray(_sampler().sample(settings, RNG, B, L).tokens)
+
+    # The corrector's conditional log-probs replace the guided prediction before every unmasking.
+    np.testing.assert_array_equal(tokens(1.0, "conditional"), tokens(4.0, "conditional"))
+    assert not np.array_equal(tokens(1.0, "guided"), tokens(4.0, "guided"))
 
 
 def test_combine_keeps_ruled_out_ids_out_for_any_gamma_and_renormalises():

@@ -117,11 +117,18 @@ def guided(base: config_base.Sampling, family: str, sampler: str, steps: int, ga
                                                                       guidance_label=label))
 
 
+def authors_corrector(s: Setting) -> Setting:
+    """`s` with the authors' corrector under guidance (conditional only: gamma has no effect at omega = 1)."""
+    return dataclasses.replace(s, family=f"{s.family} (authors')",
+                               sampling=s.sampling.replace(guidance_corrector="conditional"))
+
+
 def guidance_grid(base: config_base.Sampling, length: int, *, quick: bool = False) -> list[Setting]:
     """The paper's QM9 sweep, every setting built from `base` and steered towards class 1 (the high-property
-    class): gamma in {0, ..., 5} x T in {32, 64, 128} x {MDLM (S = 0), ProSeCo (S = 2, omega = 1)}: 36
-    rows. `quick` keeps four: gamma in {0, 3} at T = 32, both samplers. (`length` does not bound T here:
-    the paper runs T up to 4x the molecules' 32 positions.)"""
+    class): gamma in {0, ..., 5} x T in {32, 64, 128} x {MDLM (S = 0), ProSeCo (S = 2, omega = 1, guided
+    corrector)}: 36 rows, and per T one ProSeCo row at gamma = 3 with the authors' conditional corrector
+    (whose samples do not depend on gamma at omega = 1). `quick` keeps gamma in {0, 3} at T = 32. (`length`
+    does not bound T here: the paper runs T up to 4x the molecules' 32 positions.)"""
     del length
     scales, steps = ((0.0, 3.0), (32,)) if quick else (GUIDANCE_SCALES, GUIDANCE_STEPS)
     corrector_steps, every = GUIDANCE_CORRECTOR
@@ -130,6 +137,7 @@ def guidance_grid(base: config_base.Sampling, length: int, *, quick: bool = Fals
         grid += [guided(base, "MDLM", "mdlm", t, g) for g in scales]
         family = f"ProSeCo S={corrector_steps} ω={every}"
         grid += [guided(base, family, "proseco", t, g, corrector_steps, every) for g in scales]
+        grid.append(authors_corrector(guided(base, family, "proseco", t, 3.0, corrector_steps, every)))
     return grid
 
 

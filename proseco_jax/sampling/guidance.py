@@ -7,12 +7,14 @@ any other gamma needs both, computed here in one call of a doubled batch (the sa
 dispatch). "none" is the label table's last row, the one label dropout trains.
 
 The corrector under guidance (`Guidance.corrector`):
-- "conditional" (default, the authors'): the corrector starts from the argmax of the conditional prediction
-  and calls the conditional model only (their code forces gamma = 1 there); the unmasking that follows is
-  drawn from the corrector's log-probs. At gamma = 0 everything, the corrector included, is unconditional
-  (their code has no conditional prediction to start from there).
-- "guided": the corrector starts from the argmax of the guided prediction and its calls are guided with the
-  same gamma (two evaluations per call when gamma is neither 0 nor 1).
+- "guided" (default): the corrector starts from the argmax of the guided prediction and its calls are
+  guided with the same gamma (two evaluations per call when gamma is neither 0 nor 1).
+- "conditional" (the authors'): the corrector starts from the argmax of the conditional prediction and
+  calls the conditional model only (their code forces gamma = 1 there); the unmasking that follows is
+  drawn from the corrector's log-probs. So when the corrector runs at every step (omega = 1), the guided
+  prediction never reaches a token and gamma has no effect on the samples, in their sampler as in this
+  one: hence the default. At gamma = 0 everything, the corrector included, is unconditional (their code
+  has no conditional prediction to start from there).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Guidance:
     scale: float  # gamma >= 0
     label: int  # the class steered towards, in [0, null_label)
     null_label: int  # the "no label" row: the model's num_classes
-    corrector: str = "conditional"  # one of CORRECTOR_MODES
+    corrector: str = "guided"  # "guided" | "conditional" (the authors')
 
     @property
     def mixes(self) -> bool:
