@@ -35,12 +35,15 @@ def fail(message: str, code: int = 2) -> None:
 
 def _with_recorded_config(argv: list[str]) -> list[str]:
     """argv with `--config=<recorded_config.py>:WORKDIR` added when it overrides config fields and names a
-    --workdir but no config file, so the overrides apply to the config the workdir's model was trained with
-    (config_flags reads them from sys.argv, which is set to the result too)."""
+    --workdir but no config file (for a binary whose --config has no default), so the overrides apply to the
+    config the workdir's model was trained with (config_flags reads them from sys.argv, which is set to the
+    result too)."""
     names = [arg.split("=", 1)[0] for arg in argv[1:]]
     workdirs = [arg.split("=", 1)[1] for arg in argv[1:] if arg.startswith("--workdir=")]
     overrides = any(name.startswith("--config.") for name in names)
-    if "config" not in flags.FLAGS or "--config" in names or not overrides or len(workdirs) != 1:
+    if "config" not in flags.FLAGS or flags.FLAGS["config"].default is not None:
+        return argv
+    if "--config" in names or not overrides or len(workdirs) != 1:
         return argv
     sys.argv = [argv[0], f"--config={recorded_config.__file__}:{workdirs[0]}", *argv[1:]]
     return sys.argv

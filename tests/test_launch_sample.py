@@ -19,6 +19,21 @@ def run_sample(trained, output, *extra):
                       "--config.sampling.batch_size=4", *overrides, *extra, devices=2)
 
 
+def test_overrides_without_a_config_file_apply_to_the_recorded_config(tiny_trained_workdir, tmp_path):
+    workdir = tiny_trained_workdir[0]
+    output = tmp_path / "samples.jsonl"
+    proc = run_binary("sample.py", f"--workdir={workdir}", f"--output={output}", "--num_samples=2",
+                      "--config.sampling.batch_size=2", "--config.sampling.sampler=mdlm",
+                      "--config.sampling.steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 2 and all(1 <= row["nfe"] <= 3 for row in rows)  # T = 3 was applied
+    proc = usage_error("sample.py", f"--workdir={workdir}", f"--output={tmp_path / 'g.jsonl'}",
+                       "--config.sampling.guidance_label=0")
+    assert_usage_error(proc, "needs a label-conditioned model")
+    assert not (tmp_path / "g.jsonl").exists()
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_trained_workdir):
     workdir, _, overrides = tiny_trained_workdir

@@ -61,17 +61,20 @@ def test_scorer_rewrites_and_marks():
 def test_guidance_grid_settings():
     base = config_base.Sampling()
     full = grid.GRIDS["chemistry"](base, 32)
-    assert len(full) == 6 * 3 * 2
-    shapes = {(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale, s.applied.num_corrector_steps)
-              for s in full}
+    assert len(full) == 6 * 3 * 2 + 3  # and one ProSeCo row per T with the authors' corrector
+    shapes = {(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale, s.applied.num_corrector_steps,
+               s.sampling.guidance_corrector) for s in full}
     assert len(shapes) == len(full)
     assert {s.sampling.guidance_label for s in full} == {grid.GUIDED_LABEL} == {1}
     assert {s.sampling.steps for s in full} == {32, 64, 128}
     assert {s.sampling.guidance_scale for s in full} == {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
     assert {s.applied.num_corrector_steps for s in full if s.sampling.sampler == "mdlm"} == {0}
     quick = grid.guidance_grid(base, 32, quick=True)
-    assert [(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale) for s in quick] == [
-        ("mdlm", 32, 0.0), ("mdlm", 32, 3.0), ("proseco", 32, 0.0), ("proseco", 32, 3.0)]
+    assert [(s.sampling.sampler, s.sampling.steps, s.sampling.guidance_scale, s.sampling.guidance_corrector)
+            for s in quick if s.sampling.sampler == "proseco"] == [
+        ("proseco", 32, 0.0, "guided"), ("proseco", 32, 3.0, "guided"), ("proseco", 32, 3.0, "conditional")]
+    assert [(s.sampling.steps, s.sampling.guidance_scale) for s in quick if s.sampling.sampler == "mdlm"] == [
+        (32, 0.0), (32, 3.0)]
 
 
 def _row(sampler: str, novel: float, qed: float, gamma: float = 3.0) -> dict:
