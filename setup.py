@@ -75,7 +75,7 @@ setup(
             "safetensors>=0.4",
             "mauve-text>=0.4",
         ],
-        # data.name=qm9: QM9 molecules (offline, from qm9pack's CSV files), their labels and chemistry metrics.
+        # data.name=qm9: QM9 molecules (offline, from qm9pack's CSV files), labels and chemistry metrics.
         "qm9": QM9,
         # LLaDA: fine-tuning data and text prompts through a Hugging Face tokenizer and its chat template,
         # checkpoints as sharded safetensors (downloaded by repo id with huggingface_hub).
