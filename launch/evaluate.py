@@ -22,7 +22,7 @@ from proseco_jax import cli, config_base, fileio, samples_io
 from proseco_jax.data import chain as markov_chain
 from proseco_jax.data import datasets
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import markov_scoring, report, scoring, text_scoring
+from proseco_jax.evaluation import markov_scoring, report, sample_metrics, scoring, text_scoring
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); default: the "
                                           "--workdir's config.json.", lock_config=True)
@@ -61,6 +61,20 @@ def _text_metrics(config: config_base.Config, records: list[dict]) -> dict:
                               source=_SAMPLES.value, reference_source=_REFERENCE.value or "")
 
 
+def _chemistry_metrics(config: config_base.Config, records: list[dict]) -> dict:
+    """Molecules: validity, uniqueness, novelty against the corpus and the labelled property (the sweep's
+    chemistry scorer), the held-out molecules scored the same way as the data reference."""
+    data = datasets.load(config.data)
+    scorer = scoring.make_scorer(config, data)
+    tokens = samples_io.token_array(records, _SAMPLES.value, config.data.length, config.data.vocab_size)
+    metrics = dict(scorer.score(tokens), **sample_metrics.nfe_means(samples_io.nfe_columns(records)))
+    metrics["data"] = scorer.reference(scoring.held_out_tokens(data.sources["validation"], _NUM_DATA.value))
+    return metrics
+
+
+SCORES = {"markov": _markov_metrics, "qm9": _chemistry_metrics}  # by data.name; other corpora are text
+
+
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -69,7 +83,7 @@ def main(argv):
     else:
         config = config_base.resolve(cli.config_or_fail(_CONFIG))
     records = samples_io.read_samples(_SAMPLES.value)
-    score = _markov_metrics if config.data.name == "markov" else _text_metrics
+    score = SCORES.get(config.data.name, _text_metrics)
     metrics = score(config, records)
     if _WORKDIR.value:
         metrics.update({f"model_{k}": v for k, v in report.validation_bits(_WORKDIR.value).items()})
