@@ -403,6 +403,17 @@ class Sampling(Section):
         return ((2 if mixes else 1) * self.steps
                 + corrector_evals * self.num_corrector_steps * -(-self.steps // self.corrector_every))
 
+    def guidance_problem(self, num_classes: int) -> str | None:
+        """Why `guidance_label` does not suit a model with `num_classes` label classes (None: it does)."""
+        label = self.guidance_label
+        if label >= 0 and not num_classes:
+            return (f"sampling.guidance_label={label} needs a label-conditioned model; this one was trained "
+                    "without labels (model.num_classes=0)")
+        if label >= num_classes:
+            return (f"sampling.guidance_label={label} is not one of the model's {num_classes} classes "
+                    f"[0, {num_classes})")
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Config(Section):
@@ -430,16 +441,12 @@ class Config(Section):
             raise ConfigError(f"sampling.eos_id={eos} is not a real token id: [0, {self.mask_id})"
                               + (f" or ({self.mask_id}, {self.output_vocab_size})"
                                  if self.output_vocab_size > self.mask_id + 1 else ""))
-        label, classes = self.sampling.guidance_label, self.num_classes
-        if self.train.label_dropout > 0 and not classes:
+        if self.train.label_dropout > 0 and not self.num_classes:
             raise ConfigError(f"train.label_dropout={self.train.label_dropout} needs a label-conditioned "
                               "model (model.num_classes > 0)")
-        if label >= 0 and not classes:
-            raise ConfigError(f"sampling.guidance_label={label} needs a label-conditioned model; this one "
-                              "has no labels (model.num_classes=0)")
-        if label >= classes:
-            raise ConfigError(f"sampling.guidance_label={label} is not one of the model's {classes} classes "
-                              f"[0, {classes})")
+        problem = self.sampling.guidance_problem(self.num_classes)
+        if problem:
+            raise ConfigError(problem)
 
     @property
     def num_classes(self) -> int:

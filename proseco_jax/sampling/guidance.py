@@ -49,13 +49,9 @@ class Guidance:
         return self.mixes and self.corrector == "guided"
 
     @property
-    def single_label(self) -> int:
-        """The label of a prediction that reads one model (gamma = 0 or 1)."""
-        return self.null_label if self.scale == 0.0 else self.label
-
-    @property
-    def corrector_label(self) -> int:
-        """The label of the corrector's calls when they read one model."""
+    def one_model_label(self) -> int:
+        """The label of a call that reads one model: a prediction at gamma = 0 or 1, or the corrector unless
+        it is guided with a mixing gamma (gamma = 0 reads the unconditional model throughout)."""
         return self.null_label if self.scale == 0.0 else self.label
 
 

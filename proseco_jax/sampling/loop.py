@@ -249,14 +249,11 @@ def make_plan(settings: Sampling, schedule: Schedule, *, batch_size: int, length
 
 
 def _guidance(s: Sampling, num_classes: int) -> Guidance | None:
+    problem = s.guidance_problem(num_classes)
+    if problem:
+        raise SamplingError(problem)
     if s.guidance_label < 0:
         return None
-    if num_classes <= 0:
-        raise SamplingError(f"sampling.guidance_label={s.guidance_label} needs a label-conditioned model; "
-                            "this one was trained without labels (model.num_classes=0)")
-    if s.guidance_label >= num_classes:
-        raise SamplingError(f"sampling.guidance_label={s.guidance_label} is not one of the model's "
-                            f"{num_classes} classes [0, {num_classes})")
     return Guidance(scale=float(s.guidance_scale), label=s.guidance_label, null_label=int(num_classes),
                     corrector=s.guidance_corrector)
 
@@ -297,7 +294,7 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
         state = state.replace(cond_logp=cond, uncond_logp=uncond,
                               logp=cfg_guidance.combine(cond, uncond, plan.guidance.scale))
     else:
-        label = None if plan.guidance is None else plan.guidance.single_label
+        label = None if plan.guidance is None else plan.guidance.one_model_label
         fresh = jax.lax.cond(
             jnp.any(need),
             lambda: _log_probs(apply_fn, plan, params, tokens, sigma, plan.labels(label)),
@@ -361,7 +358,7 @@ def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state
         if mixes:
             cond, uncond = cfg_guidance.paired_log_probs(_labelled(apply_fn, plan, params), y, sigma, g)
             return cfg_guidance.combine(cond, uncond, g.scale), (cond, uncond)
-        label = None if g is None else g.corrector_label
+        label = None if g is None else g.one_model_label
         return _log_probs(apply_fn, plan, params, y, sigma, plan.labels(label)), ()
 
     caches = (state.cond_logp, state.uncond_logp) if mixes else ()
