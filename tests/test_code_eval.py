@@ -1,15 +1,20 @@
-"""Code and math evaluation: completions written here are run as programs (right ones pass, wrong ones and
-an endless loop fail), pass@k is the unbiased estimator, GSM8K answers are extracted as the benchmark
-states them, and `launch/evaluate_code.py` scores a samples file or samples a workdir first."""
+"""Code and math evaluation: completions written here are run as programs (right ones pass, wrong ones, an
+endless loop and ones that exit before their tests fail), the sandbox kills a program's whole process tree,
+caps its output and keeps it away from the evaluator, pass@k is the unbiased estimator, GSM8K answers are
+extracted as the benchmark states them, scoring resumes by problem, and `launch/evaluate_code.py` scores a
+samples file or samples a workdir first."""
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from conftest import assert_usage_error, run_binary, usage_error
+from conftest import REPO, assert_usage_error, run_binary, usage_error
 
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import code_eval
+from proseco_jax.evaluation import code_eval, sandbox
 
 HUMANEVAL = [
     {"task_id": "T/0", "entry_point": "add",
@@ -64,12 +69,70 @@ def test_right_completions_pass_and_wrong_ones_or_an_endless_loop_fail(humaneval
 
 
 def test_programs_run_isolated_from_the_network_and_within_limits():
-    assert code_eval.run_program("import socket\nsocket.create_connection(('localhost', 80))").detail == (
+    assert sandbox.run_program("import socket\nsocket.create_connection(('localhost', 80))").detail == (
         "OSError: network access is disabled while evaluating")
-    assert code_eval.run_program("x = bytearray(2 << 30)", memory_mb=256).detail == "MemoryError"
+    assert sandbox.run_program("x = bytearray(2 << 30)", memory_mb=256).detail == "MemoryError"
     # A program that forks and lingers is killed with its whole process group at the timeout.
-    forked = code_eval.run_program("import os, time\nos.fork()\ntime.sleep(60)", timeout=1)
+    forked = sandbox.run_program("import os, time\nos.fork()\ntime.sleep(60)", timeout=1)
     assert forked.status == "timed out"
+
+
+def test_a_completion_that_exits_before_its_tests_scores_zero(humaneval_file):
+    exits = ["import os\nos._exit(0)", "raise SystemExit(0)", "import sys\nsys.exit(0)"]
+    # Each defines `add` wrongly, then exits with status 0 before `check(add)` would run.
+    samples = [{"task_id": "T/0", "completion": f"    return a - b\n{exit}\n"} for exit in exits]
+    problems = code_eval.load_problems("humaneval", humaneval_file)
+    result = code_eval.score("humaneval", problems, samples, timeout=5)
+    assert result["pass@1"] == 0.0
+    assert result["per_problem"][0]["results"] == [
+        "failed: exited with status 0 before the tests finished"] * 3
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, killed and waiting for its parent to reap it, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_grandchild_that_left_the_session_is_killed_at_the_timeout():
+    program = ("import os, time\n"
+               "if os.fork() == 0:\n"
+               "    os.setsid()\n"
+               "    if os.fork() == 0:\n"
+               "        print(os.getpid(), flush=True)\n"
+               "        time.sleep(60)\n"
+               "    os._exit(0)\n"
+               "time.sleep(60)\n")
+    result = sandbox.run_program(program, timeout=1)
+    assert result.status == "timed out"
+    grandchild = int(result.stdout.split()[0])
+    assert not _alive(grandchild)
+
+
+def test_a_flood_of_stderr_keeps_the_evaluator_memory_flat():
+    flood = "import sys\nb = 'x' * (1 << 20)\nfor _ in range(300):\n    sys.stderr.write(b)\n"  # 300 MB
+    # Measured in a fresh process, whose peak RSS is not already raised by this test session.
+    measure = ("import resource\n"
+               "from proseco_jax.evaluation import sandbox\n"
+               "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+               f"result = sandbox.run_program({flood!r}, timeout=60)\n"
+               "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+               "print(result.status, len(result.stderr), before, after)\n")
+    proc = subprocess.run([sys.executable, "-c", measure], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, kept, before, after = proc.stdout.split()
+    assert status == "passed" and int(kept) == sandbox.OUTPUT_LIMIT
+    assert int(after) - int(before) < 20 << 10, (before, after)  # KiB: under 20 MB of the 300 stayed
+
+
+def test_a_completion_is_cut_at_its_first_stop_sequence():
+    text = "    return a\n\ndef other():\n    pass\n# done"
+    assert code_eval.truncate_at_stop(text, ["\n#", "\ndef"]) == "    return a\n"
+    assert code_eval.truncate_at_stop(text, ["\nclass", ""]) == text
 
 
 def test_mbpp_programs_take_the_code_block_and_run_the_asserts(tmp_path):
@@ -114,6 +177,27 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert code_eval.pass_at_k(3, 0, 1) == 0.0 and code_eval.pass_at_k(3, 3, 2) == 1.0
 
 
+def test_scoring_resumes_by_problem_from_its_progress_file(humaneval_file, tmp_path):
+    problems = code_eval.load_problems("humaneval", humaneval_file)
+    samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(HUMANEVAL, RIGHT)]
+    progress = tmp_path / "results.progress.jsonl"
+    code_eval.score("humaneval", problems, samples[:2], timeout=5, progress=str(progress))
+    rows = progress.read_text().splitlines()
+    assert [json.loads(row)["task_id"] for row in rows] == ["T/0", "T/1"]
+    # As a crash would leave it: T/0 scored, T/1's line cut. T/0's outcome is altered to show that the
+    # rerun takes it from the file instead of running the program again.
+    kept = {**json.loads(rows[0]), "results": ["passed in the first run"]}
+    progress.write_text(json.dumps(kept) + "\n" + rows[1][:20])
+    again = code_eval.score("humaneval", problems, samples, timeout=5, progress=str(progress))
+    assert [row["results"] for row in again["per_problem"]] == [["passed in the first run"], ["passed"],
+                                                               ["passed"]]
+    assert [json.loads(row)["task_id"] for row in progress.read_text().splitlines()] == ["T/0", "T/1", "T/2"]
+    # Other completions of a scored problem are run, not read from the file.
+    other = code_eval.score("humaneval", problems, [{"task_id": "T/0", "completion": WRONG[0]}], timeout=5,
+                            progress=str(progress))
+    assert other["per_problem"][0]["results"][0].startswith("failed: AssertionError")
+
+
 def test_samples_must_name_known_problems(humaneval_file):
     problems = code_eval.load_problems("humaneval", humaneval_file)
     with pytest.raises(UsageError, match="not among the problems"):
@@ -141,10 +225,31 @@ def test_binary_scores_a_samples_file_and_reports_bad_input_in_one_line(humaneva
     assert summary["metric"] == "pass@1" and summary["pass@1"] == pytest.approx((0.5 + 1 + 1) / 3)
     results = json.loads(output.read_text())
     assert results["per_problem"][0]["results"] == ["passed", "timed out: no exit within 5 s"]
+    assert not (tmp_path / "results.progress.jsonl").exists()  # Removed once the results are written.
+    assert_usage_error(usage_error("evaluate_code.py", "--task=humaneval", f"--problems={humaneval_file}",
+                                   f"--samples={samples}", f"--output={output}", "--k=1,5"),
+                       "pass@5 needs at least 5 samples of every problem; T/1 has 1")
     assert_usage_error(run_binary("evaluate_code.py", "--task=mbpp", f"--problems={tmp_path / 'none.jsonl'}",
                                   f"--samples={samples}", f"--output={output}"), "problem file not found")
     assert_usage_error(usage_error("evaluate_code.py", "--task=humaneval", f"--problems={humaneval_file}",
                                    f"--output={output}"), "--samples")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="programs run as another user only when the evaluator is root")
+def test_binary_survives_completions_that_delete_files_or_kill_it(humaneval_file, tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("mine")
+    attacks = [f"    return a + b\nimport os\nos.remove({str(victim)!r})\n",
+               "    return a + b\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n",
+               "    return a + b\nimport os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\n"]
+    samples = write_jsonl(tmp_path / "samples.jsonl", [{"task_id": "T/0", "completion": a} for a in attacks])
+    output = tmp_path / "results.json"
+    proc = run_binary("evaluate_code.py", "--task=humaneval", f"--problems={humaneval_file}",
+                      f"--samples={samples}", f"--output={output}", "--timeout=5", "--workers=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert victim.read_text() == "mine"
+    results = json.loads(output.read_text())["per_problem"][0]["results"]
+    assert [r.split(":")[:2] for r in results] == [["failed", " PermissionError"]] * 3, results
 
 
 def test_binary_samples_a_workdir_on_the_problems_then_scores(tmp_path):

