@@ -143,22 +143,22 @@ def run_program(source: str, *, timeout: float = 10.0, memory_mb: int = 2048) ->
         if user is not None:
             os.chown(directory, *user)
         result_read, result_write = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                [interpreter, "-I", "-c", _HARNESS, str(math.ceil(timeout) + 1), str(memory_mb), path,
-                 str(result_write)],
-                cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(result_write,), start_new_session=True,
-                env={"PATH": os.defpath, "HOME": directory, "TMPDIR": directory, MARKER: token},
-                **_user_args(user))
-        finally:
-            os.close(result_write)
-        try:
-            proc.stdin.write(nonce)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
         with os.fdopen(result_read, "rb", buffering=0) as result:
+            try:
+                proc = subprocess.Popen(
+                    [interpreter, "-I", "-c", _HARNESS, str(math.ceil(timeout) + 1), str(memory_mb), path,
+                     str(result_write)],
+                    cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(result_write,), start_new_session=True,
+                    env={"PATH": os.defpath, "HOME": directory, "TMPDIR": directory, MARKER: token},
+                    **_user_args(user))
+            finally:
+                os.close(result_write)
+            try:
+                proc.stdin.write(nonce)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
             heads, timed_out = _read_until_exit(proc, (proc.stdout, proc.stderr, result), timeout)
     finally:
         kill_marked(f"{MARKER}={token}".encode())
@@ -167,18 +167,24 @@ def run_program(source: str, *, timeout: float = 10.0, memory_mb: int = 2048) ->
             proc.stdout.close()
             proc.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)
-    stdout, stderr, reported = (h.decode("utf-8", "replace") for h in heads)
-    if reported == nonce.decode():
+    return _outcome(heads, nonce, timed_out, proc.returncode, timeout)
+
+
+def _outcome(heads: list[bytes], nonce: bytes, timed_out: bool, returncode: int, timeout: float
+             ) -> RunResult:
+    """How a run ended, from what it wrote (stdout, stderr, the result pipe) and its exit."""
+    stdout, stderr = (h.decode("utf-8", "replace") for h in heads[:2])
+    if heads[2] == nonce:
         return RunResult("passed", "", stdout, stderr)
     if timed_out:
         return RunResult("timed out", f"no exit within {timeout:g} s", stdout, stderr)
     lines = stderr.strip().splitlines()
     if lines:
         detail = lines[-1][:300]
-    elif proc.returncode < 0:
-        detail = f"killed by {signal.Signals(-proc.returncode).name} before the tests finished"
+    elif returncode < 0:
+        detail = f"killed by signal {-returncode} before the tests finished"
     else:
-        detail = f"exited with status {proc.returncode} before the tests finished"
+        detail = f"exited with status {returncode} before the tests finished"
     return RunResult("failed", detail, stdout, stderr)
 
 
@@ -225,8 +231,9 @@ def marked_processes(marker: bytes) -> list[int]:
 
 def kill_marked(marker: bytes) -> None:
     """SIGKILLs every process whose environment holds `marker`: each is stopped first, and the scan repeats
-    until it finds no new one, so a process forking meanwhile cannot outrun it. Signals go through pidfds
-    after the marker is read again, so a PID reused by another process is never signalled."""
+    until it finds no new one, so a process forking meanwhile cannot outrun it; returns once they have all
+    exited. Signals go through pidfds after the marker is read again, so a PID reused by another process is
+    never signalled."""
     stopped, seen = [], set()
     try:
         while found := [pid for pid in marked_processes(marker) if pid not in seen]:
@@ -242,6 +249,14 @@ def kill_marked(marker: bytes) -> None:
                     os.close(pidfd)
         for pidfd in stopped:
             _signal(pidfd, signal.SIGKILL)
+        # A pidfd turns readable when its process has exited: return only once they all have.
+        with selectors.DefaultSelector() as selector:
+            for pidfd in stopped:
+                selector.register(pidfd, selectors.EVENT_READ)
+            deadline = time.monotonic() + 10
+            while selector.get_map() and time.monotonic() < deadline:
+                for key, _ in selector.select(deadline - time.monotonic()):
+                    selector.unregister(key.fileobj)
     finally:
         for pidfd in stopped:
             os.close(pidfd)
