@@ -508,7 +508,7 @@ def test_guided_smiles_checkpoint_imports_its_rows_in_our_vocabulary_order_and_e
     config = hf_config(cfg=True, cfg_num_classes=NUM_CLASSES)
     source = write_hf_dir(tmp_path / "hf", model.state_dict(), config)
     with open(os.path.join(source, sources.VOCAB_JSON), "w") as f:
-        json.dump({**SPECIALS, **{t: len(SPECIALS) + i for i, t in enumerate(theirs)}}, f)
+        json.dump({t: i for i, t in enumerate(theirs)}, f)  # Their tokenizer's file: corpus tokens from 0.
     imported = convert.import_checkpoint(sources.read(source), str(tmp_path / "work"), base)
     assert imported.data.name == "qm9" and imported.mask_id == VOCAB - 1
     order = ours.reference_order(theirs)
@@ -527,8 +527,31 @@ def test_guided_smiles_checkpoint_imports_its_rows_in_our_vocabulary_order_and_e
     # Export writes the rows in the authors' order under a vocab.json naming them: importing it again
     # gives the same parameters.
     convert.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "exported"))
+    with open(os.path.join(tmp_path / "exported", sources.VOCAB_JSON)) as f:
+        exported_vocab = json.load(f)
+    assert sorted(exported_vocab.values()) == list(range(VOCAB - len(SPECIALS)))  # Their file's form.
+    assert not set(SPECIALS) & set(exported_vocab)
     again = convert.import_checkpoint(sources.read(str(tmp_path / "exported")), str(tmp_path / "work2"), base)
     assert again.data == imported.data
     reloaded = inference.load_workdir(str(tmp_path / "work2"), mesh=one_device_mesh())
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(reloaded.params),
                  jax.device_get(loaded.params))
+
+
+@pytest.mark.parametrize("with_specials", [False, True])
+def test_smiles_vocabulary_reads_the_authors_file_and_a_map_with_specials_alike(tmp_path, with_specials):
+    tokens = ["C", "c", "(", ")", "1", "O"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if with_specials:
+        vocab = {**SPECIALS, **{t: len(SPECIALS) + i for t, i in vocab.items()}}
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    assert sources.read_vocabulary(str(path)) == tuple(tokens)
+
+
+@pytest.mark.parametrize("vocab", [{"C": 0, "c": 2}, {"<bos>": 1, "C": 0}, ["C"], {"C": "0"}, {}])
+def test_smiles_vocabulary_refuses_gaps_misplaced_specials_and_other_shapes(tmp_path, vocab):
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    with pytest.raises(UsageError, match="not a SMILES vocabulary"):
+        sources.read_vocabulary(str(path))

@@ -181,7 +181,8 @@ def export_checkpoint(workdir: str, output_dir: str) -> layout.ReferenceConfig:
         with open(os.path.join(staging, sources.HF_CONFIG), "w", encoding="utf-8") as f:
             f.write(json.dumps(ref.to_hf(), indent=2) + "\n")
         if names is not None:
-            vocab = {**REFERENCE_SPECIALS, **{t: len(REFERENCE_SPECIALS) + i for i, t in enumerate(names)}}
+            # The authors' tokenizer file: corpus tokens from 0 (their tokenizer puts its specials first).
+            vocab = {t: i for i, t in enumerate(names)}
             with open(os.path.join(staging, sources.VOCAB_JSON), "w", encoding="utf-8") as f:
                 f.write(json.dumps(vocab, indent=1) + "\n")
         # transformers loads only safetensors files that declare the PyTorch format.

@@ -9,7 +9,8 @@ the packages that wrote it. A Lightning checkpoint's model settings are read fro
 `hyper_parameters.config`); with `ema`, its weights are the EMA shadow parameters, which the reference's
 `ExponentialMovingAverage` stores as a list in the order of `backbone.parameters()` followed by the
 (parameter-free) noise schedule's. A model directory may hold `vocab.json` ({token: id}), the vocabulary
-of a SMILES model, whose ids differ from ours (`smiles.SmilesTokenizer.reference_order`).
+of a SMILES model (read as the authors' tokenizer reads it: `read_vocabulary`), whose ids differ from ours
+(`smiles.SmilesTokenizer.reference_order`).
 """
 
 from __future__ import annotations
@@ -129,13 +130,21 @@ def read_hf_dir(directory: str, origin: str | None = None) -> Source:
 
 
 def read_vocabulary(path: str) -> tuple[str, ...]:
-    """The corpus tokens of the authors' SMILES vocabulary `path` ({token: id}: their specials at their
-    ids, then tokens at consecutive ids) in id order; UsageError if it is not such a map."""
+    """The corpus tokens of the authors' SMILES vocabulary `path` in their id order; UsageError if it is
+    neither of the two forms below.
+
+    Their tokenizer's vocab.json (`yairschiff/qm9-tokenizer`) maps the corpus tokens alone to 0..n-1 and
+    the tokenizer shifts them past its five specials (token id = 5 + file id); a map that also lists the
+    specials at their ids 0..4 (tokens at 5.. then) reads the same."""
     values = read_json(path)
-    ids = sorted(values.values()) if isinstance(values, dict) else None
-    if ids != list(range(len(ids or ()))) or any(values.get(t) != i for t, i in REFERENCE_SPECIALS.items()):
-        raise UsageError(f"{path} is not a vocabulary {{token: id}} with ids 0..n-1 and the specials "
-                         f"{REFERENCE_SPECIALS}")
+    if not isinstance(values, dict) or not all(isinstance(i, int) for i in values.values()):
+        values = {}
+    has_specials = any(t in values for t in REFERENCE_SPECIALS)
+    ids = sorted(values.values())
+    if (not values or ids != list(range(len(ids)))
+            or (has_specials and any(values.get(t) != i for t, i in REFERENCE_SPECIALS.items()))):
+        raise UsageError(f"{path} is not a SMILES vocabulary {{token: id}}: the corpus tokens at ids 0..n-1 "
+                         f"(the authors' tokenizer file), or those after the specials {REFERENCE_SPECIALS}")
     return tuple(t for t in sorted(values, key=values.get) if t not in REFERENCE_SPECIALS)
 
 
