@@ -147,12 +147,15 @@ def test_lm_eval_command_line_runs_a_local_task(workdir, tmp_path):
     args = ",".join(f"{k}={v}" for k, v in SMALL.items())
     proc = lm_eval("--model_args", f"workdir={workdir},{args},nfe_log={tmp_path / 'nfe.jsonl'}",
                    "--tasks", "harness_tiny_gen,harness_tiny_choice", "--batch_size", "2",
-                   "--output_path", str(tmp_path / "out"), "--log_samples")
+                   "--apply_chat_template", "--output_path", str(tmp_path / "out"), "--log_samples")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [path] = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "out") for f in files
-              if f.startswith("results")]
-    results = json.load(open(path))["results"]
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(tmp_path / "out") for f in names)
+    [results_file] = [f for f in files if os.path.basename(f).startswith("results")]
+    [samples_file] = [f for f in files if os.path.basename(f).startswith("samples_harness_tiny_gen")]
+    results = json.load(open(results_file))["results"]
     assert results["harness_tiny_gen"]["exact_match,none"] == 1.0  # "seven", cut at the space
     assert results["harness_tiny_choice"]["acc,none"] == 1.0  # "seven" is the likelier choice
+    prompt = json.loads(open(samples_file).readline())["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("<|startoftext|><|start_header_id|>user")  # the chat template applied
     nfe = [json.loads(line) for line in open(tmp_path / "nfe.jsonl")]
     assert sorted(r["doc_id"] for r in nfe) == [0, 1, 2] and all(r["task"] == "harness_tiny_gen" for r in nfe)
