@@ -18,7 +18,7 @@ from test_llada_sampling import EOS, ROWS, llada_config, write_tokenizer, write_
 
 from proseco_jax import inference, sharding
 from proseco_jax.errors import UsageError
-from proseco_jax.evaluation import harness
+from proseco_jax.evaluation import harness, harness_sweep
 
 SEVEN, FOUR = 6, 5  # word ids of the test tokenizer
 TASKS = os.path.join("tests", "data", "harness_task")
@@ -159,3 +159,41 @@ def test_lm_eval_command_line_runs_a_local_task(workdir, tmp_path):
     assert prompt.startswith("<|startoftext|><|start_header_id|>user")  # the chat template applied
     nfe = [json.loads(line) for line in open(tmp_path / "nfe.jsonl")]
     assert sorted(r["doc_id"] for r in nfe) == [0, 1, 2] and all(r["task"] == "harness_tiny_gen" for r in nfe)
+
+
+def test_sweep_rows_resume_and_the_table_holds_each_row(tmp_path):
+    calls = []
+
+    def evaluate(steps, every, corrector_steps):
+        calls.append((steps, every, corrector_steps))
+        nfe = steps * (1 + corrector_steps / every)
+        results = {"t": {"alias": "t", "acc,none": steps / 100, "acc_stderr,none": 0.1}}
+        return results, [{"task": "t", "nfe": nfe}]
+
+    grid = harness_sweep.parse_grid("4,8", "1:0,2:1")
+    assert grid == [(4, 1, 0), (8, 1, 0), (4, 2, 1), (8, 2, 1)]
+    path = str(tmp_path / "rows.json")
+    harness_sweep.run(evaluate, grid[:3], path, say=lambda _: None)
+    rows = harness_sweep.run(evaluate, grid, path, say=lambda _: None)
+    assert calls == grid  # the second run scored only the row the first had not
+    assert [(r["steps"], r["nfe"], r["score"], r["metric"]) for r in rows][-1] == (8, 12.0, 0.08, "acc,none")
+    table = harness_sweep.format_table(rows)
+    assert len(table.splitlines()) == 2 + len(grid)
+    assert "| t | 8 | 2 | 1 | 12.0 | acc,none | 0.0800 |" in table
+    with pytest.raises(UsageError, match="bad grid"):
+        harness_sweep.parse_grid("4", "1")
+
+
+def test_sweep_binary_writes_accuracy_against_nfe(workdir, tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, binary("harness_sweep.py"), f"--workdir={workdir}", "--tasks=harness_tiny_gen",
+         f"--include_path={TASKS}", "--limit=1", "--steps=8", "--correctors=1:0,1:1", "--gen_length=8",
+         "--block_length=4", "--batch_size=1", f"--output_dir={out}"],
+        env=python_env(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"), cwd=REPO, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.load(open(out / "harness_sweep.json"))
+    assert [(r["corrector_steps"], r["score"]) for r in rows] == [(0, 1.0), (1, 1.0)]
+    assert rows[1]["nfe"] > rows[0]["nfe"] > 0  # the corrector's calls are counted
+    assert (out / "harness_sweep.png").stat().st_size > 0 and "| harness_tiny_gen | 8 |" in proc.stdout
