@@ -66,11 +66,16 @@ def loaded(workdir):
 
 
 @pytest.fixture(scope="module")
-def random_loaded(tmp_path_factory, tokenizer):
+def random_workdir(tmp_path_factory, tokenizer):
     """The tiny LLaDA with its random weights: answers that differ from prompt to prompt."""
     path = str(tmp_path_factory.mktemp("harness") / "random")
     write_workdir(path, llada_config(tokenizer))
-    return load(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_loaded(random_workdir):
+    return load(random_workdir)
 
 
 def request(kind: str, *args, doc_id: int = 0) -> Instance:
@@ -110,6 +115,17 @@ def test_batching_gives_the_answers_of_one_request_at_a_time(random_loaded):
     alone = [single.loglikelihood([r])[0] for r in choices]
     assert len({round(v, 3) for v, _ in together}) == len(choices)
     np.testing.assert_allclose([v for v, _ in together], [v for v, _ in alone], rtol=1e-5)
+
+
+def test_all_local_devices_give_the_answers_of_one(random_workdir, random_loaded):
+    everywhere = inference.load_workdir(random_workdir)  # the mesh of every local device
+    generate = [request("generate_until", c, {"until": ["\n"]}) for c in ("what is the answer", "what is")]
+    choices = [request("loglikelihood", "what is", " " + w) for w in ("seven", "four three")]
+    one, eight = harness.ProsecoLM(random_loaded, **SMALL), harness.ProsecoLM(everywhere, **SMALL)
+    assert len(jax.devices()) == 8 and eight.settings.batch_size == 8  # one row per data shard at least
+    assert eight.generate_until(generate) == one.generate_until(generate)
+    np.testing.assert_allclose([v for v, _ in eight.loglikelihood(choices)],
+                               [v for v, _ in one.loglikelihood(choices)], rtol=1e-5)
 
 
 def test_loglikelihood_is_finite_and_prefers_the_continuation_the_model_predicts(loaded):

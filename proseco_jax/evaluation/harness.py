@@ -45,8 +45,9 @@ UNSUPPORTED = ("proseco_jax does not support: several processes (one host, all i
                "(always False), per-request sampling arguments other than until and max_gen_toks (set them "
                "in model_args), time-conditioned models")
 # LLaDA's benchmark settings, under what model_args give and over the workdir's recorded sampling section.
+# A recorded preset would overwrite steps and the corrector schedule: it applies only when model_args name it.
 LLADA_SAMPLING = {"sampler": "llada_block", "block_length": 32, "remasking": "low_confidence",
-                  "temperature": 0.0}
+                  "temperature": 0.0, "preset": ""}
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(config_base.Sampling))
 
 
