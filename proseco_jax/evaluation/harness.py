@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from tqdm import tqdm
 
 from proseco_jax import config_base, diffusion, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
@@ -181,8 +182,10 @@ class ProsecoLM(LM):
                for context, _ in (r.args for r in requests)]
         texts: list[str] = [""] * len(requests)
         mask_id = self.loaded.config.mask_id
+        progress = tqdm(total=len(requests), desc="generate_until", disable=not requests)
         for jobs, out in prompts.sample_prompts(self.loaded, ids, gen_length=self.gen_length,
                                                 settings=self.settings, seed=self.seed):
+            progress.update(len(jobs))
             for i, job in enumerate(jobs):
                 index = job.prompt
                 kwargs = requests[index].args[1] or {}
@@ -194,6 +197,7 @@ class ProsecoLM(LM):
                 self.nfe_records.append({"task": requests[index].task_name, "doc_id": requests[index].doc_id,
                                          "generated_tokens": len(generated),
                                          **{key: int(out[key][i]) for key in NFE_KEYS}})
+        progress.close()
         self._write_nfe_log()
         return texts
 
@@ -231,13 +235,16 @@ class ProsecoLM(LM):
             rows[len(tokens)] += [Row(index, tokens, m, float(w)) for m, w in zip(masked, weight)]
         totals = np.zeros(len(pairs))
         size = self.settings.batch_size
+        progress = tqdm(total=len(pairs) * self.mc_samples, desc="loglikelihood draws", disable=not pairs)
         for group in rows.values():
             for start in range(0, len(group), size):
                 batch = group[start: start + size]
+                progress.update(len(batch))
                 filler = [dataclasses.replace(batch[-1], weight=0.0)] * (size - len(batch))
                 nll = self._batch_nll(batch + filler)
                 for row, value in zip(batch, nll):
                     totals[row.request] += value
+        progress.close()
         return [float(-total / self.mc_samples) for total in totals]
 
     def _batch_nll(self, batch: Sequence[Row]) -> np.ndarray:
