@@ -82,11 +82,6 @@ def request(kind: str, *args, doc_id: int = 0) -> Instance:
     return Instance(request_type=kind, doc={}, arguments=args, idx=0, metadata=("t", doc_id, 1))
 
 
-def test_truncate_at_stops_cuts_at_the_earliest_stop_string():
-    assert harness.truncate_at_stops("a b\nc d", ["d", "\n", ""]) == "a b"
-    assert harness.truncate_at_stops("abc", ["x"]) == "abc"
-
-
 def test_generate_until_honours_stop_strings_and_max_gen_toks(loaded, workdir):
     stub = dataclasses.replace(loaded, placed=dataclasses.replace(loaded.placed, apply_fn=seven_then_four(8)))
     model = harness.ProsecoLM(stub, **SMALL)

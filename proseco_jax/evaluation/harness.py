@@ -38,6 +38,7 @@ from tqdm import tqdm
 from proseco_jax import config_base, diffusion, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.errors import UsageError
+from proseco_jax.evaluation.code_eval import truncate_at_stop
 from proseco_jax.fileio import NFE_KEYS
 from proseco_jax.inference import LoadedModel
 
@@ -50,12 +51,6 @@ UNSUPPORTED = ("proseco_jax does not support: several processes (one host, all i
 LLADA_SAMPLING = {"sampler": "llada_block", "block_length": 32, "remasking": "low_confidence",
                   "temperature": 0.0, "preset": ""}
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(config_base.Sampling))
-
-
-def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
-    """text up to the first occurrence of any of `stops` (empty strings ignored)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 def harness_settings(recorded: config_base.Sampling, overrides: Mapping[str, Any], gen_length: int,
@@ -193,7 +188,7 @@ class ProsecoLM(LM):
                 until = [until] if isinstance(until, str) else list(until)
                 generated = prompts.completion(out["tokens"][i], len(ids[index]), set(self._stops), mask_id)
                 generated = generated[: int(kwargs.get("max_gen_toks", self.gen_length))]
-                texts[index] = truncate_at_stops(self.tokenizer.decode(generated), until)
+                texts[index] = truncate_at_stop(self.tokenizer.decode(generated), until)
                 self.nfe_records.append({"task": requests[index].task_name, "doc_id": requests[index].doc_id,
                                          "generated_tokens": len(generated),
                                          **{key: int(out[key][i]) for key in NFE_KEYS}})
