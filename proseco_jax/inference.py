@@ -143,8 +143,8 @@ def sample_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Draws samples start..num_samples-1, batch by batch (`settings.batch_size` each).
 
-    Batch k draws with the key fold_in(rng, index of its first sample), so a run resumed at `start` (a
-    multiple of the batch size) continues exactly as the uninterrupted run would have.
+    Sample i is a function of fold_in(rng, i) alone (sampling/loop.py), so a run resumed at any `start`,
+    with any batch size or mesh, draws exactly the samples of the uninterrupted run.
 
     settings: the sampler (default: the loaded config's `sampling` section).
     Yields numpy dicts: tokens [b, L], nfe / predictor_nfe / corrector_nfe / step_nfe [b], history
@@ -159,8 +159,8 @@ def sample_batches(
     sampler = loaded.sampler
     done = start
     while done < num_samples:
-        out = sampler.sample(settings, jax.random.fold_in(rng, done), settings.batch_size, config.data.length,
-                             prompt=prompt, history=history)
+        out = sampler.sample(settings, rng, settings.batch_size, config.data.length, prompt=prompt,
+                             first_index=done, history=history)
         take = min(settings.batch_size, num_samples - done)
         result = {key: to_host(getattr(out, key))[:take] for key in ("tokens", *NFE_KEYS, "step_nfe")}
         if history:

@@ -152,8 +152,8 @@ def sample_prompts(
 ) -> Iterator[tuple[list[PromptJob], dict[str, np.ndarray]]]:
     """Completes each prompt (ids) with `gen_length` generated positions, batch by batch of `prompt_jobs`.
 
-    start: how many jobs (in `prompt_jobs` order) are already done; a run resumed there at a batch boundary
-    draws what the uninterrupted run would have (batch k's key is fold_in(rng, jobs before it)).
+    start: how many jobs (in `prompt_jobs` order) are already done; job i is a function of fold_in(rng, i)
+    alone, so a run resumed at any `start` or batch size draws what the uninterrupted run would have.
     Yields (the batch's jobs, numpy dict: tokens [b, P + G] with the prompt in front, nfe / predictor_nfe /
     corrector_nfe [b]). A batch short of `settings.batch_size` is filled with copies of its last prompt,
     whose samples are dropped, so every batch of one prompt length runs one compiled program.
@@ -170,8 +170,8 @@ def sample_prompts(
             continue
         rows = [prompts[job.prompt] for job in jobs]
         prompt = np.asarray(rows + [rows[-1]] * (settings.batch_size - len(rows)), np.int32)
-        out = sampler.sample(settings, jax.random.fold_in(rng, first), settings.batch_size,
-                             prompt.shape[1] + gen_length, prompt=prompt)
+        out = sampler.sample(settings, rng, settings.batch_size, prompt.shape[1] + gen_length, prompt=prompt,
+                             first_index=first)
         yield jobs, {key: to_host(getattr(out, key))[: len(jobs)] for key in ("tokens", *NFE_KEYS)}
         first += len(jobs)
 
