@@ -34,6 +34,25 @@ def test_overrides_without_a_config_file_apply_to_the_recorded_config(tiny_train
     assert not (tmp_path / "g.jsonl").exists()
 
 
+def test_a_file_cut_mid_line_and_mid_batch_resumes_to_the_bytes_of_an_uninterrupted_run(
+        tiny_trained_workdir, tmp_path):
+    whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
+    settings = ("--num_samples=10", "--config.sampling.steps=4", "--config.sampling.corrector_steps=2",
+                "--config.sampling.corrector_rule=sample")
+    proc = run_sample(tiny_trained_workdir, str(whole), *settings)  # batches of 4 on 2 devices
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = whole.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 10 and len(set(lines)) > 1
+    # A kill during a write: one batch and a sample into the next whole, half of the sixth line written.
+    part.write_bytes(b"".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    workdir, _, overrides = tiny_trained_workdir
+    proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={workdir}", f"--output={part}",
+                      *overrides, *settings, "--config.sampling.batch_size=3", devices=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sampling 5 of 10 samples" in proc.stdout
+    assert part.read_bytes() == whole.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_trained_workdir):
     workdir, _, overrides = tiny_trained_workdir
