@@ -68,13 +68,18 @@ def parse_prompt(text: str) -> np.ndarray | None:
         raise UsageError(f"--prompt_ids must be comma-separated integer token ids, got {text!r}") from None
 
 
+def text_prompts_given() -> bool:
+    """--prompt or --prompt_file was passed, even empty (an empty prompt is refused, not sampled without)."""
+    return flags.FLAGS["prompt"].present or flags.FLAGS["prompt_file"].present
+
+
 def prompt_records() -> list[dict]:
     """The text prompts of --prompt or --prompt_file (never both)."""
-    if _PROMPT.value and _PROMPT_FILE.value:
+    if flags.FLAGS["prompt"].present and flags.FLAGS["prompt_file"].present:
         raise UsageError("give --prompt or --prompt_file, not both")
     if _PROMPT_IDS.value:
         raise UsageError("--prompt_ids (token ids) and text prompts exclude each other")
-    if _PROMPT.value:
+    if flags.FLAGS["prompt"].present:
         return [{"prompt": _PROMPT.value}]
     return samples_io.read_prompts(_PROMPT_FILE.value)
 
@@ -108,8 +113,11 @@ def sample_unconditional(config, output: str, primary: bool, say) -> None:
         return inference.sample_records(batches, inference.text_decoder(config, warn=say),
                                         label=settings.guidance_label)
 
+    def check(sampler) -> None:
+        sampler.check(settings, settings.batch_size, config.data.length, prompt=prompt)
+
     inference.write_samples(config, _WORKDIR.value, output, total=total, draw=draw, describe=describe,
-                            resume=_RESUME.value, primary=primary, say=say)
+                            resume=_RESUME.value, primary=primary, check=check, say=say)
 
 
 def main(argv):
@@ -119,7 +127,7 @@ def main(argv):
     primary = jax.process_index() == 0  # With several processes, process 0 alone writes and reports.
     say = print if primary else (lambda *args, **kwargs: None)
     config = cli.sampling_config(_CONFIG, _WORKDIR.value)
-    if _PROMPT.value or _PROMPT_FILE.value:
+    if text_prompts_given():
         sample_text(config, _OUTPUT.value, primary, say)
         return
     if _CHAT.value or _TOKENIZER.value or _GEN_LENGTH.value:

@@ -191,21 +191,30 @@ def write_samples(config: Config, workdir: str, path: str, *, total: int,
                   draw: Callable[[LoadedModel, int], Iterable[list[dict[str, Any]]]],
                   describe: Callable[[LoadedModel, int], str], resume: bool, primary: bool = True,
                   check_written: Callable[[list[dict[str, Any]], str], None] | None = None,
+                  check: Callable[[Sampler], None] | None = None,
                   say: Callable[..., None] = print) -> bool:
     """Writes `total` samples of the model of `workdir` into the JSONL `path`, appending each batch of
     records that `draw(loaded, done)` yields after the `done` samples the file already holds (checked by
     `check_written(records, path)` when given) unless `resume` is False; process 0 alone writes, after
-    saying `describe(loaded, samples left)`. The model is loaded only when something is left to draw.
+    saying `describe(loaded, samples left)`. The model is loaded only when something is left to draw, and
+    the file is created or changed only once the model loaded and `check(sampler)` (when given: e.g.
+    `Sampler.check` of the draws to come) found nothing wrong.
     Returns whether the file then holds every sample (False: a signal stopped it after a whole batch; a
     rerun continues)."""
-    done = samples_io.prepare_output(path, resume=resume) if primary else 0
-    if primary and done and check_written is not None:
-        check_written(samples_io.read_jsonl(path), path)
-    done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
+    held = samples_io.held_samples(path) if primary and resume else []
+    if held and check_written is not None:
+        check_written(held, path)
+    done = stopping.agreed_value(len(held))  # Every process draws the same remaining samples.
     if done >= total:
+        if primary:
+            samples_io.prepare_output(path, resume=True)  # Cuts a torn last line.
         say(f"{path} already holds {done} samples (asked for {total}); nothing to do", flush=True)
         return True
     loaded = load_model(config, workdir)
+    if check is not None:
+        check(loaded.sampler)
+    if primary:
+        samples_io.prepare_output(path, resume=resume)
     say(describe(loaded, total - done), flush=True)
     done = samples_io.write_batches(draw(loaded, done), path, done=done, total=total, step=loaded.step,
                                     primary=primary, say=say)

@@ -76,13 +76,17 @@ def test_sample_binary_writes_the_jsonl_contract(tiny_trained_workdir, tmp_path)
     assert not os.path.exists(str(output) + ".partial")
 
 
-def test_sample_binary_reports_bad_input_in_one_line(tiny_trained_workdir, tmp_path):
-    assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt_ids=1,99"), "99")
+def test_sample_binary_reports_bad_input_in_one_line_before_it_creates_the_output(tiny_trained_workdir,
+                                                                                  tmp_path):
+    output = tmp_path / "s.jsonl"
+    assert_usage_error(run_sample(tiny_trained_workdir, str(output), "--prompt_ids=1,99"), "99")
+    assert_usage_error(run_sample(tiny_trained_workdir, str(output), "--config.sampling.sampler=llada_block",
+                                  "--config.sampling.block_length=5"), "not whole blocks")
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = usage_error("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
-                       f"--output={tmp_path / 's.jsonl'}")
+    proc = usage_error("sample.py", f"--config={CONFIG}", f"--workdir={empty}", f"--output={output}")
     assert_usage_error(proc, "no checkpoint")
+    assert not output.exists()
 
 
 SAMPLERS = {

@@ -365,8 +365,8 @@ BAD_INFILL_TOKENS[0, 7] = V  # the mask id is not a real token
     (PROSECO, dict(infill=(INFILL_TOKENS[:, :4], INFILL_KEEP)), "infill tokens must have shape"),
     (Sampling(sampler="confidence", steps=L + 1), {}, "exceeds"),
     (Sampling(sampler="llada_block", steps=8, block_length=4), dict(prompt=np.array([1, 2, 3])),
-     "must divide"),
-    (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
+     "13 generated positions are not whole blocks of sampling.block_length=4"),
+    (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "steps=6 is not a multiple of the 4 "),
     (Sampling(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
 ])
 def test_bad_inputs_raise_value_error(settings, kwargs, match):

@@ -78,6 +78,13 @@ class Sampler:
             return loop.run(self.apply_fn, plan, self.params, rng, inputs, first_index=first_index,
                             history=history, host_loop=host_loop)
 
+    def check(self, settings: Sampling, batch_size: int, length: int, *, prompt: Any = None,
+              infill: tuple[Any, Any] | None = None) -> None:
+        """Raises the SamplingError (one line) that `sample` with these arguments would raise, compiling
+        and drawing nothing: a caller checks its inputs before it writes anything."""
+        with self._context(settings):
+            self.plan(settings, batch_size, length, Inputs(prompt=prompt, infill=infill))
+
     def lower(self, settings: Sampling, rng: Any, batch_size: int, length: int) -> jax.stages.Lowered:
         """The program `sample` runs without prompt or infill, lowered for this sampler's params and rng
         as given (abstract ShapeDtypeStructs with shardings are enough), to compile ahead of time."""
