@@ -498,5 +498,7 @@ def lower(apply_fn: ApplyFn, plan: Plan, params: Any, rng: Any) -> jax.stages.Lo
     """The program `run` runs (without prompt, infill or history), lowered for abstract params and rng
     (ShapeDtypeStructs with shardings), so that it compiles ahead of time for a target that need not be
     attached (`proseco_jax/aot.py`)."""
-    return _sample_jit.lower(rng, jnp.zeros((), jnp.int32), NO_INPUTS, params, apply_fn=apply_fn, plan=plan,
+    # Abstract too, laid out as rng: nothing may run on the devices of a target that is not attached.
+    first_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=getattr(rng, "sharding", None))
+    return _sample_jit.lower(rng, first_index, NO_INPUTS, params, apply_fn=apply_fn, plan=plan,
                              return_history=False)
