@@ -10,8 +10,10 @@ Text prompts (LLaDA-style models with a Hugging Face tokenizer):
 
 --prompt_file holds one prompt per line, or JSONL objects with `prompt` (text) or `messages` (chat
 messages); their other fields (e.g. `task_id`) are copied into the samples. --chat applies the tokenizer's
-chat template. Each prompt keeps its tokens and is followed by --gen_length generated positions (0: what
-the longest prompt leaves of data.length); the block sampler stops at the tokenizer's EOS. Each record adds
+chat template (the tokenizer must have one). Each prompt keeps its tokens and is followed by --gen_length
+generated positions (0: the most that the longest prompt leaves of data.length and the sampler can fill:
+for the block sampler, whole blocks whose number divides sampling.steps); the block sampler stops at the
+tokenizer's EOS. Each record adds
 `prompt_index`, `sample_index`, `prompt_length`, `completion_ids` (generated ids before EOS / end of turn)
 and `text` (the completion alone) to `tokens` (prompt included) and the NFE counts.
 
@@ -46,13 +48,14 @@ _PROMPT_IDS = flags.DEFINE_string("prompt_ids", "", "Comma-separated token ids o
 _PROMPT = flags.DEFINE_string("prompt", "", "A text prompt (needs the model's tokenizer).")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", "", "Text prompts: one per line, or JSONL with 'prompt' or "
                                    "'messages'.")
-_CHAT = flags.DEFINE_bool("chat", False, "Apply the tokenizer's chat template to text prompts (else BOS + "
-                          "text).")
+_CHAT = flags.DEFINE_bool("chat", False, "Apply the tokenizer's chat template (it must have one) to text "
+                          "prompts (else BOS + text).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "Hugging Face tokenizer directory (or hub id) of text "
                                  "prompts (default: data.tokenizer_path, or the workdir when it holds "
                                  "tokenizer.json).")
 _GEN_LENGTH = flags.DEFINE_integer("gen_length", 0, "Text prompts: positions generated after each prompt (0: "
-                                   "what the longest prompt leaves of data.length).", lower_bound=0)
+                                   "the most that the longest prompt leaves of data.length and the sampler "
+                                   "can fill).", lower_bound=0)
 _STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "Text prompts: the block sampler stops at the "
                                  "tokenizer's EOS when sampling.eos_id is -1.")
 _DISTRIBUTED = cli.DistributedFlags()
@@ -68,13 +71,18 @@ def parse_prompt(text: str) -> np.ndarray | None:
         raise UsageError(f"--prompt_ids must be comma-separated integer token ids, got {text!r}") from None
 
 
+def text_prompts_given() -> bool:
+    """--prompt or --prompt_file was passed, even empty (an empty prompt is refused, not sampled without)."""
+    return flags.FLAGS["prompt"].present or flags.FLAGS["prompt_file"].present
+
+
 def prompt_records() -> list[dict]:
     """The text prompts of --prompt or --prompt_file (never both)."""
-    if _PROMPT.value and _PROMPT_FILE.value:
+    if flags.FLAGS["prompt"].present and flags.FLAGS["prompt_file"].present:
         raise UsageError("give --prompt or --prompt_file, not both")
     if _PROMPT_IDS.value:
         raise UsageError("--prompt_ids (token ids) and text prompts exclude each other")
-    if _PROMPT.value:
+    if flags.FLAGS["prompt"].present:
         return [{"prompt": _PROMPT.value}]
     return samples_io.read_prompts(_PROMPT_FILE.value)
 
@@ -108,8 +116,11 @@ def sample_unconditional(config, output: str, primary: bool, say) -> None:
         return inference.sample_records(batches, inference.text_decoder(config, warn=say),
                                         label=settings.guidance_label)
 
+    def check(sampler) -> None:
+        sampler.check(settings, settings.batch_size, config.data.length, prompt=prompt)
+
     inference.write_samples(config, _WORKDIR.value, output, total=total, draw=draw, describe=describe,
-                            resume=_RESUME.value, primary=primary, say=say)
+                            resume=_RESUME.value, primary=primary, check=check, say=say)
 
 
 def main(argv):
@@ -119,7 +130,7 @@ def main(argv):
     primary = jax.process_index() == 0  # With several processes, process 0 alone writes and reports.
     say = print if primary else (lambda *args, **kwargs: None)
     config = cli.sampling_config(_CONFIG, _WORKDIR.value)
-    if _PROMPT.value or _PROMPT_FILE.value:
+    if text_prompts_given():
         sample_text(config, _OUTPUT.value, primary, say)
         return
     if _CHAT.value or _TOKENIZER.value or _GEN_LENGTH.value:

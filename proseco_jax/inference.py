@@ -143,8 +143,8 @@ def sample_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Draws samples start..num_samples-1, batch by batch (`settings.batch_size` each).
 
-    Batch k draws with the key fold_in(rng, index of its first sample), so a run resumed at `start` (a
-    multiple of the batch size) continues exactly as the uninterrupted run would have.
+    Sample i is a function of fold_in(rng, i) alone (sampling/loop.py), so a run resumed at any `start`,
+    with any batch size or mesh, draws exactly the samples of the uninterrupted run.
 
     settings: the sampler (default: the loaded config's `sampling` section).
     Yields numpy dicts: tokens [b, L], nfe / predictor_nfe / corrector_nfe / step_nfe [b], history
@@ -159,8 +159,8 @@ def sample_batches(
     sampler = loaded.sampler
     done = start
     while done < num_samples:
-        out = sampler.sample(settings, jax.random.fold_in(rng, done), settings.batch_size, config.data.length,
-                             prompt=prompt, history=history)
+        out = sampler.sample(settings, rng, settings.batch_size, config.data.length, prompt=prompt,
+                             first_index=done, history=history)
         take = min(settings.batch_size, num_samples - done)
         result = {key: to_host(getattr(out, key))[:take] for key in ("tokens", *NFE_KEYS, "step_nfe")}
         if history:
@@ -191,21 +191,30 @@ def write_samples(config: Config, workdir: str, path: str, *, total: int,
                   draw: Callable[[LoadedModel, int], Iterable[list[dict[str, Any]]]],
                   describe: Callable[[LoadedModel, int], str], resume: bool, primary: bool = True,
                   check_written: Callable[[list[dict[str, Any]], str], None] | None = None,
+                  check: Callable[[Sampler], None] | None = None,
                   say: Callable[..., None] = print) -> bool:
     """Writes `total` samples of the model of `workdir` into the JSONL `path`, appending each batch of
     records that `draw(loaded, done)` yields after the `done` samples the file already holds (checked by
     `check_written(records, path)` when given) unless `resume` is False; process 0 alone writes, after
-    saying `describe(loaded, samples left)`. The model is loaded only when something is left to draw.
+    saying `describe(loaded, samples left)`. The model is loaded only when something is left to draw, and
+    the file is created or changed only once the model loaded and `check(sampler)` (when given: e.g.
+    `Sampler.check` of the draws to come) found nothing wrong.
     Returns whether the file then holds every sample (False: a signal stopped it after a whole batch; a
     rerun continues)."""
-    done = samples_io.prepare_output(path, resume=resume) if primary else 0
-    if primary and done and check_written is not None:
-        check_written(samples_io.read_jsonl(path), path)
-    done = stopping.agreed_value(done)  # Every process draws the same remaining samples.
+    held = samples_io.held_samples(path) if primary and resume else []
+    if held and check_written is not None:
+        check_written(held, path)
+    done = stopping.agreed_value(len(held))  # Every process draws the same remaining samples.
     if done >= total:
+        if primary:
+            samples_io.prepare_output(path, resume=True)  # Cuts a torn last line.
         say(f"{path} already holds {done} samples (asked for {total}); nothing to do", flush=True)
         return True
     loaded = load_model(config, workdir)
+    if check is not None:
+        check(loaded.sampler)
+    if primary:
+        samples_io.prepare_output(path, resume=resume)
     say(describe(loaded, total - done), flush=True)
     done = samples_io.write_batches(draw(loaded, done), path, done=done, total=total, step=loaded.step,
                                     primary=primary, say=say)

@@ -24,6 +24,8 @@ from proseco_jax.data.chat import TOKENIZER_JSON, ChatTokenizer
 from proseco_jax.errors import UsageError
 from proseco_jax.fileio import NFE_KEYS
 from proseco_jax.inference import LoadedModel, to_host, write_samples
+from proseco_jax.sampling import Sampler
+from proseco_jax.sampling.settings import geometry_problem
 
 
 def chat_tokenizer(config: Config, workdir: str = "", path: str = ""):
@@ -47,9 +49,18 @@ Prompt = str | Sequence[Mapping[str, Any]]  # a text, or chat messages [{role, c
 
 def encode_prompts(tokenizer, prompts: Sequence[Prompt], *, chat: bool) -> list[list[int]]:
     """The ids of each prompt: with `chat`, its chat template applied with the generation prompt (a text
-    is one user message); without, BOS (when the tokenizer has one) and the text (messages are an error)."""
+    is one user message); without, BOS (when the tokenizer has one) and the text (messages are an error).
+    UsageError (one line) for a prompt whose text has no tokens, and for `chat` with a tokenizer that has
+    no chat template."""
+    if chat and not tokenizer.has_template:
+        raise UsageError(f"--chat needs a chat template, and the tokenizer {tokenizer.origin} has none (no "
+                         "chat_template in tokenizer_config.json, no chat_template.jinja): drop --chat to "
+                         "prompt with the text as it is")
     out = []
     for i, prompt in enumerate(prompts):
+        texts = [prompt] if isinstance(prompt, str) else [str(m.get("content", "")) for m in prompt]
+        if not any(tokenizer.encode(text) for text in texts):
+            raise UsageError(f"prompt {i} ({str(prompt)[:40]!r}) has no tokens: give the text to complete")
         if chat:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
             out.append(tokenizer.prompt_ids(messages, add_generation_prompt=True))
@@ -63,9 +74,10 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], *, chat: bool) -> list[
 
 def generation_length(config: Config, settings: config_base.Sampling, prompts: Sequence[Sequence[int]],
                       gen_length: int = 0) -> int:
-    """G, the positions generated after every prompt: `gen_length`, or (0) what the longest prompt leaves of
-    the sequence (data.length), rounded down to whole blocks for the block sampler. UsageError (one line)
-    when a prompt leaves no room."""
+    """G, the positions generated after every prompt: `gen_length`, or (0) the most that the longest prompt
+    leaves of the sequence (data.length) and the sampler can fill: for the block sampler, whole blocks
+    whose number divides sampling.steps, at least one position per step (`settings.geometry_problem`).
+    UsageError (one line) stating the rule that a prompt or G breaks."""
     length = config.data.length
     if not prompts:
         raise UsageError("no prompts to sample")
@@ -73,14 +85,26 @@ def generation_length(config: Config, settings: config_base.Sampling, prompts: S
     size = len(prompts[longest])
     if size == 0:
         raise UsageError(f"prompt {longest} is empty")
-    block = settings.block_length if settings.kind.blocked else 1
-    generated = gen_length if gen_length > 0 else (length - size) // block * block
-    if size + max(generated, 1) > length:
+    room = length - size
+    block = settings.block_length if settings.kind.blocked else None
+    if gen_length > 0:
+        generated = gen_length
+    else:
+        fits = [n for n in range(room, 0, -1) if not geometry_problem(settings, n, block_length=block)]
+        generated = fits[0] if fits else room
+    if generated > room or room < 1:
         raise UsageError(f"prompt {longest} has {size} tokens: with {max(generated, 1)} generated it is "
                          f"longer than the sequence (data.length={length})")
-    if generated < block:
-        raise UsageError(f"prompt {longest} has {size} tokens and leaves {length - size} positions of the "
-                         f"sequence (data.length={length}), less than one block of {block}")
+    problem = geometry_problem(settings, generated, block_length=block)
+    if problem and gen_length > 0:
+        raise UsageError(f"--gen_length={gen_length}: {problem}")
+    if problem:
+        rule = (f"whole blocks of sampling.block_length={block} whose number divides sampling.steps="
+                f"{settings.steps}, " if block else "")
+        raise UsageError(f"prompt {longest} has {size} tokens and leaves {room} positions of the sequence "
+                         f"(data.length={length}); the {settings.sampler!r} sampler generates {rule}at least "
+                         f"one position per step (sampling.steps={settings.steps}), which {room} positions "
+                         "cannot hold: lower sampling.steps or pass --gen_length")
     return generated
 
 
@@ -152,8 +176,8 @@ def sample_prompts(
 ) -> Iterator[tuple[list[PromptJob], dict[str, np.ndarray]]]:
     """Completes each prompt (ids) with `gen_length` generated positions, batch by batch of `prompt_jobs`.
 
-    start: how many jobs (in `prompt_jobs` order) are already done; a run resumed there at a batch boundary
-    draws what the uninterrupted run would have (batch k's key is fold_in(rng, jobs before it)).
+    start: how many jobs (in `prompt_jobs` order) are already done; job i is a function of fold_in(rng, i)
+    alone, so a run resumed at any `start` or batch size draws what the uninterrupted run would have.
     Yields (the batch's jobs, numpy dict: tokens [b, P + G] with the prompt in front, nfe / predictor_nfe /
     corrector_nfe [b]). A batch short of `settings.batch_size` is filled with copies of its last prompt,
     whose samples are dropped, so every batch of one prompt length runs one compiled program.
@@ -170,8 +194,8 @@ def sample_prompts(
             continue
         rows = [prompts[job.prompt] for job in jobs]
         prompt = np.asarray(rows + [rows[-1]] * (settings.batch_size - len(rows)), np.int32)
-        out = sampler.sample(settings, jax.random.fold_in(rng, first), settings.batch_size,
-                             prompt.shape[1] + gen_length, prompt=prompt)
+        out = sampler.sample(settings, rng, settings.batch_size, prompt.shape[1] + gen_length, prompt=prompt,
+                             first_index=first)
         yield jobs, {key: to_host(getattr(out, key))[: len(jobs)] for key in ("tokens", *NFE_KEYS)}
         first += len(jobs)
 
@@ -191,6 +215,12 @@ class PromptRun:
         """Every sample in the order they are drawn and written."""
         return [job for batch in prompt_jobs(self.ids, self.samples_per_prompt, self.settings.batch_size)
                 for job in batch]
+
+    def check_sampler(self, sampler: Sampler) -> None:
+        """The SamplingError (one line) that drawing some prompt of this run with `sampler` would raise."""
+        for ids in self.ids:
+            sampler.check(self.settings, self.settings.batch_size, len(ids) + self.gen_length,
+                          prompt=np.asarray(ids, np.int32))
 
     def check_written(self, records: Sequence[Mapping[str, Any]], path: str) -> None:
         """UsageError unless `records` (a samples file being resumed) are this run's first samples."""
@@ -254,4 +284,4 @@ def write_completions(config: Config, workdir: str, tokenizer, run: PromptRun, p
     return write_samples(config, workdir, path, total=len(run.ids) * run.samples_per_prompt,
                          draw=lambda loaded, done: complete_prompts(loaded, tokenizer, run, start=done),
                          describe=describe, resume=resume, primary=primary, check_written=run.check_written,
-                         say=say)
+                         check=run.check_sampler, say=say)

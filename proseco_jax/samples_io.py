@@ -42,23 +42,33 @@ def read_jsonl(path: str) -> list[Record]:
         raise UsageError(f"{path} is a directory, not a samples file")
     if not os.path.isfile(path):
         raise UsageError(f"samples file not found: {path}")
-    records = []
+    return _parse_jsonl(_read_bytes(path), path)
+
+
+def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{path} line {number} is not JSON: {e.msg}") from None
-                if not isinstance(record, dict):
-                    raise UsageError(f"{path} line {number} is not a JSON object")
-                records.append(record)
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text (a samples file is JSON Lines)") from None
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _parse_jsonl(data: bytes, path: str) -> list[Record]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text (a samples file is JSON Lines)") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):  # JSON Lines break at \n alone
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} line {number} is not JSON: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{path} line {number} is not a JSON object")
+        records.append(record)
     return records
 
 
@@ -97,6 +107,22 @@ def nfe_columns(records: Sequence[Record]) -> dict[str, list[Any]]:
     return {key: [r.get(key) for r in records] for key in fileio.NFE_KEYS}
 
 
+def held_samples(path: str) -> list[Record]:
+    """The samples the whole lines of an output file hold (a torn last line of an interrupted write left
+    out), read without changing anything: [] when there is no file. UsageError unless they are samples
+    (objects with 'tokens')."""
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a directory; give a file name")
+    if not os.path.isfile(path):
+        return []
+    data = _read_bytes(path)
+    records = _parse_jsonl(data[: data.rfind(b"\n") + 1], path)
+    for number, record in enumerate(records, 1):
+        if "tokens" not in record:
+            raise UsageError(f"output {path} line {number} is not a sample; use --noresume to overwrite it")
+    return records
+
+
 def prepare_output(path: str, *, resume: bool) -> int:
     """Makes `path` ready to append to; returns how many whole samples it already holds.
 
@@ -107,16 +133,11 @@ def prepare_output(path: str, *, resume: bool) -> int:
     if not resume:
         open(path, "w").close()
         return 0
-    with open(path, "rb") as f:
-        data = f.read()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) != len(data):
+    records = held_samples(path)
+    whole = _read_bytes(path).rfind(b"\n") + 1
+    if os.path.getsize(path) != whole:
         with open(path, "r+b") as f:
-            f.truncate(len(whole))
-    records = read_jsonl(path)
-    for number, record in enumerate(records, 1):
-        if "tokens" not in record:
-            raise UsageError(f"output {path} line {number} is not a sample; use --noresume to overwrite it")
+            f.truncate(whole)
     return len(records)
 
 

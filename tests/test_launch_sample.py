@@ -34,6 +34,25 @@ def test_overrides_without_a_config_file_apply_to_the_recorded_config(tiny_train
     assert not (tmp_path / "g.jsonl").exists()
 
 
+def test_a_file_cut_mid_line_and_mid_batch_resumes_to_the_bytes_of_an_uninterrupted_run(
+        tiny_trained_workdir, tmp_path):
+    whole, part = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
+    settings = ("--num_samples=10", "--config.sampling.steps=4", "--config.sampling.corrector_steps=2",
+                "--config.sampling.corrector_rule=sample")
+    proc = run_sample(tiny_trained_workdir, str(whole), *settings)  # batches of 4 on 2 devices
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = whole.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 10 and len(set(lines)) > 1
+    # A kill during a write: one batch and a sample into the next whole, half of the sixth line written.
+    part.write_bytes(b"".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    workdir, _, overrides = tiny_trained_workdir
+    proc = run_binary("sample.py", f"--config={CONFIG}", f"--workdir={workdir}", f"--output={part}",
+                      *overrides, *settings, "--config.sampling.batch_size=3", devices=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sampling 5 of 10 samples" in proc.stdout
+    assert part.read_bytes() == whole.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def loaded(tiny_trained_workdir):
     workdir, _, overrides = tiny_trained_workdir
@@ -57,13 +76,17 @@ def test_sample_binary_writes_the_jsonl_contract(tiny_trained_workdir, tmp_path)
     assert not os.path.exists(str(output) + ".partial")
 
 
-def test_sample_binary_reports_bad_input_in_one_line(tiny_trained_workdir, tmp_path):
-    assert_usage_error(run_sample(tiny_trained_workdir, str(tmp_path / "s.jsonl"), "--prompt_ids=1,99"), "99")
+def test_sample_binary_reports_bad_input_in_one_line_before_it_creates_the_output(tiny_trained_workdir,
+                                                                                  tmp_path):
+    output = tmp_path / "s.jsonl"
+    assert_usage_error(run_sample(tiny_trained_workdir, str(output), "--prompt_ids=1,99"), "99")
+    assert_usage_error(run_sample(tiny_trained_workdir, str(output), "--config.sampling.sampler=llada_block",
+                                  "--config.sampling.block_length=5"), "not whole blocks")
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = usage_error("sample.py", f"--config={CONFIG}", f"--workdir={empty}",
-                       f"--output={tmp_path / 's.jsonl'}")
+    proc = usage_error("sample.py", f"--config={CONFIG}", f"--workdir={empty}", f"--output={output}")
     assert_usage_error(proc, "no checkpoint")
+    assert not output.exists()
 
 
 SAMPLERS = {

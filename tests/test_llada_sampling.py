@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, assert_usage_error, run_binary, usage_error
+from test_sft_train import write_tokenizer as write_sft_tokenizer
 
 from proseco_jax import checkpoint, config_base, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
@@ -25,8 +26,9 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role
             "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 
 
-def write_tokenizer(directory: str) -> str:
-    """A word-level tokenizer.json of ids [0, 44) (filler words up to BOS) and its tokenizer_config.json."""
+def write_tokenizer(directory: str, template: str | None = TEMPLATE) -> str:
+    """A word-level tokenizer.json of ids [0, 44) (filler words up to BOS) and its tokenizer_config.json
+    (with `template` as its chat template, none when None)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
     vocab = {word: i for i, word in enumerate(WORDS)}
@@ -39,9 +41,11 @@ def write_tokenizer(directory: str) -> str:
     tokenizer.add_special_tokens([AddedToken(token, special=True) for token in specials])
     os.makedirs(directory, exist_ok=True)
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    config = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    if template is not None:
+        config["chat_template"] = template
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                   "chat_template": TEMPLATE}, f)
+        json.dump(config, f)
     return directory
 
 
@@ -122,13 +126,49 @@ def test_chat_prompts_keep_their_tokens_and_generation_stops_at_eos(eos_workdir,
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-2000:]
 
 
-def test_bad_text_prompts_are_one_line_usage_errors(eos_workdir, tmp_path):
-    output = f"--output={tmp_path / 's.jsonl'}"
+def test_bad_text_prompts_are_one_line_usage_errors_that_leave_no_output(eos_workdir, tmp_path):
+    output = tmp_path / "s.jsonl"
     long_prompt = " ".join(["what"] * LENGTH)
-    assert_usage_error(run_binary("sample.py", f"--workdir={eos_workdir}", output, f"--prompt={long_prompt}"),
-                       "longer than the sequence")
-    assert_usage_error(usage_error("sample.py", f"--workdir={eos_workdir}", output,
-                                   f"--prompt_file={tmp_path / 'missing.txt'}"), "prompt file not found")
+    assert_usage_error(run_binary("sample.py", f"--workdir={eos_workdir}", f"--output={output}",
+                                  f"--prompt={long_prompt}"), "longer than the sequence")
+    assert not output.exists()
+    bare = write_tokenizer(str(tmp_path / "bare"), template=None)
+    prompt_file = tmp_path / "blank.jsonl"
+    prompt_file.write_text(json.dumps({"prompt": " "}) + "\n")
+    for args, message in [
+        ((f"--prompt_file={tmp_path / 'missing.txt'}",), "prompt file not found"),
+        (("--prompt=",), "prompt 0 ('') has no tokens"),
+        ((f"--prompt_file={prompt_file}",), "prompt 0 (' ') has no tokens"),
+        # The real rule: the block sampler (block_length=4 here) generates whole blocks.
+        (("--prompt=what is seven", "--gen_length=7"), "7 generated positions are not whole blocks of "
+         "sampling.block_length=4"),
+        (("--prompt=what is seven", "--gen_length=8", "--config.sampling.steps=3"),
+         "steps=3 is not a multiple of the 2 blocks"),
+        (("--prompt=what is seven", "--chat", f"--tokenizer={bare}"), "--chat needs a chat template"),
+    ]:
+        assert_usage_error(usage_error("sample.py", f"--workdir={eos_workdir}", f"--output={output}", *args),
+                           message)
+        assert not output.exists(), args
+
+
+def test_a_text_prompt_with_default_flags_writes_its_completion(tmp_path):
+    """The tiny LLaDA fine-tuning config (data.length 64, blocks of 16, 32 steps) and its byte-level
+    tokenizer: the longest generation that the default steps divide into whole blocks is 2 blocks."""
+    tokenizer = write_sft_tokenizer(str(tmp_path / "tokenizer"))
+    spec = importlib.util.spec_from_file_location("llada_tiny_sft", os.path.join(REPO, "configs",
+                                                                                "llada_tiny_sft.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.files, config.data.tokenizer_path = str(tmp_path / "*.jsonl"), tokenizer
+    workdir, output = str(tmp_path / "work"), tmp_path / "answer.jsonl"
+    write_workdir(workdir, config_base.resolve(config))
+    proc = run_binary("sample.py", f"--workdir={workdir}", f"--output={output}", "--prompt=rev abcde")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["prompt"] == "rev abcde" and row["prompt_length"] == len("rev abcde") + 1  # BOS + bytes
+    assert len(row["tokens"]) == row["prompt_length"] + 32
+    assert row["text"] == ChatTokenizer.load(tokenizer).decode(row["completion_ids"])
 
 
 def stub(position_of_eos: int, word: int):

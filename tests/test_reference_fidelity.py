@@ -145,11 +145,12 @@ def test_confidence_threshold_commits_every_sure_proposal_and_random_remasking_i
     tokens = jnp.full((1, 6), V, jnp.int32)
     fixed = jnp.zeros((1, 6), bool)
     ctx = _ctx(6).replace(steps_left_in_block=jnp.asarray(6))
-    plain, _ = ConfidenceOrdered(V, temperature=0.0)(jax.random.key(0), tokens, logp, tokens, fixed, ctx)
+    keys = jax.random.split(jax.random.key(0), 1)  # one key per sample
+    plain, _ = ConfidenceOrdered(V, temperature=0.0)(keys, tokens, logp, tokens, fixed, ctx)
     assert int(jnp.sum(plain != V)) == 1  # the even split: 6 masked over 6 steps
-    eager, _ = ConfidenceOrdered(V, temperature=0.0, threshold=0.9)(jax.random.key(0), tokens, logp, tokens,
-                                                                      fixed, ctx)
+    eager, _ = ConfidenceOrdered(V, temperature=0.0, threshold=0.9)(keys, tokens, logp, tokens, fixed, ctx)
     assert np.asarray(eager != V).tolist() == [[True] * 4 + [False] * 2]
     picks = {int(jnp.argmax(ConfidenceOrdered(V, 0.0, remasking="random")(
-        jax.random.key(seed), tokens, logp, tokens, fixed, ctx)[0] != V)) for seed in range(12)}
+        jax.random.split(jax.random.key(seed), 1), tokens, logp, tokens, fixed, ctx)[0] != V))
+        for seed in range(12)}
     assert len(picks) > 1  # random order, not always the most confident position

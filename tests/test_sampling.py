@@ -24,6 +24,7 @@ V, L, B = 8, 16, 8  # real tokens (mask id = V), length, batch
 MASK = V
 SCHEDULE = Schedule()
 RNG = jax.random.PRNGKey(0)
+ROW_KEYS = ops.sample_keys(RNG, 0, B)  # a strategy draws row b from key b
 _TABLE = jnp.asarray(np.random.default_rng(0).normal(size=(3, L, V + 1, V + 1)).astype(np.float32) * 2.0)
 
 
@@ -167,6 +168,27 @@ def test_host_loop_gives_the_same_tokens_and_nfe_as_the_scan_for_proseco_with_s2
     assert int(out.model_calls) == int(conditioned.model_calls)
 
 
+@pytest.mark.parametrize("settings", [
+    Sampling(sampler="proseco", steps=6, corrector_steps=2, corrector_rule="sample", corrector_prior="sample",
+             nucleus_p=0.9),
+    Sampling(sampler="remdm", steps=6, remdm_strategy="conf", remdm_eta=0.5),
+    Sampling(sampler="confidence", steps=6, remasking="random", corrector_steps=1),
+    Sampling(sampler="llada_block", steps=6, block_length=BLOCK_LEN + 1, corrector_steps=1, temperature=1.0),
+], ids=lambda s: s.sampler)
+def test_a_sample_depends_on_its_index_not_on_its_batch_or_the_host_loop(settings):
+    # Prompt of 3: the block sampler's generated region of 13 is not whole blocks of 5, so pad it to 18.
+    length = L + 2 if settings.kind.blocked else L
+    whole = run(settings, length=length, prompt=PROMPT)
+    assert len({tuple(row) for row in np.asarray(whole.tokens).tolist()}) > 1, "rows alike: proves little"
+    halves = [run(settings, length=length, prompt=PROMPT, batch_size=4, first_index=i) for i in (0, 4)]
+    tail = run(settings, length=length, prompt=PROMPT, batch_size=2, first_index=6, host_loop=True)
+    for name in ("tokens", "predictor_nfe", "corrector_nfe"):
+        joined = np.concatenate([getattr(half, name) for half in halves])
+        np.testing.assert_array_equal(joined, getattr(whole, name))
+        np.testing.assert_array_equal(getattr(tail, name), getattr(whole, name)[6:])
+    np.testing.assert_array_equal(tail.history, np.asarray(whole.history)[:, 6:])
+
+
 def test_second_call_reuses_the_compiled_program(conditioned):
     size = _sample_jit._cache_size()
     again = run(PROSECO, **CONDITIONS)
@@ -218,7 +240,7 @@ def test_top_k_rule_changes_exactly_the_k_most_confident_positions_per_iteration
     c = random_log_probs(3)
     y = jnp.zeros((B, L), jnp.int32)
     movable = jnp.ones((B, L), bool).at[:, :4].set(False)
-    y_next = jax.jit(corrector.update)(RNG, c, y, movable)  # one compile instead of one per eager op
+    y_next = jax.jit(corrector.update)(ROW_KEYS, c, y, movable)  # one compile instead of one per eager op
     moved = np.asarray(y_next != y)
     np.testing.assert_array_equal(moved.sum(-1), 2)  # many candidates: exactly K move
     assert not moved[:, :4].any()
@@ -243,7 +265,7 @@ def test_confidence_sampler_commits_an_even_split_of_the_most_confident_tokens()
     ctx = StepContext(step=jnp.int32(0), t=jnp.float32(1), s=jnp.float32(0.5), is_last=jnp.bool_(False),
                       steps_left_in_block=jnp.int32(5), block_end=jnp.int32(L), block_done=jnp.bool_(False),
                       run_corrector=jnp.bool_(False))
-    new, _ = jax.jit(step)(RNG, tokens, logp, jnp.zeros((B, L)), jnp.zeros((B, L), bool), ctx)
+    new, _ = jax.jit(step)(ROW_KEYS, tokens, logp, jnp.zeros((B, L)), jnp.zeros((B, L), bool), ctx)
     committed = np.asarray(new != tokens)
     np.testing.assert_array_equal(committed.sum(-1), 3)  # ceil(15 / 5)
     confidence = np.exp(np.asarray(logp).max(-1))
@@ -298,7 +320,7 @@ def test_corrector_start_keeps_visible_tokens_only_for_the_subs_parameterization
     best = np.asarray(jnp.argmax(logp, -1))
     for keep_visible in (True, False):
         corrector = Corrector(MASK, steps=1, keep_visible=keep_visible)
-        y = np.asarray(jax.jit(corrector.initial)(RNG, tokens, logp, fixed))
+        y = np.asarray(jax.jit(corrector.initial)(ROW_KEYS, tokens, logp, fixed))
         np.testing.assert_array_equal(y[:, 0], MASK)  # fixed positions keep their token, whatever it is
         np.testing.assert_array_equal(y[:, 2::2], best[:, 2::2])
         np.testing.assert_array_equal(y[:, 1::2], 0 if keep_visible else best[:, 1::2])
@@ -343,8 +365,8 @@ BAD_INFILL_TOKENS[0, 7] = V  # the mask id is not a real token
     (PROSECO, dict(infill=(INFILL_TOKENS[:, :4], INFILL_KEEP)), "infill tokens must have shape"),
     (Sampling(sampler="confidence", steps=L + 1), {}, "exceeds"),
     (Sampling(sampler="llada_block", steps=8, block_length=4), dict(prompt=np.array([1, 2, 3])),
-     "must divide"),
-    (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "multiple of the number of blocks"),
+     "13 generated positions are not whole blocks of sampling.block_length=4"),
+    (Sampling(sampler="llada_block", steps=6, block_length=4), {}, "steps=6 is not a multiple of the 4 "),
     (Sampling(sampler="llada_block", steps=8, block_length=8, eos_id=V), {}, "eos_id"),
 ])
 def test_bad_inputs_raise_value_error(settings, kwargs, match):

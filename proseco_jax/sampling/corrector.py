@@ -38,24 +38,25 @@ class Corrector:
         """With "sample" the reference keeps drawing from the cached c even when y did not change."""
         return self.rule != "sample"
 
-    def initial(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, fixed: jax.Array) -> jax.Array:
-        """y_0 [B, L] from the predictor log-probs logp [B, L, vocab_size]; fixed positions keep their
-        tokens."""
+    def initial(self, keys: jax.Array, tokens: jax.Array, logp: jax.Array, fixed: jax.Array) -> jax.Array:
+        """y_0 [B, L] from the predictor log-probs logp [B, L, vocab_size] (a draw uses sample b's key
+        keys[b]); fixed positions keep their tokens."""
         if self.prior == "argmax":
             y = jnp.argmax(logp, axis=-1).astype(jnp.int32)
         else:  # From the nucleus of the prediction, as the reference draws it from its (filtered) cache.
-            y = ops.gumbel_argmax(key, ops.nucleus_log_probs(logp, self.nucleus_p))
+            y = ops.gumbel_argmax(keys, ops.nucleus_log_probs(logp, self.nucleus_p))
         keep = fixed | (tokens != self.mask_id) if self.keep_visible else fixed
         return jnp.where(keep, tokens, y)
 
-    def update(self, key: jax.Array, c: jax.Array, y: jax.Array, movable: jax.Array) -> jax.Array:
-        """y_{j+1} [B, L] from c [B, L, vocab_size] and y_j; only `movable` [B, L] positions may change."""
+    def update(self, keys: jax.Array, c: jax.Array, y: jax.Array, movable: jax.Array) -> jax.Array:
+        """y_{j+1} [B, L] from c [B, L, vocab_size] and y_j (a draw uses keys[b], keys [B]); only `movable`
+        [B, L] positions may change."""
         if self.rule == "argmax":
             proposal = jnp.argmax(c, axis=-1).astype(jnp.int32)
             return jnp.where(movable, proposal, y)
         c = ops.nucleus_log_probs(c, self.nucleus_p)
         if self.rule == "sample":
-            return jnp.where(movable, ops.gumbel_argmax(key, c), y)
+            return jnp.where(movable, ops.gumbel_argmax(keys, c), y)
         best = jnp.argmax(c, axis=-1).astype(jnp.int32)
         score = jnp.where(movable & (best != y), jnp.exp(jnp.max(c, axis=-1)), -jnp.inf)
         return jnp.where(ops.top_k_mask(score, self.top_k), best, y)

@@ -17,8 +17,11 @@ model is called when any sample needs it (a `lax.cond` on a device boolean), and
 call keeps its cached log-probs, so every sample follows the trajectory it would follow alone. NFE is
 counted per sample, as the reference counts it for its batch: one predictor NFE per call on a changed z,
 one corrector NFE per call on a changed y (always for the first corrector iteration of a call).
-`model_calls` counts the batched calls actually made. Sampling is deterministic given `rng` and independent
-of how the batch is sharded over a mesh (jax's partitionable threefry).
+`model_calls` counts the batched calls actually made. Sample b of a call carries its own key,
+fold_in(rng, first_index + b), split once per step, and every random draw of that sample comes from it
+(ops.py): a sample is a function of `rng` and its index in the run, the same whatever batch, batch size or
+mesh it is drawn in, so a run resumed at any sample writes what the uninterrupted run would have (only
+`stop_on_eos="batch"`, which stops a batch together, ties samples to their batch).
 The sampler reads `vocab_size` ids of the logits ([0, mask_id] by default; a model whose [MASK] lies inside
 a larger table, as LLaDA's, passes the whole table) and never proposes [MASK] itself.
 """
@@ -70,7 +73,7 @@ class SamplerState:
     """The carry of one step."""
 
     tokens: jax.Array  # int32 [B, L]: z
-    rng: jax.Array  # PRNG key, split once per step
+    rng: jax.Array  # PRNG keys [B]: sample b's own key, split once per step
     logp: jax.Array  # [B, L, vocab_size]: cached log-probs that drive the next unmasking
     logp_valid: jax.Array  # bool [B]: logp is current for tokens (no model call needed)
     active: jax.Array  # bool [B]: False once a sample stopped at end-of-sequence
@@ -166,8 +169,10 @@ class Plan:
         """bool [B, L]: positions the corrector may change (LLaDA: the generated part up to this block)."""
         return ~fixed & (jnp.arange(self.length) < ctx.block_end)
 
-    def initial(self, rng: jax.Array, inputs: Inputs) -> tuple[SamplerState, jax.Array]:
-        """The all-[MASK] start with prompt and infill tokens in place, and the fixed mask bool [B, L]."""
+    def initial(self, rng: jax.Array, inputs: Inputs, first_index: jax.Array | int = 0
+                ) -> tuple[SamplerState, jax.Array]:
+        """The all-[MASK] start with prompt and infill tokens in place, and the fixed mask bool [B, L];
+        sample b's key is fold_in(rng, first_index + b)."""
         prompt, infill = inputs.prompt, inputs.infill
         shape = (self.batch_size, self.length)
         tokens = jnp.full(shape, self.mask_id, jnp.int32)
@@ -182,7 +187,7 @@ class Plan:
             fixed = fixed | keep
         state = SamplerState(
             tokens=tokens,
-            rng=rng,
+            rng=ops.sample_keys(rng, first_index, self.batch_size),
             logp=jnp.zeros(shape + (self.vocab_size,), self.dtype),
             logp_valid=jnp.zeros((self.batch_size,), bool),
             active=jnp.ones((self.batch_size,), bool),
@@ -277,7 +282,7 @@ def sampler_step(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, s
           step: jax.Array) -> SamplerState:
     """Unmasking step `step` (int32 []); every decision is a device boolean, so one trace serves all T."""
     ctx = plan.context(step)
-    rng, prior_key, corrector_key, unmask_key = jax.random.split(state.rng, 4)
+    rng, prior_key, corrector_key, unmask_key = ops.split_rows(state.rng, 4)
     tokens = state.tokens
 
     need = ~state.logp_valid & state.active
@@ -367,7 +372,7 @@ def _correct(apply_fn: ApplyFn, plan: Plan, params: Any, fixed: jax.Array, state
         j, y, c, parts, need, nfe, step_nfe, calls = carry
         fresh = jax.lax.cond(jnp.any(need), lambda: evaluate(y, j), lambda: (c, parts))
         c, parts = _keep(need, fresh, (c, parts))
-        y_next = corrector.update(jax.random.fold_in(corrector_key, j), c, y, movable)
+        y_next = corrector.update(ops.fold_in_rows(corrector_key, j), c, y, movable)
         changed = jnp.any(y_next != y, axis=-1) & active
         return (j + 1, y_next, c, parts, changed, nfe + need * calls_per_eval, step_nfe + need,
                 calls + jnp.any(need))
@@ -414,13 +419,14 @@ def _constrain(x: jax.Array, plan: Plan) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(plan.batch_sharding.mesh, spec))
 
 
-def initial_state(plan: Plan, rng: jax.Array,
-                  inputs: Inputs = NO_INPUTS) -> tuple[SamplerState, jax.Array]:
-    """The state before step 0 and the fixed mask bool [B, L], laid out over the batch sharding."""
-    state, fixed = plan.initial(rng, inputs)
+def initial_state(plan: Plan, rng: jax.Array, inputs: Inputs = NO_INPUTS,
+                  first_index: jax.Array | int = 0) -> tuple[SamplerState, jax.Array]:
+    """The state before step 0 (samples first_index.. of the run of `rng`) and the fixed mask bool [B, L],
+    laid out over the batch sharding."""
+    state, fixed = plan.initial(rng, inputs, first_index)
     # Every per-sample field, so that a step's inputs are laid out as its outputs and the jitted step of
     # the host loop compiles once.
-    per_sample = ("tokens", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe",
+    per_sample = ("tokens", "rng", "logp", "logp_valid", "active", "conf", "predictor_nfe", "corrector_nfe",
                   "step_nfe") + (("cond_logp", "uncond_logp") if plan.mixes else ())
     state = state.replace(**{name: _constrain(getattr(state, name), plan) for name in per_sample})
     return state, _constrain(fixed, plan)
@@ -439,9 +445,9 @@ def sample_output(state: SamplerState, history: jax.Array | None) -> SampleOutpu
     )
 
 
-def _scan(rng: jax.Array, inputs: Inputs, params: Any, *, apply_fn: ApplyFn, plan: Plan,
-          return_history: bool) -> SampleOutput:
-    state, fixed = initial_state(plan, rng, inputs)
+def _scan(rng: jax.Array, first_index: jax.Array, inputs: Inputs, params: Any, *, apply_fn: ApplyFn,
+          plan: Plan, return_history: bool) -> SampleOutput:
+    state, fixed = initial_state(plan, rng, inputs, first_index)
 
     def body(st, i):
         st = sampler_step(apply_fn, plan, params, fixed, st, i)
@@ -458,7 +464,7 @@ _step_jit = jax.jit(sampler_step, static_argnames=("apply_fn", "plan"))
 
 
 def run(apply_fn: ApplyFn, plan: Plan, params: Any, rng: jax.Array, inputs: Inputs = NO_INPUTS, *,
-        history: bool = False, host_loop: bool = False) -> SampleOutput:
+        first_index: int = 0, history: bool = False, host_loop: bool = False) -> SampleOutput:
     """Draws plan.batch_size sequences of plan.length tokens; see the module docstring.
 
     Args:
@@ -466,16 +472,19 @@ def run(apply_fn: ApplyFn, plan: Plan, params: Any, rng: jax.Array, inputs: Inpu
         [B, L, >= plan.vocab_size]; part of the compiled program's cache key, so keep the same object.
       plan: `make_plan` of the settings and of these inputs' shapes.
       params: its parameters (any pytree, None for a model without), a traced argument.
-      rng: PRNG key.
+      rng: PRNG key of the run.
       inputs: the prompt and infill the plan was made for.
+      first_index: the run's index of the batch's first sample: sample b draws from fold_in(rng,
+        first_index + b) (a traced value: any index reuses the compiled program).
       history: also return z after every step, int32 [T, B, L].
       host_loop: dispatch the same jitted step T times from Python instead of fusing the steps in one
         `lax.scan`, the way a direct port of the PyTorch reference steps its sampler (the benchmark's
         baseline for what the scan buys). Same tokens, NFE counts, model calls and history.
     """
+    first = jnp.asarray(first_index, jnp.int32)
     if not host_loop:
-        return _sample_jit(rng, inputs, params, apply_fn=apply_fn, plan=plan, return_history=history)
-    state, fixed = _initial_jit(plan, rng, inputs)
+        return _sample_jit(rng, first, inputs, params, apply_fn=apply_fn, plan=plan, return_history=history)
+    state, fixed = _initial_jit(plan, rng, inputs, first)
     iterates = []
     for step in range(plan.settings.steps):
         # An int32 array, not a Python int: one trace serves every step.
@@ -489,4 +498,7 @@ def lower(apply_fn: ApplyFn, plan: Plan, params: Any, rng: Any) -> jax.stages.Lo
     """The program `run` runs (without prompt, infill or history), lowered for abstract params and rng
     (ShapeDtypeStructs with shardings), so that it compiles ahead of time for a target that need not be
     attached (`proseco_jax/aot.py`)."""
-    return _sample_jit.lower(rng, NO_INPUTS, params, apply_fn=apply_fn, plan=plan, return_history=False)
+    # Abstract too, laid out as rng: nothing may run on the devices of a target that is not attached.
+    first_index = jax.ShapeDtypeStruct((), jnp.int32, sharding=getattr(rng, "sharding", None))
+    return _sample_jit.lower(rng, first_index, NO_INPUTS, params, apply_fn=apply_fn, plan=plan,
+                             return_history=False)

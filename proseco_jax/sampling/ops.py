@@ -1,4 +1,8 @@
-"""Pure building blocks of every sampler: log-probs from logits, nucleus truncation, Gumbel-max draws, top-k.
+"""Pure building blocks of every sampler: log-probs from logits, nucleus truncation, Gumbel-max draws, top-k,
+and the per-sample keys every draw comes from.
+
+Each sample (row b of a batch) carries its own PRNG key, fold_in(rng, its index in the run): a draw for row b
+uses row b's key only, so a sample is the same whatever batch, batch size or mesh it is drawn in.
 
 A categorical draw is the Gumbel-max trick, token = argmax_v (log q_v + g_v) with g = -log(-log u) and
 u ~ U(0, 1). Precision matters here: a float32 uniform has 24 bits, so g lies in about [-4.5, 16.6] and a
@@ -9,6 +13,8 @@ the effect for any realistic vocabulary; the sampler offers it through `precisio
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +44,43 @@ def nucleus_log_probs(logp: jax.Array, p: float) -> jax.Array:
     return truncated - jax.nn.logsumexp(truncated, axis=-1, keepdims=True)
 
 
-def gumbel_argmax(key: jax.Array, logq: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """One categorical draw per row of logq [..., K] (unnormalised is fine); temperature 0 is argmax."""
+def sample_keys(rng: jax.Array, first: jax.Array | int, batch_size: int) -> jax.Array:
+    """keys [B]: fold_in(rng, first + b), the key of the sample with index first + b in its run."""
+    index = jnp.asarray(first, jnp.uint32) + jnp.arange(batch_size, dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)
+
+
+def split_rows(keys: jax.Array, num: int) -> tuple[jax.Array, ...]:
+    """`num` key arrays [B], row b of each split from keys[b] (keys [B])."""
+    split = jax.vmap(lambda key: jax.random.split(key, num))(keys)
+    return tuple(split[:, i] for i in range(num))
+
+
+def fold_in_rows(keys: jax.Array, data: jax.Array | int) -> jax.Array:
+    """keys [B] -> keys [B]: fold_in(keys[b], data) per row."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def uniform_rows(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 [B, ...] of U(0, 1), row b drawn from keys[b] (keys [B], shape [B, ...])."""
+    return _rows(jax.random.uniform, keys, shape, jnp.float32)
+
+
+def gumbel_argmax(keys: jax.Array, logq: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """One categorical draw per row of logq [B, ..., K] (unnormalised is fine), sample b's noise from
+    keys[b] (keys [B]); temperature 0 is argmax."""
     if temperature == 0.0:
         return jnp.argmax(logq, axis=-1).astype(jnp.int32)
-    # Drawn flat and reshaped: XLA:CPU compiles partitionable threefry over a small multi-dimensional shape
-    # more than 10x slower (seconds per program); the values stay independent of how the batch is sharded.
-    noise = jax.random.gumbel(key, (logq.size,), logq.dtype).reshape(logq.shape)
+    noise = _rows(jax.random.gumbel, keys, logq.shape, logq.dtype)
     return jnp.argmax(logq + temperature * noise, axis=-1).astype(jnp.int32)
+
+
+def _rows(draw, keys: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """draw(keys[b], ...) for each row of a [B, ...] array."""
+    # Drawn flat per row and reshaped: XLA:CPU compiles partitionable threefry over a small multi-dimensional
+    # shape more than 10x slower (seconds per program).
+    size = math.prod(shape[1:])
+    return jax.vmap(lambda key: draw(key, (size,), dtype))(keys).reshape(shape)
 
 
 def top_k_mask(scores: jax.Array, k: jax.Array | int) -> jax.Array:

@@ -58,23 +58,32 @@ class Sampler:
                               inputs=inputs, num_classes=self.num_classes)
 
     def sample(self, settings: Sampling, rng: jax.Array, batch_size: int, length: int, *,
-               prompt: Any = None, infill: tuple[Any, Any] | None = None, history: bool = False,
-               host_loop: bool = False) -> SampleOutput:
+               prompt: Any = None, infill: tuple[Any, Any] | None = None, first_index: int = 0,
+               history: bool = False, host_loop: bool = False) -> SampleOutput:
         """Draws batch_size sequences of `length` tokens in one compiled program (loop.run).
 
         Args:
           settings: the `sampling` config section (preset, parameterization and temperature resolved here).
-          rng: PRNG key; the tokens depend on it and the settings only, not on the mesh.
+          rng: PRNG key of the run; sample b of the batch is a function of fold_in(rng, first_index + b),
+            the settings and its inputs only, not of the batch size or the mesh.
           prompt: int32 [P] or [B, P]: a fixed prefix.
           infill: (tokens int32 [B, L], keep_mask bool [B, L]): positions that keep the given tokens.
+          first_index: the run's index of the batch's first sample (resuming runs pass where they stand).
           history: also return z after every step, int32 [T, B, L].
           host_loop: the same jitted step dispatched T times from Python (the benchmark's baseline).
         """
         inputs = Inputs(prompt=prompt, infill=infill)
         with self._context(settings):
             plan = self.plan(settings, batch_size, length, inputs)
-            return loop.run(self.apply_fn, plan, self.params, rng, inputs, history=history,
-                            host_loop=host_loop)
+            return loop.run(self.apply_fn, plan, self.params, rng, inputs, first_index=first_index,
+                            history=history, host_loop=host_loop)
+
+    def check(self, settings: Sampling, batch_size: int, length: int, *, prompt: Any = None,
+              infill: tuple[Any, Any] | None = None) -> None:
+        """Raises the SamplingError (one line) that `sample` with these arguments would raise, compiling
+        and drawing nothing: a caller checks its inputs before it writes anything."""
+        with self._context(settings):
+            self.plan(settings, batch_size, length, Inputs(prompt=prompt, infill=infill))
 
     def lower(self, settings: Sampling, rng: Any, batch_size: int, length: int) -> jax.stages.Lowered:
         """The program `sample` runs without prompt or infill, lowered for this sampler's params and rng

@@ -91,19 +91,32 @@ def check_inputs(
 
 
 def _check_geometry(settings: Sampling, region: int, generated: int, block_length: int | None):
+    problem = geometry_problem(settings, region, generated, block_length)
+    if problem:
+        raise SamplingError(problem)
+
+
+def geometry_problem(settings: Sampling, region: int, generated: int | None = None,
+                     block_length: int | None = None) -> str:
+    """Why a confidence-ordered sampler cannot fill a generated region of `region` positions after the
+    prompt ("" if it can): in blocks of `block_length` (None: one block) it needs whole blocks whose number
+    divides sampling.steps, and it commits at least one token per step, so steps <= the `generated`
+    positions (default: the region)."""
+    generated = region if generated is None else generated
     if not settings.kind.confidence_ordered:
-        return
+        return ""
     if block_length is not None:
         if region % block_length:
-            raise SamplingError(f"sampling.block_length={block_length} must divide the generated "
-                                f"length {region}")
+            return (f"the {region} generated positions are not whole blocks of sampling.block_length="
+                    f"{block_length}")
         num_blocks = region // block_length
         if settings.steps % num_blocks:
-            raise SamplingError(f"sampling.steps={settings.steps} must be a multiple of the number of "
-                                f"blocks {num_blocks}")
+            return (f"sampling.steps={settings.steps} is not a multiple of the {num_blocks} blocks of "
+                    f"{block_length} in the {region} generated positions")
     if settings.steps > generated:
-        raise SamplingError(f"sampling.steps={settings.steps} exceeds the {generated} generated positions "
-                            f"of the {settings.sampler!r} sampler")
+        return (f"sampling.steps={settings.steps} exceeds the {generated} generated positions: the "
+                f"{settings.sampler!r} sampler commits at least one per step")
+    return ""
 
 
 def _concrete(array: Any) -> np.ndarray | None:

@@ -55,10 +55,10 @@ class Remasking:
     alpha_on: float = 0.9
     nucleus_p: float = 1.0
 
-    def __call__(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
+    def __call__(self, keys: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
                  fixed: jax.Array, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
-        """tokens int32 [B, L], logp [B, L, vocab_size] ([MASK] at -inf), conf float32 [B, L], fixed bool
-        [B, L] -> (tokens, conf)."""
+        """keys [B] (sample b's key), tokens int32 [B, L], logp [B, L, vocab_size] ([MASK] at -inf), conf
+        float32 [B, L], fixed bool [B, L] -> (tokens, conf)."""
         dtype = logp.dtype
         mask_t, mask_s, alpha_t, sigma = self._rates(tokens, conf, fixed, ctx)
         mask_t, mask_s, alpha_t = (jnp.asarray(x, dtype) for x in (mask_t, mask_s, alpha_t))
@@ -73,7 +73,7 @@ class Remasking:
         visible_q = jnp.where(column == tokens[..., None], jnp.log1p(-sigma)[..., None],
                               jnp.where(column == self.mask_id, jnp.log(sigma)[..., None], ops.NEG_INF))
         is_masked = tokens == self.mask_id
-        drawn = ops.gumbel_argmax(key, jnp.where(is_masked[..., None], masked_q, visible_q))
+        drawn = ops.gumbel_argmax(keys, jnp.where(is_masked[..., None], masked_q, visible_q))
         new = jnp.where(fixed, tokens, drawn)
         if self.strategy == "conf":
             # A token's score is -p(its value) when it is unmasked; remasked tokens drop out of the softmax.
@@ -134,10 +134,11 @@ class ConfidenceOrdered:
     remasking: str = "low_confidence"
     threshold: float = 0.0
 
-    def __call__(self, key: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
+    def __call__(self, keys: jax.Array, tokens: jax.Array, logp: jax.Array, conf: jax.Array,
                  fixed: jax.Array, ctx: StepContext) -> tuple[jax.Array, jax.Array]:
-        """tokens int32 [B, L], logp [B, L, vocab_size] -> (tokens, conf unchanged)."""
-        proposal_key, rank_key = jax.random.split(key)
+        """keys [B] (sample b's key), tokens int32 [B, L], logp [B, L, vocab_size] -> (tokens, conf
+        unchanged)."""
+        proposal_key, rank_key = ops.split_rows(keys, 2)
         proposal = ops.gumbel_argmax(proposal_key, ops.nucleus_log_probs(logp, self.nucleus_p),
                                      self.temperature)
         # Confidence is the model's probability of the proposal, as LLaDA's low-confidence remasking.
@@ -145,7 +146,7 @@ class ConfidenceOrdered:
         if self.remasking == "low_confidence":
             rank = confidence
         else:
-            rank = jax.random.uniform(rank_key, tokens.shape)
+            rank = ops.uniform_rows(rank_key, tokens.shape)
         position = jnp.arange(tokens.shape[-1])
         candidate = (tokens == self.mask_id) & ~fixed & (position < ctx.block_end)
         remaining = jnp.sum(candidate, axis=-1)
