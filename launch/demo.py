@@ -57,9 +57,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: a short training, a few sampler rows, few samples.")
 _COMPARE = flags.DEFINE_bool("compare_training", False, "Also train plain MDLM with the same budget in "
                              "WORKDIR/mdlm and sample it with MDLM.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row and seed (default 64 on the "
-                                    "Markov language, 48 on text and on molecules; quick: 32, molecules "
-                                    "64).", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row and seed (default 48; quick: "
+                                    "32, molecules 64).", lower_bound=1)
 _SEEDS = flags.DEFINE_integer(
     "seeds", None, "Seeds seed, seed+1, ...: the headline gives each figure as its median and range over "
     "them, the bars judged on the median. Markov language: one training and sweep per seed (its 400 steps "
@@ -77,15 +76,15 @@ _DEMO_FIELDS = {"train.num_steps": 400}
 _QUICK_FIELDS = {"train.num_steps": 60, "train.warmup_steps": 10, "train.log_every": 10,
                  "train.eval_every": 60, "train.eval_batches": 2, "train.checkpoint_every": 60}
 # Seeds unless --seeds (quick: 1). The Markov language trains once per seed: three trainings (~2.7 min each)
-# take most of the ~10 minutes on 2 idle cores, the samplers compile once for all three models, and 64
-# samples per row (192 per setting over the seeds, 96 before) keep the three sweeps within the rest; the
-# grid keeps all 20 rows, since the headline reads MDLM's best over its whole T range. Molecules: one
-# training (3000 steps, ~9 min) sampled under three seeds of 48 molecules per row (144 per setting, 128
-# before), so the 39-row guidance grid costs about what one seed of 128 did and the demo stays at ~15
-# minutes (the paper's 1024 per row would take over an hour). Text: one seed of 48 per row, whose longer
-# rows would otherwise take most of its ~10 minutes.
+# take most of the ~10 minutes on 2 idle cores, the samplers compile once for all three models, and 48
+# samples per row (144 per setting over the seeds, 96 with one seed before) keep the three sweeps within
+# the rest; the grid keeps all 20 rows, since the headline reads MDLM's best over its whole T range.
+# Molecules: one training (3000 steps, ~9 min) sampled under three seeds of 48 molecules per row (144 per
+# setting, 128 with one seed before), so the 39-row guidance grid costs about what one seed of 128 did and
+# the demo stays at ~15 minutes (the paper's 1024 per row would take over an hour). Text: one seed of 48
+# per row, whose longer rows would otherwise take most of its ~10 minutes.
 _MARKOV_SEEDS, _MOLECULE_SEEDS, _TEXT_SEEDS = 3, 3, 1
-_MARKOV_SAMPLES, _TEXT_SAMPLES, _MOLECULE_SAMPLES, _QUICK_MOLECULE_SAMPLES = 64, 48, 48, 64
+_SAMPLES, _QUICK_MOLECULE_SAMPLES = 48, 64  # per row and seed
 
 
 def _configure(config, num_samples: int) -> None:
@@ -116,10 +115,9 @@ def main(argv):
     start = time.time()
     config_dict = cli.config_or_fail(_CONFIG)
     name = config_dict.data.name
-    defaults = {"markov": (_MARKOV_SAMPLES, 32, _MARKOV_SEEDS),
-                "qm9": (_MOLECULE_SAMPLES, _QUICK_MOLECULE_SAMPLES, _MOLECULE_SEEDS)}
-    default, quick, default_seeds = defaults.get(name, (_TEXT_SAMPLES, 32, _TEXT_SEEDS))
-    num_samples = _NUM_SAMPLES.value or (quick if _QUICK.value else default)
+    defaults = {"markov": (32, _MARKOV_SEEDS), "qm9": (_QUICK_MOLECULE_SAMPLES, _MOLECULE_SEEDS)}
+    quick, default_seeds = defaults.get(name, (32, _TEXT_SEEDS))
+    num_samples = _NUM_SAMPLES.value or (quick if _QUICK.value else _SAMPLES)
     seeds = _SEEDS.value or (1 if _QUICK.value else default_seeds)
     sweep.check_request(config_dict, num_samples, _EVALUATOR_DIR.value)
     _configure(config_dict, num_samples)
