@@ -114,9 +114,10 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     per_seed: list[dict[str, Any]] = []
     first_outputs: list[dict[str, np.ndarray]] = []
     with StopRequest("the rows being sampled") as stop:
-        for k, seed in enumerate(config.seed + k for k in range(seeds)):
+        for k in range(seeds):
             if k and stop.requested:
                 break
+            seed = config.seed + k
             # Another seed's training of the same config: restored onto the first model, whose compiled
             # samplers it reuses.
             model = loaded if models[k] == models[0] else inference.load_model(config, models[k], like=loaded)
@@ -133,7 +134,8 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
                                                          seed=seed)
                 rows, outputs = rows + more_rows, outputs + more_outputs
                 head["vs_mdlm_trained"] = claims(rows, MDLM_TRAINED)
-            first_outputs = first_outputs or outputs
+            if k == 0:
+                first_outputs = outputs
             per_seed.append({"seed": seed, "rows": rows, "headline": head,
                              "model": {"workdir": os.path.abspath(models[k]), "step": model.step,
                                        **report.validation_bits(models[k])}})
@@ -149,11 +151,12 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     png_path = os.path.join(output_dir, "novel_vs_property.png" if molecules else "quality_vs_nfe.png")
     fileio.atomic_write_json(json_path, results)
     report.plot(results, scorer, png_path)
-    if seeds > 1:
+    several = "per_seed" in results  # not when a stop came before the second seed
+    if several:
         progress(f"each figure of the table: its median over the {len(per_seed)} seeds")
     progress(report.format_table(results["rows"], reference, scorer))
     head = results["headline"]
-    describe = _describe(molecules, seeds > 1)
+    describe = _describe(molecules, several)
     for line in describe(head) + (describe(head["vs_mdlm_trained"]) if "vs_mdlm_trained" in head else []):
         progress(line)
     progress(f"wrote {json_path} and {png_path}")
