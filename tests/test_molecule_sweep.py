@@ -1,8 +1,13 @@
 """Molecules in the sweep: the chemistry scorer on hand-made token rows, the guidance grid, the frontier
-headline on constructed rows, the guidance plot, and the label of guided sample records."""
+headline and guidance's effect over seeds on constructed rows, the guidance plot, the label of guided
+sample records, and the molecule demo end to end with two sampling seeds."""
+
+import json
+import os
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY_MODEL_OVERRIDES, run_binary
 
 pytest.importorskip("rdkit")
 
@@ -173,3 +178,27 @@ def test_guided_records_carry_label():
     assert [(r["label"], r["step_nfe"], r["text"]) for r in records] == [(1, 32, "C"), (1, 32, "C")]
     unguided = next(inference.sample_records([batch], lambda t: "C"))
     assert "label" not in unguided[0] and "step_nfe" not in unguided[0]
+
+
+@pytest.mark.slow
+def test_quick_molecule_demo_with_two_seeds_samples_one_model_and_reports_guidance_with_its_spread(tmp_path):
+    csv_path = tmp_path / "mols.csv"
+    with open(os.path.join(REPO, "tests", "data", "qm9_sample.txt"), encoding="utf-8") as f:
+        csv_path.write_text("SMILES\n" + "".join(f.readlines()[:200]))
+    workdir = tmp_path / "w"
+    proc = run_binary("demo.py", f"--config={os.path.join(REPO, 'configs', 'qm9.py')}:cpu",
+                      f"--workdir={workdir}", "--quick", "--seeds=2", *TINY_MODEL_OVERRIDES,
+                      f"--config.data.files={csv_path}", f"--config.data.data_dir={tmp_path / 'data'}",
+                      "--config.train.batch_size=8", "--config.train.num_steps=4",
+                      "--config.train.eval_every=4", "--config.train.eval_batches=1", "--num_samples=8",
+                      "--show=1", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    per_seed = results["per_seed"]
+    assert [p["seed"] for p in per_seed] == [0, 1] and not (workdir / "seed1").exists()  # one training
+    assert {p["model"]["workdir"] for p in per_seed} == {str(workdir)}
+    head = results["headline"]
+    assert set(head["guidance"]) == {"mdlm", "proseco"}
+    gains = [headline.guidance_gain(p["rows"], "qed") for p in per_seed]
+    assert head["guidance"]["proseco"]["high"]["values"] == [g["proseco"]["high"] for g in gains]
+    assert "headline over 2 seeds" in proc.stdout and "guidance, proseco: valid mean qed" in proc.stdout
