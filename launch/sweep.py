@@ -17,7 +17,10 @@ and the headline (NFE ProSeCo needs to reach MDLM's best transition error or gen
 entropy at the max preset). Molecules (configs/qm9.py): the guidance grid (gamma in {0..5} x T in
 {32, 64, 128} x MDLM / ProSeCo, class 1) scored by RDKit, the headline ProSeCo's frontier of novel samples
 against their mean property next to MDLM's, the plot OUTPUT_DIR/novel_vs_property.png. --mdlm_workdir
-adds the MDLM rows of a model trained without the corrector.
+adds the MDLM rows of a model trained without the corrector. --seeds=N samples the grid under N sampling
+seeds (seed, seed+1, ...) of the one model: the table shows each setting's median over them, the headline
+each figure's median and range (min..max), the bars judged on the median, results.json every seed's rows
+and headline (`per_seed`).
 """
 
 from absl import flags
@@ -35,6 +38,8 @@ _MDLM_WORKDIR = flags.DEFINE_string("mdlm_workdir", None, "Workdir of the same m
 _QUICK = flags.DEFINE_bool("quick", False, "A few rows only (MDLM and ProSeCo at two T, the max preset).")
 _EVALUATOR_DIR = flags.DEFINE_string("evaluator_dir", None, "Text: local Hugging Face GPT-2 directory "
                                      "(config.json, model.safetensors, tokenizer.json) scoring gen-PPL.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Sampling seeds (seed, seed+1, ...) of the one model: every "
+                              "headline figure as median and range over them.", lower_bound=1)
 _NUM_DATA = flags.DEFINE_integer("num_data", None, "Held-out sequences scored as the data reference "
                                  "(default: 1000 for the Markov language, --num_samples for text).",
                                  lower_bound=1)
@@ -50,7 +55,7 @@ def main(argv):
     output_dir = _OUTPUT_DIR.value or _WORKDIR.value
     sweep.sweep_workdirs(config_base.resolve(config_dict), _WORKDIR.value, output_dir,
                          num_samples=_NUM_SAMPLES.value, quick=_QUICK.value, mdlm_workdir=_MDLM_WORKDIR.value,
-                         num_data=_NUM_DATA.value, evaluator_dir=_EVALUATOR_DIR.value)
+                         num_data=_NUM_DATA.value, evaluator_dir=_EVALUATOR_DIR.value, seeds=_SEEDS.value)
 
 
 if __name__ == "__main__":

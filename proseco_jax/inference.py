@@ -56,12 +56,14 @@ class LoadedModel:
         return Sampler.for_model(self.placed, self.params)
 
 
-def load_model(config: Any, workdir: str, *, mesh: Mesh | None = None, use_ema: bool = True) -> LoadedModel:
-    """Restores the latest checkpoint's (EMA) parameters of `workdir` for the model of `config`.
+def load_model(config: Any, workdir: str, *, mesh: Mesh | None = None, use_ema: bool = True,
+               like: LoadedModel | None = None) -> LoadedModel:
+    """Restores the latest checkpoint's (EMA) parameters of `workdir` for the model of `config`; onto the
+    model of `like` (a model of the same shapes) when given, so the samplers compiled for it are reused.
 
     Raises UsageError (one line) when the workdir has no checkpoint or it does not fit the config.
     """
-    placed = ModelOnMesh.create(config_base.resolve(config), mesh)
+    placed = like.placed if like is not None else ModelOnMesh.create(config_base.resolve(config), mesh)
     step, params = placed.restore_params(workdir, use_ema=use_ema)
     if not all(bool(jax.numpy.all(jax.numpy.isfinite(leaf))) for leaf in jax.tree.leaves(params)):
         raise UsageError(f"the checkpoint at step {step} in {workdir} has non-finite parameters: the run "

@@ -30,9 +30,9 @@ CONTRACT_ROW_KEYS = {"sampler", "steps", "corrector_steps", "corrector_every", "
 
 
 @pytest.mark.slow
-def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
+def test_quick_demo_with_two_seeds_and_compare_training_writes_results_and_plot(tmp_path):
     workdir = tmp_path / "demo"
-    proc = run_binary("demo.py", f"--workdir={workdir}", "--quick", "--compare_training",
+    proc = run_binary("demo.py", f"--workdir={workdir}", "--quick", "--compare_training", "--seeds=2",
                       f"--config.data.data_dir={tmp_path / 'data'}", *TINY_OVERRIDES,
                       "--config.train.num_steps=20",
                       "--config.train.eval_every=20", "--num_samples=8", "--show=2", timeout=900)
@@ -42,18 +42,30 @@ def test_quick_demo_with_compare_training_writes_results_and_plot(tmp_path):
     samplers = {row["sampler"] for row in results["rows"]}
     assert samplers == {"mdlm", "proseco", "mdlm (MDLM-trained)"}
     assert (workdir / "mdlm" / "checkpoints").is_dir()
+    assert (workdir / "seed1" / "checkpoints").is_dir()  # the Markov language trains once per seed
+    per_seed = results["per_seed"]
+    assert [p["seed"] for p in per_seed] == [0, 1] and per_seed[1]["model"]["workdir"].endswith("seed1")
+    assert all(r["seed"] == p["seed"] for p in per_seed for r in p["rows"])
     assert results["headline"]["vs_mdlm_trained"]["baseline"] == "mdlm (MDLM-trained)"
     for row in results["rows"]:
         assert CONTRACT_ROW_KEYS <= set(row), row
-        assert row["num_samples"] == 8
-        assert row["nfe"] == pytest.approx(row["predictor_nfe"] + row["corrector_nfe"])
+        assert row["num_samples"] == 8 and row["seeds"] == 2
+        assert row["nfe"] == pytest.approx(np.median([r["nfe"] for p in per_seed for r in p["rows"]
+                                                      if r["family"] == row["family"]
+                                                      and r["steps"] == row["steps"]]))
         if row["sampler"] != "proseco":
             assert row["corrector_nfe"] == 0 and row["rewritten"] == 0
+    for row in per_seed[0]["rows"]:
+        assert row["nfe"] == pytest.approx(row["predictor_nfe"] + row["corrector_nfe"])
     assert [r["steps"] for r in results["rows"] if r["preset"] == "max"] == [64]
     assert results["data"]["transition_error"] == 0.0
-    headline_keys = {"baseline_best", "nfe_ratio", "max_error_ratio", "max_entropy_relative"}
-    assert headline_keys <= set(results["headline"])
+    figures = results["headline"]["figures"]
+    assert {"baseline_best_error", "nfe_ratio", "max_error_ratio", "max_entropy_relative"} <= set(figures)
+    ratios = [p["headline"]["nfe_ratio"] or 0.0 for p in per_seed]
+    assert figures["nfe_ratio"]["values"] == pytest.approx(ratios)
+    assert figures["nfe_ratio"]["median"] == pytest.approx(np.median(ratios))
     assert (workdir / "quality_vs_nfe.png").read_bytes()[:8] == PNG_MAGIC
+    assert "headline over 2 seeds" in proc.stdout and "(seed 1)" in proc.stdout
     assert "bits/token" in proc.stdout and "tokens rewritten" in proc.stdout
 
 
@@ -177,6 +189,45 @@ def test_headline_reports_a_bar_not_met_when_no_proseco_row_reaches_mdlm():
     assert other["baseline_best"]["transition_error"] == 0.03 and other["method_match"]["nfe"] == 12.0
     assert headline.lines(headline.claims(rows[:1], DATA)) == ["headline: needs rows of both 'mdlm' and "
                                                                "'proseco' with 'transition_error'"]
+
+
+def _seed_rows(match_nfe):
+    """One seed's rows: MDLM's best error 0.05 at 40 NFE, ProSeCo reaching it at `match_nfe` (None: no
+    ProSeCo row does, the max preset's error is 0.06; else 0.03), the max preset's entropy 1.7."""
+    max_error = 0.03 if match_nfe is not None else 0.06
+    rows = [_row("mdlm", 16, 15.0, 0.08), _row("mdlm", 64, 40.0, 0.05),
+            _row("proseco", 64, 200.0, max_error, 1.7, 4, 1, preset="max")]
+    if match_nfe is not None:
+        rows.append(_row("proseco", 8, match_nfe, 0.05, 1.7, 2, 1))
+    return rows
+
+
+def test_spread_headline_is_the_median_and_range_of_the_seeds_headlines_judged_on_the_median():
+    heads = [headline.claims(_seed_rows(nfe), DATA) for nfe in (10.0, 8.0, None)]  # ratios 4x, 5x, none
+    head = headline.claims_spread(heads, [0, 1, 2])
+    ratio = head["figures"]["nfe_ratio"]
+    assert ratio["values"] == [4.0, 5.0, 0.0]  # a seed that never reaches MDLM's best counts 0x
+    assert (ratio["median"], ratio["min"], ratio["max"]) == (4.0, 0.0, 5.0)
+    assert head["nfe_ratio_met"]  # the median reaches the 4x bar, though one seed does not
+    assert head["figures"]["method_match_nfe"] == {"values": [10.0, 8.0, None], "missing": 1, "median": 9.0,
+                                                  "min": 8.0, "max": 10.0}
+    assert head["figures"]["max_error_ratio"]["median"] == pytest.approx(0.6) and head["max_error_ratio_met"]
+    assert head["per_seed"] == heads
+    lines = headline.spread_lines(head)
+    assert "over 3 seeds" in lines[0] and "4.00x (0.00..5.00)" in lines[2] and lines[2].endswith(
+        "bar >= 4x: met (interpolated: met)")
+    worse = headline.claims_spread([heads[0], heads[2], heads[2]], [0, 1, 2])
+    assert worse["figures"]["nfe_ratio"]["median"] == 0.0 and not worse["nfe_ratio_met"]
+
+
+def test_median_rows_pool_each_setting_over_the_seeds():
+    seeds = [[dict(_row("mdlm", 4, 4.0, e), family="MDLM", seed=s), dict(_row("proseco", 4, n, 0.1),
+                                                                          family="P", seed=s)]
+             for s, (e, n) in enumerate([(0.3, 8.0), (0.1, 7.0), (0.2, 6.0)])]
+    rows = report.median_rows(seeds[:2] + [seeds[2][:1]])  # the last seed stopped after one row
+    assert [(r["sampler"], r["seeds"]) for r in rows] == [("mdlm", 3), ("proseco", 2)]
+    assert rows[0]["transition_error"] == pytest.approx(0.2) and rows[1]["nfe"] == pytest.approx(7.5)
+    assert rows[0]["steps"] == 4 and isinstance(rows[0]["steps"], int) and "seed" not in rows[0]
 
 
 M = 9  # [MASK] of the history tests

@@ -165,10 +165,12 @@ def sample_setting(loaded: Any, setting: Setting, num_samples: int, *, history: 
 
 
 def evaluate_setting(loaded: Any, setting: Setting, scorer: Scorer, num_samples: int, *,
-                     sampler_label: str | None = None) -> tuple[Row, dict[str, np.ndarray]]:
-    """Samples one setting (with its history) and scores it: (a row of `results.json`, the samples)."""
+                     sampler_label: str | None = None, seed: int | None = None,
+                     ) -> tuple[Row, dict[str, np.ndarray]]:
+    """Samples one setting (with its history; `seed`: the sampling seed, default the config's) and scores
+    it: (a row of `results.json`, the samples)."""
     start = time.time()
-    out = sample_setting(loaded, setting, num_samples, history=True)
+    out = sample_setting(loaded, setting, num_samples, history=True, seed=seed)
     run = setting.applied
     row: Row = {
         "sampler": sampler_label or run.sampler,
@@ -181,7 +183,7 @@ def evaluate_setting(loaded: Any, setting: Setting, scorer: Scorer, num_samples:
     row.update(sample_metrics.nfe_means(out))
     if run.guidance_label >= 0:  # A guided row: its gamma, label and the authors' NFE (a guided call once)
         row.update(guidance_scale=run.guidance_scale, guidance_label=run.guidance_label,
-                   step_nfe=float(np.mean(out["step_nfe"])))
+                   guidance_corrector=run.guidance_corrector, step_nfe=float(np.mean(out["step_nfe"])))
     row.update(scorer.score(out["tokens"]))
     row.update(scorer.rewrites(out["history"], loaded.config.mask_id))
     row["num_samples"] = int(out["tokens"].shape[0])
@@ -190,11 +192,12 @@ def evaluate_setting(loaded: Any, setting: Setting, scorer: Scorer, num_samples:
 
 
 def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: Scorer, num_samples: int, *,
-              sampler_label: str | None = None, workers: int = 2,
+              sampler_label: str | None = None, seed: int | None = None, workers: int = 2,
               progress: Callable[[str], None] | None = print,
               stop: Callable[[], bool] | None = None,
               ) -> tuple[list[Row], list[dict[str, np.ndarray]]]:
-    """`evaluate_setting` for every setting of the grid, a progress line per row: (rows, samples).
+    """`evaluate_setting` for every setting of the grid under sampling seed `seed` (default: the config's),
+    a progress line per row: (rows, samples).
 
     Every setting compiles its own sampler, and XLA compiles on one core: `workers` threads let one
     setting compile while another samples. Rows come back in grid order and do not depend on `workers`.
@@ -204,7 +207,8 @@ def run_sweep(loaded: Any, grid: Sequence[Setting], scorer: Scorer, num_samples:
     def one(i: int) -> tuple[Row, dict[str, np.ndarray]] | None:
         if stop is not None and stop():
             return None
-        row, out = evaluate_setting(loaded, grid[i], scorer, num_samples, sampler_label=sampler_label)
+        row, out = evaluate_setting(loaded, grid[i], scorer, num_samples, sampler_label=sampler_label,
+                                    seed=seed)
         if progress is not None:
             progress(f"[{i + 1}/{len(grid)}] {report.row_summary(row, scorer)}")
         return row, out

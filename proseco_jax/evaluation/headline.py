@@ -6,12 +6,16 @@ stays within 10% of the data's. The quality figure (lower is better) is the row 
 `transition_error` on the Markov language, `gen_ppl` on text. A row is a dict of `results.json`
 (`sampler`, `steps`, `corrector_steps`, `corrector_every`, `preset`, `nfe`, the quality key, `entropy`).
 Molecules (`molecule_claims`): ProSeCo's frontier of novel samples against their mean property, under
-classifier-free guidance, up and to the right of MDLM's.
+classifier-free guidance, up and to the right of MDLM's. Over several seeds (`claims_spread`,
+`molecule_spread`) every figure is its median and range (min..max) over the seeds' own headlines, the bars
+judged on the median, and guidance's effect on the valid molecules' mean property (`guidance_gain`) is met
+when its gamma = 3 range lies above its gamma = 0 range.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,8 +146,15 @@ def lines(head: Row) -> list[str]:
 
 
 # The paper's QM9 claim: ProSeCo pushes the frontier of (novel samples out of N, novel mean property) up
-# and to the right of MDLM's. A row's mean over fewer novel molecules than this is noise, not a point.
+# and to the right of MDLM's. A row's mean over fewer novel molecules than this is noise, not a point:
+# 10 of the demo's former 128 samples per row, 7.5% of a row's samples (`min_novel`).
 MIN_NOVEL = 10
+MIN_NOVEL_SHARE = 0.075
+
+
+def min_novel(num_samples: int) -> int:
+    """The fewest novel molecules a row of `num_samples` needs to count in the frontier (10 of 128)."""
+    return max(1, math.ceil(MIN_NOVEL_SHARE * num_samples))
 
 
 def _frontier_count(rows: Sequence[Row], prop_key: str, target: float) -> float:
@@ -217,3 +228,196 @@ def molecule_lines(head: Row) -> list[str]:
         f"the paper's claim (the frontier up and to the right of {head['baseline']}'s): "
         f"{verdict(head['met'])}",
     ]
+
+
+# Several seeds (`launch/demo.py --seeds`, `launch/sweep.py --seeds`): each seed's rows give one headline
+# (`claims` / `molecule_claims`); every figure of it is reported as its median and range (min..max) over
+# the seeds, and every bar is judged on the median.
+
+
+def spread(values: Sequence[float | None]) -> Row:
+    """The median and range of one figure over seeds: `values` (one per seed; None where a seed has no
+    such figure, left out of the rest and counted as `missing`), `median`, `min`, `max` (None: no seed has
+    it)."""
+    present = [float(v) for v in values if v is not None]
+    out: Row = {"values": [None if v is None else float(v) for v in values],
+                "missing": len(values) - len(present)}
+    if not present:
+        return dict(out, median=None, min=None, max=None)
+    return dict(out, median=statistics.median(present), min=min(present), max=max(present))
+
+
+def _figure(head: Row, *path: str) -> float | None:
+    """head[path[0]][path[1]]...; None where a level is missing or None."""
+    value: Any = head
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
+
+
+def claims_spread(heads: Sequence[Row], seeds: Sequence[int]) -> Row:
+    """The headline of several seeds from their `claims` (`heads`, one per seed of `seeds`): each figure's
+    `spread` under `figures`, the bars judged on the medians, the seeds' own headlines under `per_seed`.
+
+    Figures: the baseline's best quality and its NFE, the NFE of the method's match, `nfe_ratio` and
+    `nfe_ratio_interpolated` (a seed where no method row reaches the baseline's best counts as 0x: the
+    bar is not met there), and at the max preset `max_<q>_ratio` and `max_entropy_relative`.
+    """
+    first = heads[0]
+    quality = first.get("quality", "transition_error")
+    short, _ = _names(quality)
+    pick = {
+        f"baseline_best_{short}": lambda h: _figure(h, "baseline_best", quality),
+        "baseline_best_nfe": lambda h: _figure(h, "baseline_best", "nfe"),
+        "method_match_nfe": lambda h: _figure(h, "method_match", "nfe"),
+        "nfe_ratio": lambda h: (h.get("nfe_ratio") or 0.0) if "baseline_best" in h else None,
+        "nfe_ratio_interpolated": lambda h: ((h.get("nfe_ratio_interpolated") or 0.0)
+                                             if "baseline_best" in h else None),
+        f"max_{short}_ratio": lambda h: h.get(f"max_{short}_ratio"),
+        "max_entropy_relative": lambda h: h.get("max_entropy_relative"),
+    }
+    figures = {name: spread([get(h) for h in heads]) for name, get in pick.items()}
+    median = lambda name: figures[name]["median"]
+    out: Row = {"seeds": list(seeds), "baseline": first["baseline"], "method": first["method"],
+                "quality": quality, "nfe_ratio_bar": NFE_RATIO_BAR,
+                f"max_{short}_ratio_bar": MAX_ERROR_RATIO_BAR, "max_entropy_bar": ENTROPY_BAR,
+                "figures": figures, "per_seed": list(heads)}
+    if median(f"baseline_best_{short}") is None:
+        out["note"] = next((h["note"] for h in heads if "note" in h), "no seed has a headline")
+        return out
+    out["nfe_ratio_met"] = median("nfe_ratio") >= NFE_RATIO_BAR
+    out["nfe_ratio_interpolated_met"] = median("nfe_ratio_interpolated") >= NFE_RATIO_BAR
+    ratio, entropy = median(f"max_{short}_ratio"), median("max_entropy_relative")
+    out[f"max_{short}_ratio_met"] = ratio is not None and ratio <= MAX_ERROR_RATIO_BAR
+    out["max_entropy_met"] = entropy is not None and abs(entropy) <= ENTROPY_BAR
+    return out
+
+
+def _spread_text(s: Row, fmt: str, unit: str = "") -> str:
+    """'median unit (min..max)' of a `spread`, '-' where no seed has the figure."""
+    if s["median"] is None:
+        return "-"
+    missing = f", {s['missing']} seed(s) without" if s["missing"] else ""
+    return f"{s['median']:{fmt}}{unit} ({s['min']:{fmt}}..{s['max']:{fmt}}{missing})"
+
+
+def spread_lines(head: Row) -> list[str]:
+    """A `claims_spread` headline in words: each figure as median (min..max over the seeds), the verdicts
+    on the medians."""
+    n = len(head["seeds"])
+    if "note" in head:
+        return [f"headline over {n} seeds: {head['note']}"]
+    short, words = _names(head["quality"])
+    f = head["figures"]
+    verdict = lambda met: "met" if met else "not met"
+    out = [f"headline over {n} seeds {head['seeds']}: median (min..max over the seeds); bars judged on the "
+           "median",
+           f"{head['baseline']} best: {words} {_spread_text(f[f'baseline_best_{short}'], '.4f')} at "
+           f"{_spread_text(f['baseline_best_nfe'], '.1f')} NFE",
+           f"{head['method']} reaches it at {_spread_text(f['method_match_nfe'], '.1f')} NFE: NFE ratio "
+           f"{head['baseline']}/{head['method']} {_spread_text(f['nfe_ratio'], '.2f', 'x')} "
+           f"({_spread_text(f['nfe_ratio_interpolated'], '.2f', 'x')} interpolating; a seed with no row "
+           f"reaching it counts 0x) | bar >= {NFE_RATIO_BAR:g}x: {verdict(head['nfe_ratio_met'])} "
+           f"(interpolated: {verdict(head['nfe_ratio_interpolated_met'])})"]
+    if f[f"max_{short}_ratio"]["median"] is not None:
+        out.append(f"{head['method']} max preset: {words} = {_spread_text(f[f'max_{short}_ratio'], '.3f')} x "
+                   f"the {head['baseline']} best | bar <= 1/1.2: {verdict(head[f'max_{short}_ratio_met'])}")
+        entropy = f["max_entropy_relative"]
+        out.append(f"{head['method']} max preset: entropy {entropy['median']:+.1%} ({entropy['min']:+.1%}.."
+                   f"{entropy['max']:+.1%}) vs the data | bar within {ENTROPY_BAR:.0%}: "
+                   f"{verdict(head['max_entropy_met'])}")
+    return out
+
+
+# Guidance's effect on the property (the molecules issue's bar): the valid molecules' mean property at
+# gamma = GUIDANCE_HIGH against gamma = GUIDANCE_LOW (unconditional), pooled over T per sampler.
+GUIDANCE_LOW, GUIDANCE_HIGH = 0.0, 3.0
+
+
+def guidance_gain(rows: Sequence[Row], prop: str, samplers: Sequence[str] = ("mdlm", "proseco"),
+                  ) -> dict[str, Row]:
+    """Per sampler, the mean `prop` of the valid molecules of its guided rows (the guided corrector; the
+    authors' conditional one ignores gamma) at gamma = GUIDANCE_LOW (`low`) and GUIDANCE_HIGH (`high`),
+    pooled over T (each row weighted by its valid molecules); None where no such row has a valid one."""
+    key = f"{prop}_valid_mean"
+
+    def pooled(sampler: str, gamma: float) -> float | None:
+        members = [r for r in rows if r["sampler"] == sampler and r.get("guidance_scale") == gamma
+                   and r.get("guidance_corrector", "guided") == "guided" and r.get("num_valid")
+                   and r.get(key) is not None]
+        total = sum(r["num_valid"] for r in members)
+        return sum(r[key] * r["num_valid"] for r in members) / total if total else None
+
+    return {s: {"low": pooled(s, GUIDANCE_LOW), "high": pooled(s, GUIDANCE_HIGH)} for s in samplers}
+
+
+def molecule_spread(heads: Sequence[Row], seed_rows: Sequence[Sequence[Row]], prop: str,
+                    seeds: Sequence[int]) -> Row:
+    """The molecule headline of several seeds from their `molecule_claims` (`heads`) and rows
+    (`seed_rows`, one list per seed of `seeds`): each frontier figure's `spread`, its bars judged on the
+    medians, and guidance's effect (`guidance_gain` per seed): for the baseline and the method, the spread
+    of the valid mean property at gamma = 0 and at gamma = 3, `met` when the gamma = 3 range lies above the
+    gamma = 0 range (its lowest seed above the highest seed of gamma = 0); `guidance_met` when both are."""
+    first = heads[0]
+    key = f"{prop}_novel_mean"
+    pick = {
+        "baseline_best_property": lambda h: _figure(h, "baseline_best", key),
+        "method_best_property": lambda h: _figure(h, "method_best", key),
+        "baseline_count": lambda h: h.get("baseline_count"),
+        "method_count": lambda h: h.get("method_count"),
+        "method_property": lambda h: h.get("method_property"),
+    }
+    figures = {name: spread([get(h) for h in heads]) for name, get in pick.items()}
+    median = lambda name: figures[name]["median"]
+    gains = [guidance_gain(rows, prop, (first["baseline"], first["method"])) for rows in seed_rows]
+    guidance: Row = {}
+    for sampler in gains[0]:
+        low = spread([g[sampler]["low"] for g in gains])
+        high = spread([g[sampler]["high"] for g in gains])
+        met = (not low["missing"] and not high["missing"] and low["max"] is not None
+               and high["min"] is not None and high["min"] > low["max"])
+        guidance[sampler] = {"low": low, "high": high, "met": met}
+    out: Row = {"kind": "molecules", "seeds": list(seeds), "baseline": first["baseline"],
+                "method": first["method"], "property": prop, "min_novel": first["min_novel"],
+                "figures": figures, "guidance": guidance, "guidance_low": GUIDANCE_LOW,
+                "guidance_high": GUIDANCE_HIGH,
+                "guidance_met": bool(guidance) and all(g["met"] for g in guidance.values()),
+                "per_seed": list(heads)}
+    if median("baseline_best_property") is None or median("method_best_property") is None:
+        out["note"] = next((h["note"] for h in heads if "note" in h), "no seed has a headline")
+        return out
+    out["count_met"] = median("method_count") > median("baseline_count")
+    out["property_met"] = (median("method_property") is not None
+                           and median("method_property") > median("baseline_best_property"))
+    out["met"] = out["count_met"] and out["property_met"]
+    return out
+
+
+def molecule_spread_lines(head: Row) -> list[str]:
+    """A `molecule_spread` headline in words: each figure as median (min..max over the seeds), the frontier
+    judged on the medians, guidance's effect judged on the ranges."""
+    n, prop = len(head["seeds"]), head["property"]
+    verdict = lambda met: "met" if met else "not met"
+    out = [f"headline over {n} seeds {head['seeds']}: median (min..max over the seeds)"]
+    low, high = head["guidance_low"], head["guidance_high"]
+    for sampler, g in head["guidance"].items():
+        out.append(f"guidance, {sampler}: valid mean {prop} at γ={high:g} {_spread_text(g['high'], '.3f')} "
+                   f"vs γ={low:g} {_spread_text(g['low'], '.3f')} (pooled over T) | the γ={high:g} range "
+                   f"above the γ={low:g} range: {verdict(g['met'])}")
+    if "note" in head:
+        return out + [f"frontier: {head['note']}"]
+    f = head["figures"]
+    out += [
+        f"{head['baseline']} best novel mean {prop}: {_spread_text(f['baseline_best_property'], '.3f')}; "
+        f"{head['method']} best: {_spread_text(f['method_best_property'], '.3f')}",
+        f"at equal {prop} (>= {head['baseline']}'s best): {head['method']} "
+        f"{_spread_text(f['method_count'], '.0f')} novel samples vs {head['baseline']} "
+        f"{_spread_text(f['baseline_count'], '.0f')} | more (medians): {verdict(head['count_met'])}",
+        f"at equal novel count (>= {head['baseline']}'s best row's): {head['method']} best novel mean {prop} "
+        f"{_spread_text(f['method_property'], '.3f')} | higher (medians): {verdict(head['property_met'])}",
+        f"the paper's claim (the frontier up and to the right of {head['baseline']}'s, on the medians): "
+        f"{verdict(head['met'])}",
+    ]
+    return out

@@ -62,6 +62,30 @@ def format_table(rows: Sequence[Row], data: Row | None, scorer: Scorer) -> str:
     return "\n".join(lines)
 
 
+def median_rows(seed_rows: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per setting from the rows of several seeds (one list per seed, each in grid order; an
+    interrupted seed may lack its last settings): every number the median over the seeds that have the
+    setting (a number all seeds share stays as it is), every other field the first seed's, and `seeds`
+    how many seeds it pools."""
+    shape = lambda r: (r["sampler"], r["family"], r["steps"], r["corrector_steps"], r["corrector_every"],
+                       r.get("preset"), r.get("guidance_scale"), r.get("guidance_corrector"))
+    settings: dict[tuple, list[Row]] = {}
+    for rows in seed_rows:
+        for row in rows:
+            settings.setdefault(shape(row), []).append(row)
+    out = []
+    for members in settings.values():
+        row = {k: v for k, v in members[0].items() if k != "seed"}
+        row["seeds"] = len(members)
+        for key, value in row.items():
+            numbers = [m.get(key) for m in members]
+            if (isinstance(value, (int, float)) and not isinstance(value, bool) and None not in numbers
+                    and len(set(numbers)) > 1):
+                row[key] = float(np.median(numbers))
+        out.append(row)
+    return out
+
+
 def plot(results: dict[str, Any], scorer: Scorer, path: str) -> None:
     """Two panels against mean NFE (log x): the scorer's quality figure and entropy, one curve per family;
     a molecule sweep (`guidance_plot`) draws the paper's guidance figure instead.
@@ -153,16 +177,22 @@ def guidance_plot(results: dict[str, Any], prop: str, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _shown(scorer: Scorer, first: int, final: int) -> bool:
+    """Whether a rewrite first -> final shows in the rendered sample: one between two tokens that render
+    alike (a molecule's pad -> eos: both are no atom) changes nothing a reader sees, so it is not marked."""
+    return scorer.render(int(first)) != scorer.render(int(final))
+
+
 def marked_text(history: np.ndarray, mask_id: int, scorer: Scorer, per_line: int | None = 16) -> str:
     """One sample's final tokens as the scorer renders them, rewritten ones marked by `scorer.mark`
-    (`[tA→tB]`: first decoded → final); `per_line` tokens a line (None: one string, the text's own line
-    breaks).
+    (`[tA→tB]`: first decoded → final) unless both render alike (`_shown`); `per_line` tokens a line
+    (None: one string, the text's own line breaks).
 
     history: int [T, L] of one sample.
     """
     first, changed = sample_metrics.corrections(history, mask_id)
     final = np.asarray(history)[-1]
-    words = [scorer.mark(int(a), int(b)) if c else scorer.render(int(b))
+    words = [scorer.mark(int(a), int(b)) if c and _shown(scorer, a, b) else scorer.render(int(b))
              for a, b, c in zip(first, final, changed)]
     if per_line is None:
         return scorer.separator.join(words)
@@ -196,7 +226,9 @@ def correction_lines(results: dict[str, Any], outputs: Sequence[dict[str, np.nda
     text = scorer.kind != "markov"
     for i in range(min(count, out["tokens"].shape[0])):
         note = scorer.sample_note(first[i], out["tokens"][i])
-        lines.append(f"sample {i}: {int(changed[i].sum())} tokens rewritten | "
+        hidden = sum(not _shown(scorer, a, b) for a, b, c in zip(first[i], out["tokens"][i], changed[i]) if c)
+        unseen = f" ({hidden} between tokens that render alike, not marked)" if hidden else ""
+        lines.append(f"sample {i}: {int(changed[i].sum())} tokens rewritten{unseen} | "
                      + (f"{note} | " if note else "") + f"NFE {int(out['nfe'][i])}")
         lines.append(marked_text(out["history"][:, i], mask_id, scorer, None if text else 16))
     return lines

@@ -7,7 +7,7 @@ data scored the same way as the reference row (`reference_row`), the paper's cla
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import grid, headline, report, sample_metrics, scoring
 from proseco_jax.stopping import StopRequest
 
+Row = dict[str, Any]
 MDLM_TRAINED = "mdlm (MDLM-trained)"  # the sampler label of the rows of a model trained without corrector
 UNIGRAM_SEQUENCES = 50_000  # training sequences read for the unigram baseline (all of a small corpus)
 
@@ -62,6 +63,7 @@ def reference_row(scorer: scoring.Scorer, data: Any, num_data: int) -> dict[str,
 def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: int, quick: bool = False,
                    mdlm_workdir: str | None = None, num_data: int | None = None,
                    evaluator_dir: str | None = None, progress: Callable[[str], None] = print,
+                   seeds: int = 1, seed_workdirs: Sequence[str] | None = None,
                    ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """The whole sweep of a trained workdir: rows, data reference, headline, results.json and the PNG.
 
@@ -73,11 +75,22 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     reference (default: 1000 for the Markov language, `num_samples` for text, whose scoring is costlier).
     `mdlm_workdir` (a model of the same config trained with corrector.enabled=False) adds its MDLM rows
     under sampler "mdlm (MDLM-trained)" and a second headline against them (`headline["vs_mdlm_trained"]`).
+
+    `seeds` > 1 samples the whole grid under sampling seeds config.seed, config.seed + 1, ...: seed k draws
+    from the model of `seed_workdirs[k]` (one training per seed, same config and shapes) when given, else
+    from `workdir`'s. results.json then holds each seed's rows (with their `seed`), model and headline under
+    `per_seed`, one row per setting with its median over the seeds under `rows` (`report.median_rows`,
+    what the table and the plot show), and under `headline` every figure's median and range over the
+    seeds' headlines (`headline.claims_spread` / `headline.molecule_spread`), the bars judged on the median.
     Writes output_dir/results.json and output_dir/quality_vs_nfe.png; returns (the results, the samples
-    of each row: tokens [N, L], history [T, N, L], NFE counts).
+    of each row of the first seed: tokens [N, L], history [T, N, L], NFE counts).
     """
     config = config_base.resolve(config)
     check_request(config, num_samples, evaluator_dir)
+    models = list(seed_workdirs) if seed_workdirs else [workdir] * seeds
+    if seeds < 1 or len(models) != seeds:
+        raise UsageError(f"the number of seeds must be positive and match its workdirs, got {seeds} seeds "
+                         f"and {len(models)} workdirs")
     checkpoint.ensure_writable(output_dir, "output directory")
     data = datasets.load(config.data)
     scorer = scoring.make_scorer(config, data, evaluator_dir)
@@ -87,43 +100,100 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     length = config.data.length
     reference = reference_row(scorer, data, num_data)
     progress(report.data_summary(reference, scorer))
-    loaded = inference.load_model(config, workdir)
-    progress(f"sampling the model of {workdir} (step {loaded.step}): {num_samples} samples per row")
+    loaded = inference.load_model(config, models[0])
+    mdlm_model = inference.load_model(config, mdlm_workdir) if mdlm_workdir else None
     settings = grid.GRIDS[scorer.kind](config.sampling, length, quick=quick)
-    with StopRequest("the rows being sampled") as stop:
-        rows, outputs = grid.run_sweep(loaded, settings, scorer, num_samples, progress=progress,
-                                       stop=lambda: stop.requested)
-    def claims(baseline: str) -> dict[str, Any]:
+    mdlm_settings = grid.mdlm_grid(config.sampling, length, quick=quick, kind=scorer.kind)
+
+    def claims(rows: list[Row], baseline: str) -> dict[str, Any]:
         if molecules:
-            return headline.molecule_claims(rows, config.data.label_property, baseline=baseline)
+            return headline.molecule_claims(rows, config.data.label_property, baseline=baseline,
+                                            min_novel=headline.min_novel(num_samples))
         return headline.claims(rows, reference, baseline=baseline, quality=scorer.quality)
 
-    describe = headline.molecule_lines if molecules else headline.lines
-    head = claims("mdlm")
-    if mdlm_workdir and not stop.requested:
-        mdlm_model = inference.load_model(config, mdlm_workdir)
-        progress(f"sampling the MDLM-trained model of {mdlm_workdir} (step {mdlm_model.step})")
-        mdlm_settings = grid.mdlm_grid(config.sampling, length, quick=quick, kind=scorer.kind)
-        more_rows, more_outputs = grid.run_sweep(mdlm_model, mdlm_settings, scorer, num_samples,
-                                                 sampler_label=MDLM_TRAINED, progress=progress)
-        rows, outputs = rows + more_rows, outputs + more_outputs
-        head["vs_mdlm_trained"] = claims(MDLM_TRAINED)
-    results = {"scorer": scorer.kind, "quality": scorer.quality, "data": reference, "rows": rows,
-               "headline": head, "model": {"workdir": os.path.abspath(workdir), "step": loaded.step,
-                                           **report.validation_bits(workdir)}}
+    per_seed: list[dict[str, Any]] = []
+    first_outputs: list[dict[str, np.ndarray]] = []
+    with StopRequest("the rows being sampled") as stop:
+        for k in range(seeds):
+            if k and stop.requested:
+                break
+            seed = config.seed + k
+            # Another seed's training of the same config: restored onto the first model, whose compiled
+            # samplers it reuses.
+            model = loaded if models[k] == models[0] else inference.load_model(config, models[k], like=loaded)
+            of_seed = f", sampling seed {seed}" if seeds > 1 else ""
+            progress(f"sampling the model of {models[k]} (step {model.step}){of_seed}: {num_samples} samples "
+                     "per row")
+            rows, outputs = grid.run_sweep(model, settings, scorer, num_samples, progress=progress,
+                                           seed=seed, stop=lambda: stop.requested)
+            head = claims(rows, "mdlm")
+            if mdlm_model is not None and not stop.requested:
+                progress(f"sampling the MDLM-trained model of {mdlm_workdir} (step {mdlm_model.step})")
+                more_rows, more_outputs = grid.run_sweep(mdlm_model, mdlm_settings, scorer, num_samples,
+                                                         sampler_label=MDLM_TRAINED, progress=progress,
+                                                         seed=seed)
+                rows, outputs = rows + more_rows, outputs + more_outputs
+                head["vs_mdlm_trained"] = claims(rows, MDLM_TRAINED)
+            if k == 0:
+                first_outputs = outputs
+            per_seed.append({"seed": seed, "rows": rows, "headline": head,
+                             "model": {"workdir": os.path.abspath(models[k]), "step": model.step,
+                                       **report.validation_bits(models[k])}})
+    results = {"scorer": scorer.kind, "quality": scorer.quality, "data": reference,
+               **_combined(per_seed, config.data.label_property if molecules else None)}
     if scorer.kind == "text":
         results["evaluator_dir"] = os.path.abspath(evaluator_dir) if evaluator_dir else None
+    done = sum(len(p["rows"]) for p in per_seed)
+    total = seeds * (len(settings) + (len(mdlm_settings) if mdlm_model is not None else 0))
     if stop.requested:  # Keep what was sampled: the rows finished before the stop.
-        results["interrupted"] = f"{len(rows)} of {len(settings)} rows"
+        results["interrupted"] = f"{done} of {total} rows"
     json_path = os.path.join(output_dir, "results.json")
     png_path = os.path.join(output_dir, "novel_vs_property.png" if molecules else "quality_vs_nfe.png")
     fileio.atomic_write_json(json_path, results)
     report.plot(results, scorer, png_path)
-    progress(report.format_table(rows, reference, scorer))
-    for line in describe(head) + (describe(head["vs_mdlm_trained"]) if mdlm_workdir else []):
+    several = "per_seed" in results  # not when a stop came before the second seed
+    if several:
+        progress(f"each figure of the table: its median over the {len(per_seed)} seeds")
+    progress(report.format_table(results["rows"], reference, scorer))
+    head = results["headline"]
+    describe = _describe(molecules, several)
+    for line in describe(head) + (describe(head["vs_mdlm_trained"]) if "vs_mdlm_trained" in head else []):
         progress(line)
     progress(f"wrote {json_path} and {png_path}")
     if stop.requested:
-        progress(f"{stop.signal_name}: stopped after {len(rows)} of {len(settings)} rows (in results.json); "
+        progress(f"{stop.signal_name}: stopped after {done} of {total} rows (in results.json); "
                  "rerun the same command to sample every row")
-    return results, outputs
+    return results, first_outputs
+
+
+def _describe(molecules: bool, several: bool) -> Callable[[dict[str, Any]], list[str]]:
+    """The headline's lines: of one seed's claims or of their spread, for molecules or quality vs NFE."""
+    if several:
+        return headline.molecule_spread_lines if molecules else headline.spread_lines
+    return headline.molecule_lines if molecules else headline.lines
+
+
+def _combined(per_seed: list[dict[str, Any]], prop: str | None) -> dict[str, Any]:
+    """`rows`, `headline` and `model` of results.json from the sweeps of each seed (`prop`: the molecules'
+    property, None for quality against NFE): one seed's own, or for several the median rows, the spread
+    headline and the first seed's model, with every seed's under `per_seed` (its rows marked `seed`)."""
+    if len(per_seed) == 1:
+        only = per_seed[0]
+        return {"rows": only["rows"], "headline": only["headline"], "model": only["model"]}
+    seeds = [p["seed"] for p in per_seed]
+    for p in per_seed:
+        for row in p["rows"]:
+            row["seed"] = p["seed"]
+    heads = [p["headline"] for p in per_seed]
+
+    def spread(key: str | None) -> dict[str, Any]:
+        these = [h[key] for h in heads] if key else heads
+        if prop is None:
+            return headline.claims_spread(these, seeds)
+        return headline.molecule_spread(these, [p["rows"] for p in per_seed], prop, seeds)
+
+    head = spread(None)
+    if all("vs_mdlm_trained" in h for h in heads):
+        head["vs_mdlm_trained"] = spread("vs_mdlm_trained")
+    return {"rows": report.median_rows([p["rows"] for p in per_seed]), "headline": head,
+            "model": per_seed[0]["model"], "per_seed": per_seed}
