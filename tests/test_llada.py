@@ -299,6 +299,17 @@ def test_a_config_json_that_does_not_match_the_weights_is_refused(reference, tmp
     _assert_one_line(excinfo, *fragments)
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(reference, tmp_path):
+    state = {k: v.copy() for k, v in reference[1].items()}
+    state["model.transformer.blocks.1.up_proj.weight"][2, :3] = [np.nan, np.inf, -np.inf]
+    directory = str(tmp_path / "nan")
+    write_checkpoint(directory, TINY_HF, state)
+    ckpt = hf.open_checkpoint(directory)
+    with pytest.raises(UsageError) as excinfo:
+        hf.load(ckpt, placed_model(ckpt.model).abstract_params())
+    _assert_one_line(excinfo, "model.transformer.blocks.1.up_proj.weight holds 3 non-finite values")
+
+
 def test_a_repo_id_offline_is_one_line(monkeypatch, tmp_path):
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
