@@ -42,7 +42,7 @@ from proseco_jax.data import tfds_build
 from proseco_jax.data.chat import FILES as TOKENIZER_FILES
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.text_sources import describe_files, list_files
+from proseco_jax.data.text_sources import check_decoding, describe_files, list_files
 from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 
 TRAIN, VALIDATION = "train", "validation"
@@ -122,6 +122,7 @@ def open_records(cfg: Data) -> tuple[Records, list[str]]:
     if not cfg.files:
         return _hub_records(cfg.hub_dataset), []
     paths = list_files(cfg.files)
+    check_decoding(paths, cfg.max_decode_errors, "sft_jsonl")
     counts = _jsonl_counts(paths)
     return Records(sum(counts), functools.partial(_read_jsonl, paths, counts)), paths
 

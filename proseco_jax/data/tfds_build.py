@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data, data_directory
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.text_sources import describe_files
+from proseco_jax.data.text_sources import same_files
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -164,7 +164,8 @@ def build_once(builder: tfds.core.DatasetBuilder, data_dir: str,
 
 def check_files_unchanged(version_dir: str, paths: list[str], files_glob: str) -> None:
     """DataError unless the source files `paths` (those matching data.files = files_glob) are the ones the
-    corpus in version_dir was prepared from (its SOURCES_JSON). No paths: the corpus was prepared
+    corpus in version_dir was prepared from (its SOURCES_JSON): the same names and content digests (a file
+    is hashed again only when its size, mtime or ctime moved). No paths: the corpus was prepared
     elsewhere (or its files were removed) and stands on its own."""
     if not paths:
         return
@@ -173,7 +174,7 @@ def check_files_unchanged(version_dir: str, paths: list[str], files_glob: str) -
             recorded = json.load(f)["files"]
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
-    if describe_files(paths) != recorded:
+    if not same_files(paths, recorded):
         raise DataError(f"the files matching data.files={files_glob!r} changed since {version_dir} was "
                         "prepared; delete that directory to prepare them again")
 
