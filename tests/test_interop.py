@@ -15,6 +15,7 @@ import pytest
 from conftest import assert_usage_error, run_binary
 
 from proseco_jax import config_base, inference, sharding
+from proseco_jax.data import hub as data_hub
 from proseco_jax.data.smiles import REFERENCE_SPECIALS as SPECIALS
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import convert, layout, sources
@@ -413,6 +414,7 @@ def test_hub_download_failures_are_one_line(monkeypatch):
 
     hub.snapshot_download = offline
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.setattr(data_hub, "_probe", lambda: None)  # The Hub answers; the download itself fails.
     with pytest.raises(UsageError, match="^kuleshov-group/mdlm-owt is no local path and cannot be downloaded"
                                          "[^\n]*no connection to the internet"):
         sources.read("kuleshov-group/mdlm-owt")

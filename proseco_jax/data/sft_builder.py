@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data
-from proseco_jax.data import tfds_build
+from proseco_jax.data import hub, tfds_build
 from proseco_jax.data.chat import FILES as TOKENIZER_FILES
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.data.errors import DataError, one_line
@@ -105,10 +105,12 @@ def _hub_records(name: str) -> Records:
                         "is not installed: pip install datasets, or set data.files to local JSONL files"
                         ) from None
     repo, _, split = name.partition(":")
+    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
     try:
         rows = hf_datasets.load_dataset(repo, split=split or "train")
     except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {name} ({one_line(e)}); set data.files to local JSONL files") from None
+        raise DataError(f"cannot load {name} ({hub.failure(e)}); set data.files to local JSONL files"
+                        ) from None
 
     def read(start: int, stop: int) -> Iterator[tuple[str, Any]]:
         for i in range(start, stop):

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data, data_directory
-from proseco_jax.data import packing, tfds_build, tokenizers
+from proseco_jax.data import hub, packing, tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
 from proseco_jax.data.text_sources import (
@@ -206,10 +206,12 @@ def _datasets_library(corpus: str = "OpenWebText"):
 
 def _hub_files(hub_name: str, corpus: str, split: str) -> list[str]:
     """The arrow files of the `datasets` cache that hold `split` of `hub_name` (downloaded if need be)."""
+    library = _datasets_library(corpus)
+    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
     try:
-        dataset = _datasets_library(corpus).load_dataset(hub_name, split=split)
+        dataset = library.load_dataset(hub_name, split=split)
     except Exception as e:  # noqa: BLE001 - offline, missing cache, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {hub_name} ({one_line(e)}); set data.files to local files") from None
+        raise DataError(f"cannot load {hub_name} ({hub.failure(e)}); set data.files to local files") from None
     return [f["filename"] for f in dataset.cache_files]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from proseco_jax.data import smiles
+from proseco_jax.data import hub, smiles
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.tokenizer_base import TOKENIZER_JSON, Tokenizer
 from proseco_jax.data.tokenizer_names import (
@@ -133,10 +133,12 @@ def _read_json(name: str, path: str):
 def _from_hub(hub_name: str, label: str, local: str):
     """(tokenizer, where it came from) of the Hugging Face hub's `hub_name`; offline or any hub error is a
     DataError asking for `local` in data.tokenizer_path."""
+    library = _library()
+    hub.offline_reason()  # Offline: the hub cache only, at once, instead of half a minute of retries.
     try:
-        tok = _library().Tokenizer.from_pretrained(hub_name)
+        tok = library.Tokenizer.from_pretrained(hub_name)
     except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
-        raise DataError(f"cannot load the {label} tokenizer from the Hugging Face hub ({one_line(e)}); "
+        raise DataError(f"cannot load the {label} tokenizer from the Hugging Face hub ({hub.failure(e)}); "
                         f"set data.tokenizer_path to {local}") from None
     return tok, f"the hub's {hub_name!r}"
 
