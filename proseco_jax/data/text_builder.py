@@ -21,7 +21,7 @@ different settings never share files. Layout:
 
     <builder>/<config name>/1.0.0/<builder>-{train,validation[,test]}.array_record-*
     <builder>/<config name>/1.0.0/tokenizer.txt (+ tokenizer.json)   the tokenizer of exactly this data
-    <builder>/<config name>/1.0.0/sources.json                       the files' names and sizes, the splits
+    <builder>/<config name>/1.0.0/sources.json                       the files' names and digests, the splits
 
 All of it is written inside tfds's temporary directory, which is renamed into place only once every
 split is complete, under a file lock: an interrupted preparation leaves nothing that a later run reads,

@@ -58,7 +58,7 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         return None
 
-SOURCES_JSON = "sources.json"  # A corpus's source files (names and sizes) and its split sizes.
+SOURCES_JSON = "sources.json"  # A corpus's source files (names, stamps, digests) and its split sizes.
 # In data_dir, shared by every corpus; named after the first one, and kept so that builds by earlier
 # versions of this module and by this one exclude each other.
 _LOCK_FILE = ".markov_language.lock"
