@@ -69,6 +69,7 @@ def import_llada(source: str, workdir: str) -> None:
     m = config.model
     print(f"wrote {workdir} from {source}: LLaDA {m.num_layers} layers, d={m.hidden_size}, "
           f"{m.num_heads} heads ({m.num_kv_heads} key/value), {m.vocab_size} ids, [MASK]={m.mask_token_id}, "
+          f"EOS={config.sampling.eos_id}, "
           f"tokenizer {config.data.tokenizer_path or 'none (set data.tokenizer_path)'}", flush=True)
 
 

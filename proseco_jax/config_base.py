@@ -125,6 +125,9 @@ class Data(Section):
                                       "(the reference's).", at_least(1))
     num_proc: int = field(0, "Processes that tokenise text when a corpus is prepared (0: one per CPU core).",
                           at_least(0))
+    max_decode_errors: int = field(0, "Text and JSONL corpus files (text_files, owt, lm1b, sft_jsonl): "
+                                   "bytes that are not UTF-8 accepted per file when the corpus is prepared "
+                                   "(read as U+FFFD and reported); a file with more is refused.", at_least(0))
     prompt_field: str = field("prompt", "sft_jsonl: the field holding a record's prompt (a user message).")
     response_field: str = field("response", "sft_jsonl: the field holding a record's response.")
     messages_field: str = field("messages", "sft_jsonl: the field holding a record's chat, a list of {role, "

@@ -15,6 +15,7 @@ import pytest
 from conftest import assert_usage_error, run_binary
 
 from proseco_jax import config_base, inference, sharding
+from proseco_jax.data import hub as data_hub
 from proseco_jax.data.smiles import REFERENCE_SPECIALS as SPECIALS
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import convert, layout, sources
@@ -329,6 +330,15 @@ def test_convert_binary_rejects_a_non_checkpoint_and_writes_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
+def test_convert_binary_refuses_non_finite_weights_naming_the_tensor_and_writes_nothing(tmp_path):
+    state = random_model().state_dict()
+    state["backbone.blocks.1.mlp.0.weight"][3, 5] = float("inf")
+    source = write_hf_dir(tmp_path / "hf", state, hf_config())
+    proc = run_binary("convert.py", f"--source={source}", f"--workdir={tmp_path / 'work'}")
+    assert_usage_error(proc, "backbone.blocks.1.mlp.0.weight holds 1 non-finite values (NaN or Inf)")
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+
+
 def _state(**changes):
     state = {k: v.numpy() for k, v in random_model().state_dict().items()}
     for key, value in changes.items():
@@ -354,6 +364,10 @@ def _state(**changes):
      "does not hold the rotary frequencies"),
     ({"transformer.h.0.attn.c_attn.weight": np.zeros((4, 4), np.float32)}, hf_config(),
      "holds no tensor of an MDLM/ProSeCo DiT (its keys: transformer.h.0.attn.c_attn.weight)"),
+    (_state(backbone__blocks__0__attn_qkv__weight=np.full((3 * HIDDEN, HIDDEN), np.nan, np.float32)),
+     hf_config(), f"backbone.blocks.0.attn_qkv.weight holds {3 * HIDDEN * HIDDEN} non-finite values"),
+    (_state(backbone__blocks__1__norm1__weight=np.ones(HIDDEN, np.int64)), hf_config(),
+     "backbone.blocks.1.norm1.weight has dtype int64, expected a float"),
     (_state(), hf_config(cfg=True), "classifier-free-guidance"),
     (_state(), {k: v for k, v in hf_config().items() if k != "n_heads"}, "lacks the field(s) n_heads"),
 ])
@@ -400,6 +414,7 @@ def test_hub_download_failures_are_one_line(monkeypatch):
 
     hub.snapshot_download = offline
     monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.setattr(data_hub, "_probe", lambda: None)  # The Hub answers; the download itself fails.
     with pytest.raises(UsageError, match="^kuleshov-group/mdlm-owt is no local path and cannot be downloaded"
                                          "[^\n]*no connection to the internet"):
         sources.read("kuleshov-group/mdlm-owt")

@@ -299,6 +299,78 @@ def test_a_config_json_that_does_not_match_the_weights_is_refused(reference, tmp
     _assert_one_line(excinfo, *fragments)
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(reference, tmp_path):
+    state = {k: v.copy() for k, v in reference[1].items()}
+    state["model.transformer.blocks.1.up_proj.weight"][2, :3] = [np.nan, np.inf, -np.inf]
+    directory = str(tmp_path / "nan")
+    write_checkpoint(directory, TINY_HF, state)
+    ckpt = hf.open_checkpoint(directory)
+    with pytest.raises(UsageError) as excinfo:
+        hf.load(ckpt, placed_model(ckpt.model).abstract_params())
+    _assert_one_line(excinfo, "model.transformer.blocks.1.up_proj.weight holds 3 non-finite values")
+
+
+def _reference_checkpoint(directory, hf_config, seed=0):
+    """A random PyTorch LLaDA of `hf_config` (bfloat16-exact weights) written as a checkpoint."""
+    torch.manual_seed(seed)
+    model = TorchLLaDA(hf_config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "ln_f" in name:
+                p.uniform_(0.5, 1.5)
+            p.copy_(p.bfloat16().float())
+    write_checkpoint(directory, hf_config, {k: v.numpy().copy() for k, v in model.state_dict().items()})
+    return model
+
+
+def test_convert_binary_takes_a_small_llada_token_ids_from_its_config_json(tmp_path):
+    """A LLaDA-architecture checkpoint of another vocabulary than LLaDA-8B's converts with the default
+    (8B) settings: EOS, [MASK] and the vocabulary come from its config.json, and its logits are the
+    PyTorch model's."""
+    from conftest import run_binary
+
+    from proseco_jax import inference
+
+    small = {**TINY_HF, "embedding_size": 304, "vocab_size": 304, "mask_token_id": 300,
+             "eos_token_id": 298, "pad_token_id": 299}
+    directory, workdir = str(tmp_path / "small"), str(tmp_path / "work")
+    model = _reference_checkpoint(directory, small)
+    proc = run_binary("convert.py", f"--source={directory}", f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = inference.workdir_config(workdir)
+    assert (config.sampling.eos_id, config.mask_id, config.output_vocab_size) == (298, 300, 304)
+    assert config.data.tokenizer_path == ""  # LLaDA-8B's tokenizer numbers another vocabulary.
+    # The default settings compute in bfloat16; the weights are compared in float32.
+    config = config.replace(model=config.model.replace(dtype="float32"))
+    mesh = sharding.make_mesh(config_base.Mesh(), jax.devices()[:1])
+    loaded_model = inference.load_model(config, workdir, mesh=mesh)
+    tokens = np.random.default_rng(2).integers(0, 304, (2, 16)).astype(np.int32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(tokens).long()).numpy()
+    apply = loaded_model.placed.under_mesh(jax.jit(loaded_model.placed.apply_fn))
+    got = np.asarray(apply(loaded_model.params, tokens, np.zeros(2, np.float32)))
+    assert np.abs(got - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"eos_token_id": 300}, ("eos_token_id=300, not a token id of its 304 ids other than [MASK]=300",)),
+    ({"pad_token_id": 304}, ("pad_token_id=304",)),
+    ({"eos_token_id": None}, ("names no eos_token_id", "sampling.eos_id=126081 is no token of its 304 ids")),
+])
+def test_token_ids_of_config_json_that_name_no_real_token_are_refused(tmp_path, change, fragments):
+    from proseco_jax.interop import convert
+
+    small = {**TINY_HF, "embedding_size": 304, "vocab_size": 304, "mask_token_id": 300, "eos_token_id": 298}
+    small = {k: v for k, v in {**small, **change}.items() if v is not None}
+    directory = str(tmp_path / "small")
+    _reference_checkpoint(directory, small)
+    base = config_base.get_config(model="llada")
+    base.sampling.eos_id = 126081  # configs/llada_8b_sft.py's: LLaDA-8B's EOS.
+    with pytest.raises(UsageError) as excinfo:
+        convert.llada_config_for(hf.open_checkpoint(directory), base)
+    _assert_one_line(excinfo, *fragments)
+
+
 def test_a_repo_id_offline_is_one_line(monkeypatch, tmp_path):
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from proseco_jax.data import hub
 from proseco_jax.data.errors import DataError, one_line
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -64,10 +65,11 @@ def _snapshot(repo_id: str) -> str:
     except ImportError:
         raise DataError(f"{repo_id!r} is not a directory, and a hub id needs huggingface_hub (pip install "
                         "'proseco_jax[convert]')") from None
+    hub.offline_reason()  # Offline: the hub cache only, at once, instead of half a minute of retries.
     try:
         return snapshot_download(repo_id, allow_patterns=list(FILES))
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated repo: all mean "give a directory".
-        raise DataError(f"cannot fetch the tokenizer of {repo_id!r} from the hub ({one_line(e)}); give a "
+        raise DataError(f"cannot fetch the tokenizer of {repo_id!r} from the hub ({hub.failure(e)}); give a "
                         "local tokenizer directory") from None
 
 

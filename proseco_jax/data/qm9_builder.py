@@ -15,7 +15,7 @@ covers padding, so the model learns each molecule's length). Next to the data, i
     canonical_smiles.txt             every kept molecule's canonical SMILES, one a line: the set that
                                      novelty is measured against
     molecules.json                   RDKit's version, the threshold, the counts read, kept and skipped
-    sources.json                     the source files' names and sizes (a changed file is refused)
+    sources.json                     the source files' names and digests (a changed file is refused)
 """
 
 from __future__ import annotations

@@ -38,11 +38,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data
-from proseco_jax.data import tfds_build
+from proseco_jax.data import hub, tfds_build
 from proseco_jax.data.chat import FILES as TOKENIZER_FILES
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.text_sources import describe_files, list_files
+from proseco_jax.data.text_sources import check_decoding, describe_files, list_files
 from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 
 TRAIN, VALIDATION = "train", "validation"
@@ -105,10 +105,12 @@ def _hub_records(name: str) -> Records:
                         "is not installed: pip install datasets, or set data.files to local JSONL files"
                         ) from None
     repo, _, split = name.partition(":")
+    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
     try:
         rows = hf_datasets.load_dataset(repo, split=split or "train")
     except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {name} ({one_line(e)}); set data.files to local JSONL files") from None
+        raise DataError(f"cannot load {name} ({hub.failure(e)}); set data.files to local JSONL files"
+                        ) from None
 
     def read(start: int, stop: int) -> Iterator[tuple[str, Any]]:
         for i in range(start, stop):
@@ -122,6 +124,7 @@ def open_records(cfg: Data) -> tuple[Records, list[str]]:
     if not cfg.files:
         return _hub_records(cfg.hub_dataset), []
     paths = list_files(cfg.files)
+    check_decoding(paths, cfg.max_decode_errors, "sft_jsonl")
     counts = _jsonl_counts(paths)
     return Records(sum(counts), functools.partial(_read_jsonl, paths, counts)), paths
 

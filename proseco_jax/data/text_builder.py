@@ -21,7 +21,7 @@ different settings never share files. Layout:
 
     <builder>/<config name>/1.0.0/<builder>-{train,validation[,test]}.array_record-*
     <builder>/<config name>/1.0.0/tokenizer.txt (+ tokenizer.json)   the tokenizer of exactly this data
-    <builder>/<config name>/1.0.0/sources.json                       the files' names and sizes, the splits
+    <builder>/<config name>/1.0.0/sources.json                       the files' names and digests, the splits
 
 All of it is written inside tfds's temporary directory, which is renamed into place only once every
 split is complete, under a file lock: an interrupted preparation leaves nothing that a later run reads,
@@ -44,10 +44,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data, data_directory
-from proseco_jax.data import packing, tfds_build, tokenizers
+from proseco_jax.data import hub, packing, tfds_build, tokenizers
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.parallel_encode import ParallelEncoder, Progress
-from proseco_jax.data.text_sources import Corpus, describe_files, detokenize_lm1b, list_files, lm1b_files
+from proseco_jax.data.text_sources import (
+    Corpus,
+    check_decoding,
+    describe_files,
+    detokenize_lm1b,
+    list_files,
+    lm1b_files,
+)
 from proseco_jax.data.tfds_build import RandomAccessSource, SectionConfig
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -66,6 +73,7 @@ class _TextBuilder(tfds_build.LocalBuilder, skip_registration=True):
     config comes from `text_config`."""
 
     _encoder: ParallelEncoder | None = None
+    text_files = True  # Its files are read as UTF-8 (their undecodable bytes are counted).
 
     def _info(self) -> tfds.core.DatasetInfo:
         length = self.builder_config.data.length
@@ -99,6 +107,8 @@ class _TextBuilder(tfds_build.LocalBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, np.ndarray]]]]:
         del dl_manager  # Nothing is downloaded.
         splits, files = self._documents()
+        if self.text_files:
+            check_decoding(files, self.builder_config.data.max_decode_errors, self.name)
         tokenizer = self._tokenizer(splits[TRAIN][1])
         # self.data_dir is tfds's temporary directory here: these files appear together with the data.
         tokenizers.record(tokenizer, self.data_dir)
@@ -116,7 +126,9 @@ class _TextBuilder(tfds_build.LocalBuilder, skip_registration=True):
             return tokenizers.load(cfg.tokenizer, cfg.tokenizer_path)
         print(f"{self.name}: training the {cfg.tokenizer} tokenizer on at most {BPE_TRAIN_CHARS:,} "
               "characters of the train split", flush=True)
-        return tokenizers.train_bpe(cfg.tokenizer, _first_chars(read_train(), BPE_TRAIN_CHARS))
+        tokenizer = tokenizers.train_bpe(cfg.tokenizer, _first_chars(read_train(), BPE_TRAIN_CHARS))
+        print(f"{self.name}: trained {cfg.tokenizer}, {tokenizer.vocab_size:,} ids", flush=True)
+        return tokenizer
 
     def _generate_examples(self, split: str, num_documents: int, read: Callable[[], Iterator[str]],
                            tokenizer: tokenizers.Tokenizer) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -194,10 +206,12 @@ def _datasets_library(corpus: str = "OpenWebText"):
 
 def _hub_files(hub_name: str, corpus: str, split: str) -> list[str]:
     """The arrow files of the `datasets` cache that hold `split` of `hub_name` (downloaded if need be)."""
+    library = _datasets_library(corpus)
+    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
     try:
-        dataset = _datasets_library(corpus).load_dataset(hub_name, split=split)
+        dataset = library.load_dataset(hub_name, split=split)
     except Exception as e:  # noqa: BLE001 - offline, missing cache, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {hub_name} ({one_line(e)}); set data.files to local files") from None
+        raise DataError(f"cannot load {hub_name} ({hub.failure(e)}); set data.files to local files") from None
     return [f["filename"] for f in dataset.cache_files]
 
 
@@ -282,6 +296,7 @@ class Text8(_TextBuilder, skip_registration=True):
     """text8: characters [0, 90%), [90%, 95%), [95%, 100%) (90M / 5M / 5M of the real file)."""
 
     name = "text8"
+    text_files = False  # text8.zip is read as strict ASCII.
 
     @classmethod
     def check_inputs(cls, cfg: Data) -> None:

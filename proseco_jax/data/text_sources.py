@@ -16,8 +16,10 @@ and `detokenize_lm1b` undoes the release's spacing around punctuation as MDLM do
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
@@ -27,6 +29,9 @@ from proseco_jax.data.errors import DataError, one_line
 
 DOCUMENT_PER = ("file", "line")
 _BATCH_ROWS = 1024
+_CHUNK = 1 << 20  # Bytes read at a time when a whole file is scanned.
+# surrogateescape decodes each byte that is not UTF-8 to one of these, which valid UTF-8 never yields.
+_ESCAPED = re.compile("[\udc80-\udcff]")
 LM1B_RELEASE = "1-billion-word-language-modeling-benchmark-r13output"
 LM1B_TRAIN = os.path.join("training-monolingual.tokenized.shuffled", "news.en-*")
 LM1B_HELDOUT = os.path.join("heldout-monolingual.tokenized.shuffled", "news.en.heldout-*")
@@ -161,10 +166,79 @@ class Corpus:
                 raise DataError(f"cannot read {path}: {one_line(e)}") from None
 
 
-def describe_files(paths: list[str]) -> list[list]:
-    """[name relative to the files' common directory, size] of each file: what `changed_files` compares."""
+def undecodable_bytes(path: str) -> int:
+    """How many bytes of `path` are not UTF-8 (the readers above see each run of them as U+FFFD)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    count = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            text = decoder.decode(chunk)
+            count += len(text) - len(_ESCAPED.sub("", text))
+    text = decoder.decode(b"", final=True)
+    return count + len(text) - len(_ESCAPED.sub("", text))
+
+
+def check_decoding(paths: list[str], max_errors: int, corpus: str) -> None:
+    """Counts the bytes that are not UTF-8 in the text and JSONL files among `paths` (parquet and arrow
+    hold validated UTF-8): DataError naming the first file with more than `max_errors`
+    (data.max_decode_errors), else one line reporting each file that has any."""
+    found = {}
+    for path in paths:
+        if _kind(path) not in ("text", "jsonl"):
+            continue
+        try:
+            count = undecodable_bytes(path)
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {one_line(e)}") from None
+        if count > max_errors:
+            raise DataError(f"{path} holds {count:,} bytes that are not UTF-8, more than "
+                            f"data.max_decode_errors={max_errors}: fix its encoding, or accept them (read "
+                            f"as U+FFFD) with --config.data.max_decode_errors={count}")
+        if count:
+            found[path] = count
+    if found:
+        listed = ", ".join(f"{path} {count:,}" for path, count in found.items())
+        print(f"{corpus}: bytes that are not UTF-8, read as U+FFFD: {listed}", flush=True)
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _stamp(path: str) -> list[int]:
+    """Size, mtime and ctime (ns): a file whose stamp is unchanged is not read again. ctime moves on every
+    write and cannot be set back, so an edit that restores size and mtime still changes the stamp."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _relative_names(paths: list[str]) -> list[str]:
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    return [[os.path.relpath(os.path.abspath(p), root), os.path.getsize(p)] for p in paths]
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
+def describe_files(paths: list[str]) -> list[list]:
+    """[name relative to the files' common directory, size, mtime_ns, ctime_ns, sha256] of each file: what
+    `same_files` compares (the content digest; the stamp only saves reading an untouched file)."""
+    return [[name, *_stamp(p), _digest(p)] for name, p in zip(_relative_names(paths), paths, strict=True)]
+
+
+def same_files(paths: list[str], recorded: list[list]) -> bool:
+    """Whether `paths` hold what `describe_files` recorded: the same names and contents. A file whose size,
+    mtime and ctime are the recorded ones is taken as unchanged without being read; any other is hashed.
+    (A record of [name, size] alone, written before digests were kept, compares those two.)"""
+    names = _relative_names(paths)
+    if [r[0] for r in recorded] != names:
+        return False
+    for path, record in zip(paths, recorded, strict=True):
+        if len(record) == 2:
+            unchanged = os.path.getsize(path) == record[1]
+        else:
+            unchanged = _stamp(path) == record[1:4] or _digest(path) == record[4]
+        if not unchanged:
+            return False
+    return True
 
 
 def lm1b_files(files: str) -> tuple[list[str], list[str]]:

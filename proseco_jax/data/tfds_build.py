@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 
 from proseco_jax.config_base import Data, data_directory
 from proseco_jax.data.errors import DataError, one_line
-from proseco_jax.data.text_sources import describe_files
+from proseco_jax.data.text_sources import same_files
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -58,7 +58,7 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         return None
 
-SOURCES_JSON = "sources.json"  # A corpus's source files (names and sizes) and its split sizes.
+SOURCES_JSON = "sources.json"  # A corpus's source files (names, stamps, digests) and its split sizes.
 # In data_dir, shared by every corpus; named after the first one, and kept so that builds by earlier
 # versions of this module and by this one exclude each other.
 _LOCK_FILE = ".markov_language.lock"
@@ -164,7 +164,8 @@ def build_once(builder: tfds.core.DatasetBuilder, data_dir: str,
 
 def check_files_unchanged(version_dir: str, paths: list[str], files_glob: str) -> None:
     """DataError unless the source files `paths` (those matching data.files = files_glob) are the ones the
-    corpus in version_dir was prepared from (its SOURCES_JSON). No paths: the corpus was prepared
+    corpus in version_dir was prepared from (its SOURCES_JSON): the same names and content digests (a file
+    is hashed again only when its size, mtime or ctime moved). No paths: the corpus was prepared
     elsewhere (or its files were removed) and stands on its own."""
     if not paths:
         return
@@ -173,7 +174,7 @@ def check_files_unchanged(version_dir: str, paths: list[str], files_glob: str) -
             recorded = json.load(f)["files"]
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{version_dir}/{SOURCES_JSON} is unreadable ({one_line(e)})") from None
-    if describe_files(paths) != recorded:
+    if not same_files(paths, recorded):
         raise DataError(f"the files matching data.files={files_glob!r} changed since {version_dir} was "
                         "prepared; delete that directory to prepare them again")
 

@@ -9,7 +9,8 @@
     chars    text8's 27 symbols, a-z = 0..25 and space = 26; no special ids (text8 is cut into plain chunks)
     bytes    UTF-8 bytes 0..255, then BOS = 256, EOS = 257, PAD = 258 (259 ids)
     bpe:N    a byte-level BPE of N ids trained on the corpus when it is prepared (ids 0, 1, 2 are BOS, EOS,
-             PAD); its tokenizer.json is saved with the data, so samples decode the same way later
+             PAD); its tokenizer.json is saved with the data, so samples decode the same way later. A
+             corpus too small for N ids is refused, naming the N it gives
     smiles   SMILES regex tokens (`smiles.py`) of a molecule corpus, its vocabulary built when the corpus
              is prepared and saved with it (at most data.vocab_size ids)
 
@@ -28,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from proseco_jax.data import smiles
+from proseco_jax.data import hub, smiles
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.tokenizer_base import TOKENIZER_JSON, Tokenizer
 from proseco_jax.data.tokenizer_names import (
     BERT_VOCAB,
+    BPE_MIN_VOCAB,
     BPE_SPECIALS,
     BYTE_SPECIALS,
     CHARS,
@@ -131,10 +133,12 @@ def _read_json(name: str, path: str):
 def _from_hub(hub_name: str, label: str, local: str):
     """(tokenizer, where it came from) of the Hugging Face hub's `hub_name`; offline or any hub error is a
     DataError asking for `local` in data.tokenizer_path."""
+    library = _library()
+    hub.offline_reason()  # Offline: the hub cache only, at once, instead of half a minute of retries.
     try:
-        tok = _library().Tokenizer.from_pretrained(hub_name)
+        tok = library.Tokenizer.from_pretrained(hub_name)
     except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "give a local file".
-        raise DataError(f"cannot load the {label} tokenizer from the Hugging Face hub ({one_line(e)}); "
+        raise DataError(f"cannot load the {label} tokenizer from the Hugging Face hub ({hub.failure(e)}); "
                         f"set data.tokenizer_path to {local}") from None
     return tok, f"the hub's {hub_name!r}"
 
@@ -210,18 +214,23 @@ def _bert(path: str) -> BPETokenizer:
     return BPETokenizer("bert", tok, BERT_VOCAB, ids["[CLS]"], ids["[SEP]"], ids["[PAD]"])
 
 
-def _bpe(name: str, tok: Any) -> BPETokenizer:
+def _bpe(name: str, tok: Any, what: str) -> BPETokenizer:
+    """The BPE tokenizer `name` of `tok`, which must have exactly N ids: a model of data.vocab_size = N
+    over a tokenizer of fewer would hold rows that no token ever reaches. `what` names it in messages."""
     ids = [tok.token_to_id(s) for s in BPE_SPECIALS]
     if ids != [0, 1, 2]:
         raise DataError(f"tokenizer {name}: its special ids are {ids}, expected {BPE_SPECIALS} = [0, 1, 2]")
     size, n = tok.get_vocab_size(with_added_tokens=True), vocab_size_of(name)
-    if size > n:
-        raise DataError(f"tokenizer {name}: the saved tokenizer.json has {size} ids, more than {n}")
+    if size != n:
+        fix = (f": set --config.data.tokenizer=bpe:{size} --config.data.vocab_size={size}"
+               if size >= BPE_MIN_VOCAB else "")
+        raise DataError(f"tokenizer {name}: {what} has {size} ids, not data.vocab_size={n}{fix}")
     return BPETokenizer(name, tok, n, *ids)
 
 
 def train_bpe(name: str, texts: Iterable[str]) -> BPETokenizer:
-    """Trains the byte-level BPE `name` ('bpe:N') on `texts`; fewer than N ids if the text is too small."""
+    """Trains the byte-level BPE `name` ('bpe:N') on `texts`; DataError when the text yields another number
+    of ids than N (too little text holds fewer merges)."""
     n = vocab_size_of(name)
     lib = _library()
     tok = lib.Tokenizer(lib.models.BPE())
@@ -230,7 +239,8 @@ def train_bpe(name: str, texts: Iterable[str]) -> BPETokenizer:
     trainer = lib.trainers.BpeTrainer(vocab_size=n, special_tokens=list(BPE_SPECIALS), show_progress=False,
                                       initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    return _bpe(name, tok)
+    # The trainer stops at N ids or when no pair is left to merge, so only too little text gives fewer.
+    return _bpe(name, tok, "the BPE trained on the corpus (its text holds no more merges)")
 
 
 def load(name: str, directory: str = "") -> Tokenizer:
@@ -253,7 +263,7 @@ def load(name: str, directory: str = "") -> Tokenizer:
         raise DataError(f"tokenizer {name} is trained when the corpus is prepared; no directory given")
     if name == "smiles":
         return smiles.load(directory)
-    return _bpe(name, _read_json(name, directory))
+    return _bpe(name, _read_json(name, directory), f"the saved {_json_path(directory)}")
 
 
 def record(tokenizer: Tokenizer, directory: str) -> None:

@@ -9,7 +9,9 @@ Hugging Face model (config.json + model.safetensors). A SMILES model (the base c
 numbers its tokens as the prepared corpus's vocabulary does, and the authors' as theirs (`<mask>` = 2, see
 `smiles.SmilesTokenizer.reference_order`): the embedding and output rows are permuted into our order on
 import (the authors' order from the source's vocab.json, else ours after their specials) and back on
-export, which writes that vocab.json beside the weights. Both first read and check everything, then write
+export, which writes that vocab.json beside the weights. A LLaDA checkpoint of any size brings its own
+token ids: its config.json's vocabulary, mask_token_id and eos_token_id replace the base config's, which
+fill in only what config.json does not name. Both first read and check everything, then write
 into a hidden directory next to the target and rename it at the end, so bad input or a crash never leaves
 a half-written workdir.
 """
@@ -126,13 +128,38 @@ def import_checkpoint(source: sources.Source, workdir: str,
     return config
 
 
+def _token_id(ckpt: llada_hf.Checkpoint, name: str, fallback: int, fallback_label: str) -> int:
+    """The checkpoint's config.json `name` (a real token id of its table: not [MASK]), else `fallback`
+    (the base config's, named `fallback_label` in the message when it is no id of this table either)."""
+    value = ckpt.hf_config.get(name)
+    rows, mask = ckpt.model.vocab_size, ckpt.model.mask_token_id
+    real = lambda i: not isinstance(i, bool) and isinstance(i, int) and 0 <= i < rows and i != mask
+    if value is None:
+        if not (real(fallback) or fallback == -1):  # -1: the base config stops at no EOS.
+            raise UsageError(f"{ckpt.origin}'s {sources.HF_CONFIG} names no {name} and the base config's "
+                             f"{fallback_label}={fallback} is no token of its {rows} ids ([MASK]={mask}): "
+                             f"add {name} to it, or pass a --config whose {fallback_label} is one")
+        return fallback
+    if not real(value):
+        raise UsageError(f"{ckpt.origin}'s {sources.HF_CONFIG} has {name}={value!r}, not a token id of its "
+                         f"{rows} ids other than [MASK]={mask}")
+    return value
+
+
 def llada_config_for(ckpt: llada_hf.Checkpoint, base: ml_collections.ConfigDict) -> Config:
     """`base` (a LLaDA config: compute dtype, remat, training and sampling settings) with the checkpoint's
-    architecture, its [MASK] as the framework's, and its directory's tokenizer when it has one."""
+    architecture and token ids (its vocabulary, its [MASK] as the framework's, its eos_token_id as
+    sampling.eos_id; the base config's only where config.json names none), and its directory's tokenizer
+    when it has one (else the base config's, only for a checkpoint of the base config's vocabulary)."""
     config = copy.deepcopy(base)
     if config.model.name != "llada":
         raise UsageError(f"the base config's model.name={config.model.name!r}; a LLaDA checkpoint needs "
                          "'llada'")
+    same_vocabulary = (config.data.vocab_size, config.model.get("vocab_size")) == (
+        ckpt.model.mask_token_id, ckpt.model.vocab_size)
+    config.sampling.eos_id = _token_id(ckpt, "eos_token_id", config.sampling.eos_id, "sampling.eos_id")
+    # No setting reads a pad id (LLaDA pads with EOS): a config.json naming one is only checked.
+    _token_id(ckpt, "pad_token_id", config.sampling.eos_id, "sampling.eos_id")
     kept = ("dtype", "param_dtype", "remat")  # How to compute, not what: the base config's.
     config.model.update({k: v for k, v in configlib.to_dict(ckpt.model).items() if k not in kept})
     config.data.vocab_size = ckpt.model.mask_token_id
@@ -140,6 +167,8 @@ def llada_config_for(ckpt: llada_hf.Checkpoint, base: ml_collections.ConfigDict)
     directory = os.path.dirname(next(iter(ckpt.files.values())))
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):
         config.data.tokenizer_path = directory
+    elif not same_vocabulary:
+        config.data.tokenizer_path = ""  # The base config's tokenizer numbers another vocabulary.
     return config_base.resolve(config)
 
 

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from proseco_jax.errors import UsageError
@@ -184,6 +185,17 @@ def _problems_line(problems: list[str], origin: str) -> str:
     return f"{origin} is not an MDLM/ProSeCo DiT of its config's shape: {'; '.join(problems[:3])}{more}"
 
 
+def value_problem(key: str, value: np.ndarray) -> str | None:
+    """Why the weight tensor `value` cannot be imported (it is not floating point, or holds NaN or Inf),
+    else None: a model must not be accepted here only for sampling to refuse it later."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        return f"{key} has dtype {value.dtype}, expected a float"
+    flat = value.reshape(-1)
+    step = 1 << 24  # Counted in slices, so a large tensor needs no tensor-sized mask.
+    bad = sum(int(np.count_nonzero(~np.isfinite(flat[i:i + step]))) for i in range(0, flat.size, step))
+    return f"{key} holds {bad} non-finite values (NaN or Inf) of {flat.size}" if bad else None
+
+
 def _check_rotary(value: np.ndarray, ref: ReferenceConfig, origin: str) -> None:
     want = inv_freq(ref.head_dim)
     if value.shape != want.shape:
@@ -210,6 +222,8 @@ def to_params(state: Mapping[str, np.ndarray], ref: ReferenceConfig, padded_voca
     problems += [f"unexpected key {key}" for key in state if key not in wanted and key != INV_FREQ]
     problems += [f"{row.key} has shape {list(np.shape(state[row.key]))}, expected {list(row.shape)}"
                  for row in rows if row.key in state and tuple(np.shape(state[row.key])) != row.shape]
+    if not problems:
+        problems = [p for row in rows if (p := value_problem(row.key, np.asarray(state[row.key])))]
     if problems:
         raise UsageError(_problems_line(problems, origin))
     if INV_FREQ in state:

@@ -33,7 +33,7 @@ from flax import traverse_util
 
 from proseco_jax.errors import UsageError
 from proseco_jax.interop import sources
-from proseco_jax.interop.layout import Tensor
+from proseco_jax.interop.layout import Tensor, value_problem
 from proseco_jax.interop.staging import check_new_directory, staged_directory
 from proseco_jax.models import llada
 
@@ -291,11 +291,15 @@ def load(ckpt: Checkpoint, abstract: Mapping[str, Any]) -> dict[str, Any]:
         with _safe_open(path) as f:
             for row in file_rows:
                 target = flat[row.path]
-                ours = row.to_ours(f.get_tensor(row.key), 0)  # A view: transposes and reshapes copy nothing.
+                value = f.get_tensor(row.key)
+                problem = value_problem(row.key, value)
+                if problem:
+                    raise UsageError(_problems_line([problem], ckpt.origin))
+                ours = row.to_ours(value, 0)  # A view: transposes and reshapes copy nothing.
                 # Each device's slice is copied out on its own, so no buffer keeps the whole tensor alive.
                 params[row.path] = jax.make_array_from_callback(
                     target.shape, target.sharding, lambda idx, a=ours, t=target: np.array(a[idx], t.dtype))
-                del ours
+                del ours, value
     return traverse_util.unflatten_dict(params)
 
 
