@@ -112,7 +112,8 @@ class Data(Section):
                        "its shards, '' = through `datasets`; text8: text8.zip, '' = data_dir/text8.zip; "
                        "lm1b: the release directory or a glob of its news.en-* and news.en.heldout-* files, "
                        "'' = through `datasets`; sft_jsonl: JSONL files, '' = data.hub_dataset; qm9: CSV, "
-                       "parquet or JSONL files of SMILES, '' = the qm9pack package's QM9).")
+                       "parquet or JSONL files of SMILES, '' = data.hub_dataset, else the qm9pack "
+                       "package's QM9).")
     text_field: str = field("text", "The field (.jsonl) or column (.parquet, .arrow) holding each document's "
                             "text.")
     document_per: str = field("file", "text_files, plain text: one document per 'file' or per non-blank "
@@ -132,8 +133,10 @@ class Data(Section):
     response_field: str = field("response", "sft_jsonl: the field holding a record's response.")
     messages_field: str = field("messages", "sft_jsonl: the field holding a record's chat, a list of {role, "
                                 "content} whose last (assistant) message is the response; used when present.")
-    hub_dataset: str = field("", "sft_jsonl with no data.files: a Hugging Face dataset id ('org/name' or "
-                             "'org/name:split', default split train) read through `datasets`.")
+    hub_dataset: str = field("", "sft_jsonl and qm9 with no data.files: a Hugging Face dataset id "
+                             "('org/name' or 'org/name:split', default split train) read through `datasets` "
+                             "(qm9: '' = the qm9pack package; the authors' 'yairschiff/qm9' with "
+                             "data.smiles_column='canonical_smiles').")
     smiles_column: str = field("SMILES", "qm9: the column (CSV, parquet) or field (JSONL) holding SMILES.")
     label_property: str = field("qed", "qm9: the property labelled 1 above its percentile: 'qed' "
                                 "(drug-likeness) or 'ring_count'.", one_of("qed", "ring_count"))

@@ -15,6 +15,9 @@ import os
 import socket
 import sys
 import urllib.parse
+from typing import Any
+
+from proseco_jax.data.errors import DataError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONNECT_TIMEOUT_S = 3.0
@@ -64,3 +67,27 @@ def failure(error: BaseException) -> str:
     if reason is not None:
         return f"offline: {reason}, and the local Hugging Face cache lacks it ({type(error).__name__})"
     return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def datasets_library(corpus: str, local: str) -> Any:
+    """The `datasets` library; DataError in one line when it is not installed. `corpus` names what is being
+    read and `local` the files to give instead, for the message."""
+    try:
+        import datasets as hf_datasets  # Optional dependency: only hub corpora need it.
+    except ImportError:
+        raise DataError(f"data.files is empty, so {corpus} is loaded with the `datasets` library, which is "
+                        f"not installed: pip install datasets, or set data.files to {local}") from None
+    return hf_datasets
+
+
+def load_dataset(name: str, default_split: str, corpus: str, local: str) -> Any:
+    """One split of the Hugging Face dataset `name` ('org/name' or 'org/name:split') through the `datasets`
+    library, online or from its cache; DataError in one line when the library is missing or the dataset
+    cannot be loaded (`corpus`, `local`: as for `datasets_library`)."""
+    library = datasets_library(corpus, local)
+    repo, _, split = name.partition(":")
+    offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
+    try:
+        return library.load_dataset(repo, split=split or default_split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors: all mean "give local files".
+        raise DataError(f"cannot load {name} ({failure(e)}); set data.files to {local}") from None

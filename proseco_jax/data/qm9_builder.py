@@ -1,9 +1,11 @@
 """QM9 molecules as a labelled tfds corpus (array_record, no TensorFlow), as the authors' QM9 experiment.
 
 SMILES strings are read from `data.files` (CSV, parquet or JSONL files or a glob; column or field
-`data.smiles_column`), by default from the CSV files that the `qm9pack` package ships (130,831
-molecules), so nothing is downloaded. Each is canonicalised by RDKit, which computes its QED and ring
-count (`len(GetSymmSSSR)`) once; a string RDKit cannot parse, or whose `[BOS] tokens [EOS]` does not fit
+`data.smiles_column`), or with no files from the Hugging Face dataset `data.hub_dataset` through
+`datasets` (the authors' `yairschiff/qm9`, column `canonical_smiles`; online or from its cache), by default
+from the CSV files that the `qm9pack` package ships (130,831 molecules), so nothing is downloaded.
+Each is canonicalised by RDKit, which computes its QED and ring count (`len(GetSymmSSSR)`) once; a
+string RDKit cannot parse, or whose `[BOS] tokens [EOS]` does not fit
 `data.length`, is skipped and counted in one printed line. The label is 1 where `data.label_property` lies
 strictly above its `data.label_percentile` percentile over all kept molecules (the authors' rule), else 0.
 A permutation seeded with 42 holds out `data.validation_fraction` (the authors' 5%) as the validation
@@ -15,7 +17,8 @@ covers padding, so the model learns each molecule's length). Next to the data, i
     canonical_smiles.txt             every kept molecule's canonical SMILES, one a line: the set that
                                      novelty is measured against
     molecules.json                   RDKit's version, the threshold, the counts read, kept and skipped
-    sources.json                     the source files' names and digests (a changed file is refused)
+    sources.json                     the source files' names and digests (a changed file is refused), or
+                                     the hub dataset's name
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from absl import logging
 from rdkit import Chem
 
 from proseco_jax.config_base import Data
-from proseco_jax.data import molecules, tfds_build, tokenizers
+from proseco_jax.data import hub, molecules, tfds_build, tokenizers
 from proseco_jax.data import smiles as smiles_lib
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.text_sources import describe_files
@@ -64,6 +67,19 @@ def qm9pack_files() -> list[str]:
     if missing:
         raise DataError(f"the qm9pack package lacks {missing[0]}; reinstall it or set data.files")
     return paths
+
+
+def read_sources(cfg: Data) -> tuple[list[str], list[str]]:
+    """(the SMILES strings, the local files they come from) of `cfg`: data.files, else data.hub_dataset
+    through `datasets` (no local files then), else qm9pack's CSV files."""
+    if not cfg.files and cfg.hub_dataset:
+        rows = hub.load_dataset(cfg.hub_dataset, "train", "QM9", "local SMILES files")
+        if cfg.smiles_column not in rows.column_names:
+            raise DataError(f"{cfg.hub_dataset} has no column {cfg.smiles_column!r} (data.smiles_column; the "
+                            f"authors' dataset names it 'canonical_smiles'); it has {rows.column_names[:8]}")
+        return ["" if v is None else str(v) for v in rows[cfg.smiles_column]], []
+    paths = source_files(cfg.files)
+    return [s for p in paths for s in read_smiles(p, cfg.smiles_column)], paths
 
 
 def source_files(files: str) -> list[str]:
@@ -166,8 +182,7 @@ class QM9(tfds_build.LocalBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
         del dl_manager  # Nothing is downloaded.
         cfg: Data = self.builder_config.data
-        paths = source_files(cfg.files)
-        strings = [s for p in paths for s in read_smiles(p, cfg.smiles_column)]
+        strings, paths = read_sources(cfg)
         mols = canonicalise(strings, cfg.length)
         n = len(mols.canonical)
         print(f"qm9: {len(strings):,} SMILES read, {n:,} kept, {mols.unparsable + mols.too_long:,} skipped "
@@ -193,7 +208,8 @@ class QM9(tfds_build.LocalBuilder, skip_registration=True):
         with open(os.path.join(self.data_dir, MOLECULES_JSON), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
         with open(os.path.join(self.data_dir, tfds_build.SOURCES_JSON), "w", encoding="utf-8") as f:
-            json.dump({"files": describe_files(paths), "documents": summary["splits"]}, f, indent=1)
+            json.dump({"files": describe_files(paths), "hub_dataset": cfg.hub_dataset,
+                       "documents": summary["splits"]}, f, indent=1)
         return {split: self._generate_examples(idx, mols, labels, tokenizer) for split, idx in splits.items()}
 
     def _generate_examples(self, indices: np.ndarray, mols: Molecules, labels: np.ndarray,
@@ -208,8 +224,11 @@ def qm9_config(data: Data) -> SectionConfig:
     """The builder config of the molecule corpus `data` describes: its section with `files` made absolute,
     filed under `<label_property>_l<length>_<digest of every setting that changes the data>`."""
     data = data.replace(files=os.path.abspath(os.path.expanduser(data.files)) if data.files else "")
+    data = data.replace(hub_dataset="" if data.files else data.hub_dataset)
     settings = {k: getattr(data, k) for k in ("files", "smiles_column", "length", "label_property",
                                               "label_percentile", "validation_fraction", "vocab_size")}
+    if data.hub_dataset:  # Named only when set, so the corpora of files keep their names.
+        settings["hub_dataset"] = data.hub_dataset
     name = f"{data.label_property}_l{data.length}_{tfds_build.settings_digest(settings)}"
     return tfds_build.section_config(data, name, "QM9 molecules as SMILES tokens.")
 
@@ -275,15 +294,17 @@ def prepare_qm9(data: Data) -> PreparedMolecules:
         whose source files changed.
     """
     cfg = qm9_config(data)
-    files = cfg.data.files
+    files, hub_dataset = cfg.data.files, cfg.data.hub_dataset
 
     def check_prepared(version_dir: str) -> None:
+        _warn_if_other_rdkit(version_dir)
+        if hub_dataset:  # No local files to compare: the hub dataset is named in the corpus's name.
+            return
         try:
             paths = source_files(files)
         except DataError:  # Prepared elsewhere, or its files removed: the corpus stands on its own.
             paths = []
         tfds_build.check_files_unchanged(version_dir, paths, files or "qm9pack")
-        _warn_if_other_rdkit(version_dir)
 
     tokenizer: smiles_lib.SmilesTokenizer | None = None  # The vocabulary saved with the data.
 
@@ -292,10 +313,16 @@ def prepare_qm9(data: Data) -> PreparedMolecules:
         tokenizer = tokenizers.load_recorded(version_dir)
         _check_sources(sources, cfg.data.length, tokenizer.vocab_size)
 
+    def check_inputs() -> None:  # Fails before any write.
+        if hub_dataset:
+            hub.datasets_library("QM9", "local SMILES files")
+        else:
+            source_files(files)
+
     def announce(version_dir: str) -> None:
         print(f"preparing qm9/{cfg.name} in {version_dir}", flush=True)
 
     prepared = tfds_build.prepare(QM9, cfg, check_prepared=check_prepared,
-                                  check_inputs=lambda: source_files(files),  # Fails before any write.
+                                  check_inputs=check_inputs,
                                   check_sources=check_sources, announce=announce)
     return PreparedMolecules(sources=prepared.sources, version_dir=prepared.version_dir, tokenizer=tokenizer)

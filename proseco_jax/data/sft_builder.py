@@ -98,19 +98,7 @@ def _read_jsonl(paths: list[str], counts: list[int], start: int, stop: int) -> I
 
 def _hub_records(name: str) -> Records:
     """The rows of a Hugging Face dataset ("org/name" or "org/name:split", default split train)."""
-    try:
-        import datasets as hf_datasets
-    except ImportError:
-        raise DataError("data.files is empty, so the SFT data is loaded with the `datasets` library, which "
-                        "is not installed: pip install datasets, or set data.files to local JSONL files"
-                        ) from None
-    repo, _, split = name.partition(":")
-    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
-    try:
-        rows = hf_datasets.load_dataset(repo, split=split or "train")
-    except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {name} ({hub.failure(e)}); set data.files to local JSONL files"
-                        ) from None
+    rows = hub.load_dataset(name, "train", "the SFT data", "local JSONL files")
 
     def read(start: int, stop: int) -> Iterator[tuple[str, Any]]:
         for i in range(start, stop):

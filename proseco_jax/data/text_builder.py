@@ -195,24 +195,9 @@ class TextFiles(_TextBuilder, skip_registration=True):
         return _document_splits(corpus, min(n - 1, max(1, math.ceil(cfg.validation_fraction * n)))), paths
 
 
-def _datasets_library(corpus: str = "OpenWebText"):
-    try:
-        import datasets as hf_datasets
-    except ImportError:
-        raise DataError(f"data.files is empty, so {corpus} is loaded with the `datasets` library, which is "
-                        "not installed: pip install datasets, or set data.files to local files") from None
-    return hf_datasets
-
-
 def _hub_files(hub_name: str, corpus: str, split: str) -> list[str]:
     """The arrow files of the `datasets` cache that hold `split` of `hub_name` (downloaded if need be)."""
-    library = _datasets_library(corpus)
-    hub.offline_reason()  # Offline: the datasets cache only, at once, instead of retries.
-    try:
-        dataset = library.load_dataset(hub_name, split=split)
-    except Exception as e:  # noqa: BLE001 - offline, missing cache, hub errors: all mean "give local files".
-        raise DataError(f"cannot load {hub_name} ({hub.failure(e)}); set data.files to local files") from None
-    return [f["filename"] for f in dataset.cache_files]
+    return [f["filename"] for f in hub.load_dataset(hub_name, split, corpus, "local files").cache_files]
 
 
 class OpenWebText(_TextBuilder, skip_registration=True):
@@ -226,7 +211,7 @@ class OpenWebText(_TextBuilder, skip_registration=True):
         if cfg.files:
             list_files(cfg.files)
         else:
-            _datasets_library()
+            hub.datasets_library("OpenWebText", "local files")
 
     def _documents(self) -> tuple[Splits, list[str]]:
         cfg: Data = self.builder_config.data
@@ -254,7 +239,7 @@ class LM1B(_TextBuilder, skip_registration=True):
         if cfg.files:
             lm1b_files(cfg.files)
         else:
-            _datasets_library("LM1B")
+            hub.datasets_library("LM1B", "local files")
 
     def _documents(self) -> tuple[Splits, list[str]]:
         cfg: Data = self.builder_config.data
