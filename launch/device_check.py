@@ -61,9 +61,11 @@ OOM_WORDS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny shapes on whatever device is there (the CPU in the tests).")
 _BUDGET = flags.DEFINE_integer("budget_sec", 420, "Wall time the parts may take together.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch", 64, "First train batch of configs/owt_small.py to try (halved on "
-                              "out-of-memory).", lower_bound=1)
-_LLADA_BATCH = flags.DEFINE_integer("llada_batch", 16, "First train batch of the LLaDA config to try.",
+# A train step of configs/owt_small.py keeps about 1 GiB per sequence live (the AOT table in
+# launch/recipes/README.md): 32 fit an 80 GB chip, 64 a 141 GB one.
+_BATCH = flags.DEFINE_integer("batch", 32, "First train batch of configs/owt_small.py to try, for both codes "
+                              "(halved on out-of-memory).", lower_bound=1)
+_LLADA_BATCH = flags.DEFINE_integer("llada_batch", 8, "First train batch of the LLaDA config to try.",
                                     lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps of each program.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed train steps of each program after compiling.",
@@ -184,7 +186,8 @@ def reference_part(report: Report, *, smoke: bool, batch: int, part_sec: float) 
         if line.startswith("{"):
             report.emit(**json.loads(line))
     if result.returncode != 0:
-        report.emit("reference", error=f"exit code {result.returncode}: {result.stderr.strip()[-500:]}")
+        last = ([line for line in result.stderr.splitlines() if line.strip()] or [""])[-1]
+        report.emit("reference", error=f"exit code {result.returncode}: {last[-500:]}")
 
 
 def guarded(report: Report, part: str, fn: Callable[[], None]) -> None:
@@ -244,7 +247,8 @@ def table_rows(lines: list[dict[str, Any]]) -> Iterator[str]:
                        f"{_ratio(ref and ref['run_sec'], x[f'{loop}_run_sec'])} |")
         elif "skipped" in x or "error" in x or "oom" in x:
             note = x.get("skipped") or x.get("error") or f"out of memory at batch {x['batch']}"
-            yield f"| {x['part']} | {str(note)[:200]} |  |  |  |  |  |  |  |  |"
+            note = " ".join(str(note).split()).replace("|", "/")[:200]  # One table row, one cell.
+            yield f"| {x['part']} | {note} |  |  |  |  |  |  |  |  |"
 
 
 def main(argv):

@@ -1,6 +1,6 @@
 """The authors' PyTorch code through the device check's shapes (`launch/device_check.py` runs this).
 
-    python launch/device_check_ref.py --ref_dir=DIR --bench_ref=DIR [--batch=64] [--budget_sec=100] [--smoke]
+    python launch/device_check_ref.py --ref_dir=DIR --bench_ref=DIR [--batch=32] [--budget_sec=100] [--smoke]
 
 DIR of --ref_dir is the authors' repository (kuleshov-group/proseco) as files, e.g.
 `git -C MIRROR archive 69fe45d | tar -x -C DIR`; --bench_ref is the harness that composes the authors' config
@@ -160,7 +160,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--ref_dir", required=True)
     parser.add_argument("--bench_ref", required=True)
-    parser.add_argument("--batch", type=int, default=64, help="first train batch to try (halved on OOM)")
+    parser.add_argument("--batch", type=int, default=32, help="first train batch to try (halved on OOM)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget_sec", type=float, default=100)
