@@ -109,7 +109,7 @@ def train_part(harness, device: torch.device, batch: int, steps: int, warmup: in
                 break
             try:
                 first, median = train_times(harness, corrector, size, device, steps, warmup)
-            except torch.OutOfMemoryError as e:
+            except torch.cuda.OutOfMemoryError as e:  # Also the name of it in torch < 2.5.
                 emit("reference_train", program=program, batch=size, oom=str(e).splitlines()[0][:300])
                 free(device)
                 size //= 2
