@@ -40,11 +40,11 @@ from proseco_jax.config_base import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_SCRIPT = os.path.join(REPO, "launch", "device_check_ref.py")
-# LLaDA-8B's architecture (RMSNorm, SwiGLU, rotary, its vocabulary) at about 1.3 B parameters, so that its
-# train state (fp32 parameters, gradients, two AdamW moments, EMA) and a batch of 1024-token sequences fit
-# one 80 GB chip.
-LLADA_SHAPE = {"model.num_layers": 8, "model.hidden_size": 2048, "model.num_heads": 16,
-               "model.num_kv_heads": 16, "model.mlp_hidden_size": 5632, "model.vocab_size": 126464,
+# LLaDA-8B's architecture (RMSNorm, SwiGLU, rotary, its vocabulary) at about 0.6 B parameters: the benchmark
+# holds two train states (fp32 parameters, two AdamW moments: ~10 GB each) besides a step's temporaries,
+# whose [B, 1024, 126464] logits and their gradients dominate, on one 80 GB chip.
+LLADA_SHAPE = {"model.num_layers": 8, "model.hidden_size": 1536, "model.num_heads": 12,
+               "model.num_kv_heads": 12, "model.mlp_hidden_size": 4096, "model.vocab_size": 126464,
                "model.mask_token_id": 126336, "data.vocab_size": 126336, "model.dtype": "bfloat16",
                "model.max_length": 1024, "data.length": 1024}
 SAMPLE_GRID = ((128, 0), (128, 2), (1024, 0), (1024, 2))  # (T sampling steps, S corrector steps)
@@ -77,6 +77,8 @@ _BENCH_REF = flags.DEFINE_string("bench_ref", "", "The reference harness (bench_
 _REF_PYTHON = flags.DEFINE_string("ref_python", sys.executable, "Python that has torch and the reference's "
                                   "imports.")
 _OUT = flags.DEFINE_string("out", "", "Also write every JSON line to this file.")
+_TABLE_FROM = flags.DEFINE_string("table_from", "", "Only print the table of the JSON lines in this file "
+                                  "(what --out wrote, e.g. of a run stopped before its table).")
 
 
 class Report:
@@ -251,9 +253,22 @@ def table_rows(lines: list[dict[str, Any]]) -> Iterator[str]:
             yield f"| {x['part']} | {note} |  |  |  |  |  |  |  |  |"
 
 
+def print_table(path: str) -> None:
+    try:
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        cli.fail(f"--table_from={path!r}: {e}")
+    for row in table_rows(lines):
+        print(row)
+
+
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _TABLE_FROM.value:
+        print_table(_TABLE_FROM.value)
+        return
     smoke = _SMOKE.value
     report = Report(_BUDGET.value, _OUT.value)
     budget = _BUDGET.value

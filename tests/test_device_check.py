@@ -52,3 +52,16 @@ def test_reference_runner_refuses_a_missing_folder(tmp_path):
     result = run_binary("device_check_ref.py", f"--ref_dir={tmp_path / 'absent'}", f"--bench_ref={tmp_path}")
     assert_usage_error(result, "--ref_dir=")
     assert not os.path.exists(tmp_path / "absent")
+
+
+def test_table_from_a_file_of_lines(tmp_path):
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(json.dumps({"part": "train_owt", "batch": 64, "oom": "RESOURCE_EXHAUSTED"}) + "\n"
+                     + json.dumps({"part": "sample", "skipped": "estimated 90 s, 10 s left"}) + "\n")
+    result = run_binary("device_check.py", f"--table_from={lines}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = result.stdout.strip().splitlines()
+    assert rows[0].startswith("| part |") and len(rows) == 4
+    assert "out of memory at batch 64" in rows[2] and "estimated 90 s" in rows[3]
+    assert_usage_error(usage_error("device_check.py", f"--table_from={tmp_path / 'absent.jsonl'}"),
+                       "--table_from=")

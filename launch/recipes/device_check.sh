@@ -44,6 +44,12 @@ export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
 # reference runs first, in its own process, and has exited before JAX starts.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-# The last resort if a part overruns its estimate: stop at 470 s, the JSON lines printed so far stand.
+# The last resort if a part overruns its estimate: stop at 470 s; the lines written so far make the table.
 timeout -k 10 470 python launch/device_check.py --budget_sec="${BUDGET_SEC}" --ref_dir="${REF_DIR}" \
   --bench_ref="${BENCH_REF}" --out=device_check.jsonl "$@"
+status=$?
+if [ "${status}" -eq 124 ] || [ "${status}" -eq 137 ]; then
+  echo "stopped after 470 s; the table of what was measured:"
+  python launch/device_check.py --table_from=device_check.jsonl
+fi
+exit "${status}"
