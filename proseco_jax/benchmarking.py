@@ -28,7 +28,12 @@ from proseco_jax.models import registry
 from proseco_jax.sampling import Sampler
 from proseco_jax.state import ModelOnMesh
 
+# The reference matmul is square, of this size on a CPU and of the larger on an accelerator, where a 2048
+# product ends within a few dispatch latencies and its timing would say more about the host than the chip.
 MATMUL_SIZE = 2048
+ACCELERATOR_MATMUL_SIZE = 8192
+# Dense bf16 peak FLOP/s of the chips seen so far, by a word of `jax.Device.device_kind` (SXM parts).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
 class CpuMeter:
@@ -105,16 +110,27 @@ def time_programs(programs: dict[str, Callable[[Any, int], Any]], state: dict[st
                    {n: min(t) for n, t in times.items()}, outputs, meter.other_cores_busy)
 
 
-def matmul_flops_per_sec(runs: int = 5, warmup: int = 2, dtype: Any = jnp.float32) -> float:
-    """Best FLOP/s of a jitted (2048 x 2048) @ (2048 x 2048) over `runs` timed calls, with operands in
+def matmul_flops_per_sec(runs: int = 5, warmup: int = 2, dtype: Any = jnp.float32,
+                         size: int = MATMUL_SIZE) -> float:
+    """Best FLOP/s of a jitted (size x size) @ (size x size) over `runs` timed calls, with operands in
     `dtype` and float32 accumulation (how the models multiply in that dtype, `layers.contract`)."""
-    a, b = (jax.random.normal(k, (MATMUL_SIZE, MATMUL_SIZE), jnp.float32).astype(dtype)
+    a, b = (jax.random.normal(k, (size, size), jnp.float32).astype(dtype)
             for k in jax.random.split(jax.random.key(0), 2))
     dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
     for _ in range(warmup):
         timed(dot, a, b)
     best = min(timed(dot, a, b)[0] for _ in range(runs))
-    return 2.0 * MATMUL_SIZE**3 / best
+    return 2.0 * size**3 / best
+
+
+def matmul_size(device: jax.Device) -> int:
+    """The reference matmul's size on this device (see ACCELERATOR_MATMUL_SIZE)."""
+    return MATMUL_SIZE if device.platform == "cpu" else ACCELERATOR_MATMUL_SIZE
+
+
+def peak_bf16_flops(device_kind: str) -> float | None:
+    """The chip's dense bf16 peak FLOP/s from PEAK_BF16_FLOPS, or None for a chip not listed."""
+    return next((peak for word, peak in PEAK_BF16_FLOPS.items() if word in device_kind), None)
 
 
 def forward_flops(config: Config, batch_size: int) -> float:
@@ -226,16 +242,25 @@ BENCHMARKS = {"train_step": bench_train_step, "sample": bench_sample}
 
 
 def run(what: str, config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
-    """One benchmark with the machine's matmul rate measured before and after it, and MFU figures."""
+    """One benchmark with the machine's matmul rate measured before and after it, and MFU figures: `mfu`
+    against that rate, `peak_mfu` against the chip's bf16 peak (bf16 models on a chip in PEAK_BF16_FLOPS)."""
     dtype = jnp.dtype(getattr(config.model, "dtype", "float32"))  # MFU against the model's matmul dtype.
-    matmul_before = matmul_flops_per_sec(dtype=dtype)
+    device = mesh.devices.flat[0]
+    size = matmul_size(device)
+    matmul_before = matmul_flops_per_sec(dtype=dtype, size=size)
     figures = BENCHMARKS[what](config, mesh, steps=steps, warmup=warmup)
     # The best of both measurements is the machine's rate; a busy spell only lowers it.
-    matmul_gflops = max(matmul_before, matmul_flops_per_sec(dtype=dtype)) / 1e9
-    mfu = {key.removesuffix("model_gflops_per_sec") + "mfu": value / matmul_gflops
-           for key, value in figures.items() if key.endswith("model_gflops_per_sec")}
+    matmul_gflops = max(matmul_before, matmul_flops_per_sec(dtype=dtype, size=size)) / 1e9
+    rates = {key.removesuffix("model_gflops_per_sec"): value
+             for key, value in figures.items() if key.endswith("model_gflops_per_sec")}
+    mfu = {prefix + "mfu": value / matmul_gflops for prefix, value in rates.items()}
+    peak = peak_bf16_flops(device.device_kind) if dtype == jnp.bfloat16 else None
+    if peak is not None:
+        mfu.update({prefix + "peak_mfu": value * 1e9 / mesh.devices.size / peak
+                    for prefix, value in rates.items()})
     return {"what": what, **figures, **mfu, "matmul_gflops": matmul_gflops, "matmul_dtype": dtype.name,
-            "devices": mesh.devices.size,
-            "mesh": dict(mesh.shape), "platform": jax.devices()[0].platform, "jax_version": jax.__version__,
+            "matmul_size": size, "devices": mesh.devices.size, "device_kind": device.device_kind,
+            "peak_bf16_gflops": None if peak is None else peak / 1e9,
+            "mesh": dict(mesh.shape), "platform": device.platform, "jax_version": jax.__version__,
             "load_avg_1min": os.getloadavg()[0]}
 

@@ -9,10 +9,12 @@ import subprocess
 import pytest
 from conftest import CONFIG, REPO, assert_usage_error, run_binary
 
+from proseco_jax import benchmarking
+
 TINY = ["--layers=1", "--hidden=32", "--heads=2", "--length=16", "--batch=8", "--steps=2", "--warmup=1"]
 REQUIRED = ("proseco_tokens_per_sec", "mdlm_tokens_per_sec", "proseco_over_mdlm_time", "mfu", "matmul_gflops",
             "model_gflops_per_step", "proseco_step_sec", "mdlm_step_sec", "compile_sec",
-            "layers", "hidden", "heads", "length", "batch", "vocab")
+            "layers", "hidden", "heads", "length", "batch", "vocab", "device_kind", "matmul_size")
 
 
 def run_benchmark(*args: str, config: str = CONFIG) -> subprocess.CompletedProcess:
@@ -33,6 +35,9 @@ def test_train_step_benchmark_ends_with_a_json_line_of_positive_figures():
     assert (figures["layers"], figures["hidden"], figures["heads"], figures["length"], figures["batch"]) == (
         1, 32, 2, 16, 8)
     assert figures["devices"] == 1
+    # A CPU has no bf16 peak in the table, so there is no MFU against a peak; the matmul is the CPU's size.
+    assert figures["peak_bf16_gflops"] is None and "peak_mfu" not in figures
+    assert figures["matmul_size"] == benchmarking.MATMUL_SIZE
     # ProSeCo runs two backbone passes, MDLM one: the model FLOPs say so exactly.
     assert figures["model_gflops_per_step"] == pytest.approx(2 * figures["mdlm_model_gflops_per_step"])
     # Only what this run measured: no figure of another machine or day is mixed into the output.
@@ -70,3 +75,9 @@ def test_benchmark_runs_for_a_llada_model_and_ends_with_its_json_line(what):
 
 def test_bad_input_exits_2_with_one_line():
     assert_usage_error(run_benchmark("--heads=3", "--hidden=32"), "model.hidden_size=32")
+
+
+def test_chip_peaks_are_found_by_a_word_of_the_device_kind():
+    assert benchmarking.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert benchmarking.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert benchmarking.peak_bf16_flops("cpu") is None
