@@ -146,6 +146,19 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
+def append_text(path: str, text: str, *, sync: bool = False) -> None:
+    """Appends `text` (UTF-8) to `path`, fsynced if `sync`; WriteError on failure, which may leave a last
+    line cut short (`keep_whole_lines` cuts it off)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(e, path) from e
+
+
 def keep_whole_lines(path: str) -> int:
     """Cuts a text file after its last newline (a line torn by a failed write goes); returns how many
     lines it keeps. Needs no free space: the file only shrinks."""

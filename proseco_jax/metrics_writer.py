@@ -48,11 +48,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = fileio.jsonable({"step": int(step), **metrics})
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(fileio.json_line(record))
-        except OSError as e:
-            raise fileio.write_error(e, self.path) from e
+        fileio.append_text(self.path, fileio.json_line(record))
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
