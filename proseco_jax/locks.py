@@ -19,6 +19,7 @@ import socket
 import sys
 from collections.abc import Iterator
 
+from proseco_jax import fileio
 from proseco_jax.errors import UsageError
 
 # A workdir's lock file (inside it), and the suffix of a file's (next to it).
@@ -75,7 +76,11 @@ def acquire(lock_path: str, *, wait: bool = False, label: str | None = None) -> 
                 raise
             raise UsageError(f"{label or lock_path} is in use by {holder}") from None
         if _same_file(fd, lock_path):
-            _record(fd)
+            try:
+                _record(fd)
+            except OSError:
+                os.close(fd)
+                raise
             return fd
         os.close(fd)  # The holder we waited for removed the file: lock the one now at the path.
 
@@ -94,7 +99,8 @@ def release(fd: int, lock_path: str) -> None:
 def sole_writer(path: str, *, primary: bool = True, workdir: bool = True) -> Iterator[None]:
     """Holds the lock of the workdir `path` (its `.lock`; `workdir=False`: of the file `path`, `path.lock`
     next to it) for the block; a second writer gets a UsageError naming the holder and has touched nothing
-    but the lock file. Only the primary process of a multi-process run takes it (`primary`: process 0)."""
+    but the lock file (a WriteError when the lock file cannot be written for want of space). Only the
+    primary process of a multi-process run takes it (`primary`: process 0)."""
     if not primary:
         yield
         return
@@ -105,6 +111,8 @@ def sole_writer(path: str, *, primary: bool = True, workdir: bool = True) -> Ite
         os.makedirs(directory, exist_ok=True)
         fd = acquire(lock_path, label=path)
     except OSError as e:
+        if e.errno in fileio.WRITE_ERRNOS:  # A full disk is no bad input: reported as the failed write.
+            raise fileio.write_error(e, lock_path) from e
         raise UsageError(f"{path} cannot be written: {e.strerror or e}") from None
     try:
         yield

@@ -108,6 +108,15 @@ def test_a_samples_file_written_by_another_sampler_is_refused_before_any_work(tm
     assert sorted(os.listdir(tmp_path)) == []
 
 
+def test_a_conversion_into_a_workdir_in_use_is_refused_before_reading_its_source(tmp_path):
+    workdir = str(tmp_path / "w")
+    with locks.sole_writer(workdir):
+        proc = usage_error("convert.py", f"--source={tmp_path / 'no_such_checkpoint'}",
+                           f"--workdir={workdir}")
+    assert_usage_error(proc, f"{workdir} is in use by PID {os.getpid()}")
+    assert os.listdir(tmp_path) == []
+
+
 def test_two_trainings_on_one_workdir_one_trains_and_the_other_stops_in_one_line(data_dir, tmp_path):
     """The second run starts while the first trains; then the first is SIGKILLed, leaving its lock file,
     which does not stop the next run from resuming to the end."""
@@ -168,6 +177,23 @@ def test_an_atomic_write_that_fails_names_its_path_and_leaves_no_partial_file(tm
         fileio.atomic_write_json(str(tmp_path / "results.json"), {"a": 1})
     assert info.value.filename == str(tmp_path / "results.json") and info.value.errno == errno.EDQUOT
     assert os.listdir(tmp_path) == []
+
+
+def test_any_binary_reports_a_failed_write_in_one_line_with_exit_code_1(tmp_path, monkeypatch):
+    script = tmp_path / "writes_results.py"
+    script.write_text("from proseco_jax import cli, fileio\n\n\ndef main(argv):\n"
+                      f"    fileio.atomic_write_json({str(tmp_path / 'results.json')!r}, {{'a': 1}})\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, stderr = cli.run_in_process(str(script), [])
+    assert code == 1
+    assert _one_line(stderr) == (f"error: out of space writing {tmp_path / 'results.json'} (No space left "
+                                 "on device); kept: the outputs written before it; free some space and rerun "
+                                 "the same command")
+    assert os.listdir(tmp_path) == ["writes_results.py"]
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_next_run_resumes(data_dir, tmp_path,
