@@ -17,6 +17,7 @@ import io
 import logging as std_logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import jax
@@ -99,6 +100,14 @@ class _NoFailedWriteTracebacks(std_logging.Filter):
         return error is None or fileio.write_failure(error) is None
 
 
+def _quiet_failed_write_in_thread(args: threading.ExceptHookArgs) -> None:
+    """Drops the traceback of a library's writer thread (tensorboardX) that died of a failed write: the
+    main thread meets the same failure and reports it in one line; anything else goes to the default."""
+    if args.exc_value is not None and fileio.write_failure(args.exc_value) is not None:
+        return
+    threading.__excepthook__(args)
+
+
 def _workdir_of(path: str) -> str | None:
     """The training workdir (config.json and checkpoints/) that `path` lies in, if any."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -156,6 +165,7 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 
     def guarded(argv):
         sys.unraisablehook = _quiet_closed_event_loop
+        threading.excepthook = _quiet_failed_write_in_thread
         # With libtpu installed (the `tpu` and `test` extras) jax probes for TPU chips and prints pages of
         # warnings on a machine without them; there the CPU is the only backend anyway.
         if not os.environ.get("JAX_PLATFORMS") and _cpu_only_machine():
@@ -199,6 +209,7 @@ def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:
     why config_flags, defining the `--config.FIELD` flags while arguments are parsed, is imported above)."""
     defined_before, imported_before = set(flags.FLAGS), set(sys.modules)
     verbosity, unraisablehook, sys_argv = logging.get_verbosity(), sys.unraisablehook, sys.argv
+    thread_excepthook = threading.excepthook
     sys.argv = [script, *argv]  # The config flag reads its `--config.FIELD` overrides from sys.argv.
     name = os.path.splitext(os.path.basename(script))[0]
     spec = importlib.util.spec_from_file_location(f"_in_process_{name}", script)
@@ -217,7 +228,7 @@ def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:
                 delattr(flags.FLAGS, flag)
         flags.FLAGS.unparse_flags()
         logging.set_verbosity(verbosity)
-        sys.unraisablehook, sys.argv = unraisablehook, sys_argv
+        sys.unraisablehook, sys.argv, threading.excepthook = unraisablehook, sys_argv, thread_excepthook
     return code, stderr.getvalue()
 
 

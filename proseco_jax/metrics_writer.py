@@ -10,10 +10,12 @@ as null (`fileio`'s JSON policy).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tensorboardX import SummaryWriter
@@ -34,7 +36,17 @@ class MetricsWriter:
         if not enabled:
             return
         self._truncate_after(resume_step)
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb_dir = os.path.join(workdir, "tensorboard")
+        with self._writing_events():
+            self._tb = SummaryWriter(self._tb_dir)
+
+    @contextlib.contextmanager
+    def _writing_events(self) -> Iterator[None]:
+        """TensorBoard's writes, a failure naming its directory (tensorboardX's errors name no file)."""
+        try:
+            yield
+        except OSError as e:
+            raise fileio.write_error(e, self._tb_dir) from e
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -50,10 +62,11 @@ class MetricsWriter:
         record = fileio.jsonable({"step": int(step), **metrics})
         fileio.append_text(self.path, fileio.json_line(record))
         if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+            with self._writing_events():
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self._tb.add_scalar(k, v, step)
+                self._tb.flush()
 
     def progress(self, step: int, metrics: dict[str, Any]) -> None:
         """Prints `step N/T | loss .. | tok/s .. | ETA ..` (process 0 only)."""
@@ -73,7 +86,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with self._writing_events():
+                self._tb.close()
 
 
 def increasing_prefix(lines: list[str], last_step: int) -> list[str]:

@@ -66,6 +66,20 @@ def test_the_metrics_writer_cuts_a_raced_file_back_on_resume(tmp_path):
     assert _steps(str(tmp_path)) == [5, 20]
 
 
+def test_a_failed_tensorboard_write_names_its_directory(tmp_path, monkeypatch):
+    writer = metrics_writer.MetricsWriter(str(tmp_path), resume_step=0, total_steps=2)
+
+    def full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer._tb, "flush", full)
+    with pytest.raises(fileio.WriteError) as info:
+        writer.write(1, {"loss": 1.0})
+    assert info.value.filename == str(tmp_path / "tensorboard") and info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    writer.close()
+
+
 # -------------------------------------------------------------------------------------------- locks
 
 
