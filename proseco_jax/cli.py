@@ -130,9 +130,10 @@ def _after_failed_write(path: str | None) -> str:
         kept.append(f"the {fileio.keep_whole_lines(path)} whole lines of {path}")
     if any(part.startswith("incomplete.") for part in parts):  # tfds removes its partial corpus itself.
         kept.append("no partial corpus (the next run builds it again)")
-    if any(".partial-" in part for part in parts):  # interop.staging removes its staging directory.
+    staged = any(".partial-" in part for part in parts)
+    if staged:  # interop.staging removed its staging directory, checkpoints and all.
         kept.append("nothing of the new directory")
-    workdir = _workdir_of(path)
+    workdir = None if staged else _workdir_of(path)
     if workdir is not None:
         kept.append(checkpoint.after_failed_write(workdir))
     return "; ".join(kept) or "the outputs written before it"
