@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -265,13 +266,14 @@ def test_training_on_a_full_disk_is_one_line_and_resumes_once_there_is_room(data
     proc = run_binary("train.py", *args)
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = _one_line(proc.stderr)
-    assert line.startswith("error: out of space writing checkpoint step 4 ("), line
-    assert f"kept: the last good checkpoint, step 2, in {workdir}/checkpoints;" in line, line
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    # Which write meets the full disk first (an array, orbax's metadata, the metrics) varies from run to run.
+    kept = re.search(f"kept: the last good checkpoint, step (\\d+), in {workdir}/checkpoints;", line)
+    assert line.startswith("error: out of space writing ") and kept, line
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [kept.group(1)]
     grow()
     proc = run_binary("train.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from the checkpoint at step 2" in proc.stdout
+    assert f"resumed from the checkpoint at step {kept.group(1)}" in proc.stdout
     assert _steps(workdir) == [1, 2, 3, 4, 5, 6]
 
 
