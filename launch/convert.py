@@ -14,7 +14,8 @@ configs/owt_small.py for GPT-2-vocabulary models, else the defaults) and a step-
 `launch/sample.py --workdir=DIR --output=...` and `launch/evaluate.py --workdir=DIR ...` run on it with no
 --config. --export writes the workdir's EMA weights in the authors' Hugging Face layout. Bad input (a path
 that is no checkpoint, another architecture, a missing, extra or mis-shaped tensor) is one line and exit
-code 2, and nothing is written.
+code 2, and nothing is written. A second conversion into the same --workdir (or a training run on it) stops
+at once in one line naming the first; so does a full disk, leaving no part of the new workdir.
 
 A LLaDA checkpoint (a directory whose config.json has model_type 'llada' and sharded safetensors, or a Hub
 repo id naming LLaDA, downloaded with its tokenizer) is streamed tensor by tensor onto every local device,
@@ -86,6 +87,8 @@ def main(argv):
     if not _SOURCE.value or _OUTPUT_DIR.value:
         cli.fail("importing takes --source and --workdir (--output_dir belongs to --export)")
     convert.check_new_directory(_WORKDIR.value, "--workdir")
+    cli.sole_writer(_WORKDIR.value)
+    convert.check_new_directory(_WORKDIR.value, "--workdir")  # A conversion that just finished filled it.
     if llada_hf.is_llada(_SOURCE.value):
         if _EMA.value:
             cli.fail("--ema picks the EMA weights of a Lightning .ckpt; a LLaDA checkpoint holds one set")

@@ -25,7 +25,9 @@ molecules (configs/qm9.py) write their SMILES as `text`, and a guided run
 and `step_nfe` (a guided call counted once, the authors' count).
 The whole unmask-then-correct schedule runs on device in one compiled `lax.scan`, the batch sharded over
 the mesh's data axes. Each finished batch is appended to --output at once: Ctrl-C (or SIGTERM) stops after
-the current batch, and rerunning the same command continues the file (--noresume starts it over).
+the current batch, and rerunning the same command continues the file (--noresume starts it over). One
+sampler writes --output at a time (a second one stops at once in one line); a full disk stops it in one
+line, the file holding whole samples only.
 """
 
 import jax
@@ -129,6 +131,7 @@ def main(argv):
     _DISTRIBUTED.initialize()
     primary = jax.process_index() == 0  # With several processes, process 0 alone writes and reports.
     say = print if primary else (lambda *args, **kwargs: None)
+    cli.sole_writer(_OUTPUT.value, workdir=False)
     config = cli.sampling_config(_CONFIG, _WORKDIR.value)
     if text_prompts_given():
         sample_text(config, _OUTPUT.value, primary, say)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,8 @@ from proseco_jax.errors import UsageError
 STATE = "state"
 DATA_ITER = "data_iter"
 CORRUPT_PREFIX = "corrupt-"
+# Orbax writes a step into `<step>` + this (and its items into `<item>` + this) and renames it when complete.
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -219,6 +222,20 @@ def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool = True,
     if found is None:
         raise UsageError(f"no intact checkpoint found under {checkpoint_dir(workdir)}")
     return found
+
+
+def after_failed_write(workdir: str) -> str:
+    """What a run whose write failed keeps in `workdir`: its partial checkpoint directories removed (a
+    full disk gets their space back; the next run would remove them too), the phrase naming the newest
+    complete step, e.g. 'the last good checkpoint, step 40, in W/checkpoints'."""
+    directory = checkpoint_dir(workdir)
+    for partial in glob.glob(os.path.join(directory, f"*{TMP_SUFFIX}*")):
+        shutil.rmtree(partial, ignore_errors=True)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    steps = [int(name) for name in names if name.isdigit()]
+    if not steps:
+        return f"no checkpoint was written yet in {directory}"
+    return f"the last good checkpoint, step {max(steps)}, in {directory}"
 
 
 def _restore_args(leaf: jax.ShapeDtypeStruct) -> ocp.ArrayRestoreArgs:

@@ -1,5 +1,11 @@
 """Shared plumbing of the absl binaries in launch/: flag errors and `UsageError`s become one line on
 stderr and exit code 2 (a `Halted` run: exit code 1), never a traceback.
+
+A write that fails (a full disk, a spent quota, a read-only device: `fileio.write_failure`) is one line and
+exit code 1 too, naming the path and what is kept: partial outputs are removed where the path says whose
+they are (a workdir's unfinished checkpoint, the torn last line of a JSON Lines file), and the libraries'
+own tracebacks of that failure are not logged. A binary that writes a workdir or a file calls `sole_writer`
+first, so that a second process writing the same one stops at once in one line.
 """
 
 from __future__ import annotations
@@ -8,19 +14,23 @@ import contextlib
 import glob
 import importlib.util
 import io
+import logging as std_logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags  # noqa: F401 - see run_in_process: imported before any binary.
 
-from proseco_jax import config_base, inference, recorded_config
+from proseco_jax import checkpoint, config_base, fileio, inference, locks, recorded_config
 from proseco_jax.errors import Halted, UsageError
 
 # Where binaries cache compiled XLA programs unless JAX_COMPILATION_CACHE_DIR says otherwise.
 DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "proseco_jax", "xla")
+# What a binary holds until its main returns (the lock of `sole_writer`).
+_HELD = contextlib.ExitStack()
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -74,11 +84,89 @@ def _cpu_only_machine() -> bool:
     return not any(glob.glob(pattern) for pattern in ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*"))
 
 
+def sole_writer(path: str, *, workdir: bool = True) -> None:
+    """Makes this process the only writer of the workdir `path` (`workdir=False`: of the file `path`) until
+    the binary's main returns, or its death: a second writer gets a one-line UsageError naming this one.
+    In a multi-process run only process 0 takes the lock (the others write under its direction)."""
+    _HELD.enter_context(locks.sole_writer(path, primary=jax.process_index() == 0, workdir=workdir))
+
+
+class _NoFailedWriteTracebacks(std_logging.Filter):
+    """Drops log records carrying a failed write (orbax logs one per thread that saw it): the binary
+    reports it once, in one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or fileio.write_failure(error) is None
+
+
+def _quiet_failed_write_in_thread(args: threading.ExceptHookArgs) -> None:
+    """Drops the traceback of a library's writer thread (tensorboardX) that died of a failed write: the
+    main thread meets the same failure and reports it in one line; anything else goes to the default."""
+    if args.exc_value is not None and fileio.write_failure(args.exc_value) is not None:
+        return
+    threading.__excepthook__(args)
+
+
+def _workdir_of(path: str) -> str | None:
+    """The training workdir (config.json and checkpoints/) that `path` lies in, if any."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.path.isfile(os.path.join(directory, "config.json")) and os.path.isdir(
+                checkpoint.checkpoint_dir(directory)):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def _after_failed_write(path: str | None) -> str:
+    """Removes what the failed write to `path` left half done; the phrase saying what is kept."""
+    if path is None:
+        return "the outputs written before it"
+    parts, kept = os.path.abspath(path).split(os.sep), []
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        kept.append(f"the {fileio.keep_whole_lines(path)} whole lines of {path}")
+    if any(part.startswith("incomplete.") for part in parts):  # tfds removes its partial corpus itself.
+        kept.append("no partial corpus (the next run builds it again)")
+    staged = any(".partial-" in part for part in parts)
+    if staged:  # interop.staging removed its staging directory, checkpoints and all.
+        kept.append("nothing of the new directory")
+    workdir = None if staged else _workdir_of(path)
+    if workdir is not None:
+        kept.append(checkpoint.after_failed_write(workdir))
+    return "; ".join(kept) or "the outputs written before it"
+
+
+def _what(path: str | None) -> str:
+    """`path`, prefixed with the checkpoint step it belongs to when it lies in one."""
+    if path is None:
+        return "an output"
+    parts = os.path.abspath(path).split(os.sep)
+    for parent, part in zip(parts, parts[1:]):
+        step = part.split(".", 1)[0]
+        if parent == "checkpoints" and step.isdigit():
+            return f"checkpoint step {step} ({path})"
+    return path
+
+
+def _report_failed_write(failure: fileio.WriteFailure) -> None:
+    """One line: where the write failed, why, what is kept; exit code 1."""
+    kept = _after_failed_write(failure.path) if jax.process_index() == 0 else "what process 0 reports"
+    where = _what(failure.path)
+    if failure.out_of_space:
+        fail(f"out of space writing {where} ({failure.reason}); kept: {kept}; free some space and rerun the "
+             "same command", code=1)
+    fail(f"cannot write {where} ({failure.reason}); kept: {kept}", code=1)
+
+
 def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """`main` with the binaries' process settings applied and bad input turned into one line and an exit."""
 
     def guarded(argv):
         sys.unraisablehook = _quiet_closed_event_loop
+        threading.excepthook = _quiet_failed_write_in_thread
         # With libtpu installed (the `tpu` and `test` extras) jax probes for TPU chips and prints pages of
         # warnings on a machine without them; there the CPU is the only backend anyway.
         if not os.environ.get("JAX_PLATFORMS") and _cpu_only_machine():
@@ -89,12 +177,21 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         # XLA executables are cached on disk, so a resumed or repeated run skips recompiling its programs.
         if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
             jax.config.update("jax_compilation_cache_dir", DEFAULT_COMPILATION_CACHE)
-        try:
-            main(argv)
-        except UsageError as e:
-            fail(str(e))
-        except Halted as e:
-            fail(str(e), code=1)
+        absl_logger = logging.get_absl_logger()
+        if not any(isinstance(f, _NoFailedWriteTracebacks) for f in absl_logger.filters):
+            absl_logger.addFilter(_NoFailedWriteTracebacks())
+        with _HELD:  # Any lock the binary takes is held while a failed write is cleaned up.
+            try:
+                main(argv)
+            except UsageError as e:
+                fail(str(e))
+            except Halted as e:
+                fail(str(e), code=1)
+            except Exception as e:
+                failure = fileio.write_failure(e)
+                if failure is None:
+                    raise
+                _report_failed_write(failure)
 
     return guarded
 
@@ -113,6 +210,7 @@ def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:
     why config_flags, defining the `--config.FIELD` flags while arguments are parsed, is imported above)."""
     defined_before, imported_before = set(flags.FLAGS), set(sys.modules)
     verbosity, unraisablehook, sys_argv = logging.get_verbosity(), sys.unraisablehook, sys.argv
+    thread_excepthook = threading.excepthook
     sys.argv = [script, *argv]  # The config flag reads its `--config.FIELD` overrides from sys.argv.
     name = os.path.splitext(os.path.basename(script))[0]
     spec = importlib.util.spec_from_file_location(f"_in_process_{name}", script)
@@ -131,7 +229,7 @@ def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:
                 delattr(flags.FLAGS, flag)
         flags.FLAGS.unparse_flags()
         logging.set_verbosity(verbosity)
-        sys.unraisablehook, sys.argv = unraisablehook, sys_argv
+        sys.unraisablehook, sys.argv, threading.excepthook = unraisablehook, sys_argv, thread_excepthook
     return code, stderr.getvalue()
 
 

@@ -1,17 +1,21 @@
 """Where training figures go: `metrics.jsonl` (one JSON object per log step), TensorBoard event files
 (written by tensorboardX, no TensorFlow needed) and a one-line progress report on stdout.
 
-On resume, lines of `metrics.jsonl` from steps after the restored checkpoint are dropped, so the file reads
-exactly as if the run had never been interrupted. A figure that is not finite (a diverged loss) is written
+On resume, `metrics.jsonl` is cut back to its longest prefix of strictly increasing steps up to the
+restored checkpoint's (rows past the checkpoint, rows repeated or out of order, as writers that raced on the
+workdir once left them, and a last line torn by a failed write all go), so the file reads exactly as if the
+run had never been interrupted. A figure that is not finite (a diverged loss) is written
 as null (`fileio`'s JSON policy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tensorboardX import SummaryWriter
@@ -32,13 +36,23 @@ class MetricsWriter:
         if not enabled:
             return
         self._truncate_after(resume_step)
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb_dir = os.path.join(workdir, "tensorboard")
+        with self._writing_events():
+            self._tb = SummaryWriter(self._tb_dir)
+
+    @contextlib.contextmanager
+    def _writing_events(self) -> Iterator[None]:
+        """TensorBoard's writes, a failure naming its directory (tensorboardX's errors name no file)."""
+        try:
+            yield
+        except OSError as e:
+            raise fileio.write_error(e, self._tb_dir) from e
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
         with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            kept = increasing_prefix(f.readlines(), step)
         fileio.atomic_write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -46,13 +60,13 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = fileio.jsonable({"step": int(step), **metrics})
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(fileio.json_line(record))
+        fileio.append_text(self.path, fileio.json_line(record))
         if self._tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+            with self._writing_events():
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self._tb.add_scalar(k, v, step)
+                self._tb.flush()
 
     def progress(self, step: int, metrics: dict[str, Any]) -> None:
         """Prints `step N/T | loss .. | tok/s .. | ETA ..` (process 0 only)."""
@@ -72,7 +86,27 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with self._writing_events():
+                self._tb.close()
+
+
+def increasing_prefix(lines: list[str], last_step: int) -> list[str]:
+    """The leading `lines` (JSON records with a `step`) whose steps increase strictly and stay within
+    `last_step`; blank lines are skipped, and the first line that breaks the order or does not parse ends
+    the prefix."""
+    kept, previous = [], -1
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            break
+        if not isinstance(step, int) or not previous < step <= last_step:
+            break
+        kept.append(line if line.endswith("\n") else line + "\n")
+        previous = step
+    return kept
 
 
 def _format_seconds(seconds: float) -> str:

@@ -143,11 +143,7 @@ def prepare_output(path: str, *, resume: bool) -> int:
 
 def append(path: str, records: Iterable[Record]) -> None:
     """Appends records as whole lines and flushes them to disk."""
-    text = "".join(fileio.json_line(r) for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    fileio.append_text(path, "".join(fileio.json_line(r) for r in records), sync=True)
 
 
 def read_prompts(path: str) -> list[Record]:

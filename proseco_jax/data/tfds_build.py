@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import hashlib
 import json
@@ -38,6 +37,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import tensorflow_datasets as tfds
 
+from proseco_jax import locks
 from proseco_jax.config_base import Data, data_directory
 from proseco_jax.data.errors import DataError, one_line
 from proseco_jax.data.text_sources import same_files
@@ -99,17 +99,14 @@ def settings_digest(settings: Mapping[str, object]) -> str:
 @contextlib.contextmanager
 def exclusive_lock(data_dir: str) -> Iterator[None]:
     """Holds an exclusive flock on a file in `data_dir`, so only one process builds there at a time."""
-    path = os.path.join(data_dir, _LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+        fd = locks.acquire(os.path.join(data_dir, _LOCK_FILE), wait=True)
     except OSError as e:
         raise DataError(f"data_dir {data_dir} is not writable: {e}") from e
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # The file stays: every corpus in data_dir shares it.
 
 
 @contextlib.contextmanager

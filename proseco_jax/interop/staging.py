@@ -11,12 +11,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from proseco_jax import locks
 from proseco_jax.errors import UsageError
 
 
 def check_new_directory(path: str, label: str) -> None:
-    """UsageError unless `path` is absent or an empty directory (conversion never overwrites)."""
-    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+    """UsageError unless `path` is absent or an empty directory (conversion never overwrites); the lock
+    file of the conversion writing it does not count."""
+    empty = os.path.isdir(path) and not set(os.listdir(path)) - {locks.WORKDIR_LOCK}
+    if os.path.exists(path) and not empty:
         raise UsageError(f"{label} {path} already exists and is not an empty directory; pick a new one")
 
 
@@ -34,6 +37,9 @@ def staged_directory(target: str) -> Iterator[str]:
     try:
         yield staging
         if os.path.isdir(target):
+            lock = locks.workdir_lock_path(target)
+            if os.path.exists(lock):  # The lock moves with the workdir, still held by the same descriptor.
+                os.rename(lock, locks.workdir_lock_path(staging))
             os.rmdir(target)  # Empty (checked before any work); not every OS renames onto it.
         os.rename(staging, target)
     except BaseException:
