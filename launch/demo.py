@@ -57,12 +57,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: a short training, a few sampler rows, few samples.")
 _COMPARE = flags.DEFINE_bool("compare_training", False, "Also train plain MDLM with the same budget in "
                              "WORKDIR/mdlm and sample it with MDLM.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row and seed (default 48; quick: "
-                                    "32, molecules 64).", lower_bound=1)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Samples per sweep row and seed (default: Markov "
+                                    "96, molecules and text 48; quick: 32, molecules 64).", lower_bound=1)
 _SEEDS = flags.DEFINE_integer(
     "seeds", None, "Seeds seed, seed+1, ...: the headline gives each figure as its median and range over "
     "them, the bars judged on the median. Markov language: one training and sweep per seed (its 400 steps "
-    "take under 3 minutes; the spread that matters comes from training, which moves with the machine's "
+    "take under 2 minutes; the spread that matters comes from training, which moves with the machine's "
     "floating-point order); molecules and text: one training (~10 minutes) sampled under each seed. "
     "Default 3 (quick and text: 1).", lower_bound=1)
 _SHOW = flags.DEFINE_integer("show", 3, "Samples printed with the corrector's rewrites marked.")
@@ -75,16 +75,16 @@ _DEMO_FIELDS = {"train.num_steps": 400}
 # ... and --quick, a smoke run (training ~1/7 of that).
 _QUICK_FIELDS = {"train.num_steps": 60, "train.warmup_steps": 10, "train.log_every": 10,
                  "train.eval_every": 60, "train.eval_batches": 2, "train.checkpoint_every": 60}
-# Seeds unless --seeds (quick: 1). The Markov language trains once per seed: three trainings (~2.7 min each)
-# take most of the ~10 minutes on 2 idle cores, the samplers compile once for all three models, and 48
-# samples per row (144 per setting over the seeds, 96 with one seed before) keep the three sweeps within
-# the rest; the grid keeps all 20 rows, since the headline reads MDLM's best over its whole T range.
+# Seeds unless --seeds (quick: 1). The Markov language trains once per seed: three trainings (~1.3 min each
+# on 2 idle cores) and three sweeps of 96 samples per row (288 per setting) take about 6 minutes, since
+# the samplers compile once for all three models; the grid keeps all 20 rows, since the headline reads
+# MDLM's best over its whole T range.
 # Molecules: one training (3000 steps, ~9 min) sampled under three seeds of 48 molecules per row (144 per
 # setting, 128 with one seed before), so the 39-row guidance grid costs about what one seed of 128 did and
 # the demo stays at ~15 minutes (the paper's 1024 per row would take over an hour). Text: one seed of 48
 # per row, whose longer rows would otherwise take most of its ~10 minutes.
 _MARKOV_SEEDS, _MOLECULE_SEEDS, _TEXT_SEEDS = 3, 3, 1
-_SAMPLES, _QUICK_MOLECULE_SAMPLES = 48, 64  # per row and seed
+_MARKOV_SAMPLES, _SAMPLES, _QUICK_MOLECULE_SAMPLES = 96, 48, 64  # per row and seed
 
 
 def _configure(config, num_samples: int) -> None:
@@ -115,9 +115,10 @@ def main(argv):
     start = time.time()
     config_dict = cli.config_or_fail(_CONFIG)
     name = config_dict.data.name
-    defaults = {"markov": (32, _MARKOV_SEEDS), "qm9": (_QUICK_MOLECULE_SAMPLES, _MOLECULE_SEEDS)}
-    quick, default_seeds = defaults.get(name, (32, _TEXT_SEEDS))
-    num_samples = _NUM_SAMPLES.value or (quick if _QUICK.value else _SAMPLES)
+    defaults = {"markov": (32, _MARKOV_SAMPLES, _MARKOV_SEEDS),
+                "qm9": (_QUICK_MOLECULE_SAMPLES, _SAMPLES, _MOLECULE_SEEDS)}
+    quick, samples, default_seeds = defaults.get(name, (32, _SAMPLES, _TEXT_SEEDS))
+    num_samples = _NUM_SAMPLES.value or (quick if _QUICK.value else samples)
     seeds = _SEEDS.value or (1 if _QUICK.value else default_seeds)
     sweep.check_request(config_dict, num_samples, _EVALUATOR_DIR.value)
     _configure(config_dict, num_samples)
