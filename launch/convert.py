@@ -24,7 +24,6 @@ directory's tokenizer becomes data.tokenizer_path, for prompts and decoding. `la
 --workdir=DIR` then fine-tunes from it, and `launch/sample.py --workdir=DIR --prompt=...` samples it.
 """
 
-import importlib.util
 import os
 
 import ml_collections
@@ -51,10 +50,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config
 
 
 def _config_file(name: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_base.from_file(os.path.join(CONFIGS, f"{name}.py"))
 
 
 def base_config(ref: layout.ReferenceConfig) -> ml_collections.ConfigDict:

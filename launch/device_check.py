@@ -22,7 +22,6 @@ exceeds what is left is skipped with a line that says so. The last lines are a t
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -105,10 +104,7 @@ class Report:
 
 def load_config(name: str, overrides: dict[str, Any]) -> Config:
     """configs/NAME.py with dotted overrides written in (a batch also sets the sampler's), resolved."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_base.from_file(os.path.join(REPO, "configs", f"{name}.py"))
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value

@@ -10,6 +10,7 @@ validated `Config` that the library reads.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from typing import Any
@@ -482,6 +483,15 @@ def get_config(model_preset: str = "tiny", model: str = "dit") -> ml_collections
     """The ml_collections tree of the default `Config`, with the model family `model` at `model_preset`."""
     config = Config(model=registry.default_config(model, model_preset))
     return ml_collections.ConfigDict(configlib.to_dict(config))
+
+
+def from_file(path: str) -> ml_collections.ConfigDict:
+    """The tree that a config file (configs/*.py) returns from its `get_config()`, loaded by path, as
+    `--config=PATH` loads it (without a preset argument)."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def resolve(config: Any) -> Config:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib.util
 import json
 import os
 
@@ -30,10 +29,7 @@ def _sections(config: Section, prefix: str = ""):
 
 
 def _load(path: str) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("config_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_base.from_file(path)
 
 
 @pytest.mark.parametrize("family", sorted(registry.FAMILIES))

@@ -3,7 +3,6 @@ chat tokens above it, a tiny Hugging Face tokenizer directory written here (`tok
 and `launch/sample.py --prompt/--prompt_file --chat` on top; a stub model pins where EOS comes."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -50,11 +49,7 @@ def write_tokenizer(directory: str, template: str | None = TEMPLATE) -> str:
 
 
 def llada_config(tokenizer_path: str = "", **sampling) -> config_base.Config:
-    path = os.path.join(REPO, "configs", "llada_tiny.py")
-    spec = importlib.util.spec_from_file_location("llada_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_base.from_file(os.path.join(REPO, "configs", "llada_tiny.py"))
     config.data.vocab_size, config.data.length, config.data.tokenizer_path = MASK, LENGTH, tokenizer_path
     config.model.vocab_size, config.model.mask_token_id, config.model.max_length = ROWS, MASK, LENGTH
     config.sampling.update(dict(sampler="llada_block", steps=4, block_length=4, corrector_steps=1,
@@ -155,11 +150,7 @@ def test_a_text_prompt_with_default_flags_writes_its_completion(tmp_path):
     """The tiny LLaDA fine-tuning config (data.length 64, blocks of 16, 32 steps) and its byte-level
     tokenizer: the longest generation that the default steps divide into whole blocks is 2 blocks."""
     tokenizer = write_sft_tokenizer(str(tmp_path / "tokenizer"))
-    spec = importlib.util.spec_from_file_location("llada_tiny_sft", os.path.join(REPO, "configs",
-                                                                                "llada_tiny_sft.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_base.from_file(os.path.join(REPO, "configs", "llada_tiny_sft.py"))
     config.data.files, config.data.tokenizer_path = str(tmp_path / "*.jsonl"), tokenizer
     workdir, output = str(tmp_path / "work"), tmp_path / "answer.jsonl"
     write_workdir(workdir, config_base.resolve(config))

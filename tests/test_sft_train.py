@@ -9,7 +9,6 @@ inside the table, the chat's special tokens above it) and a LLaDA-like chat temp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -84,10 +83,7 @@ def write_jsonl(path: str, rows: list, blank_after: int | None = None) -> str:
 
 
 def load_config(**overrides):
-    spec = importlib.util.spec_from_file_location("llada_tiny_sft", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_base.from_file(CONFIG)
     for dotted, value in overrides.items():
         section, name = dotted.split("__")
         config[section][name] = value
