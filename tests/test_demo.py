@@ -230,6 +230,19 @@ def test_median_rows_pool_each_setting_over_the_seeds():
     assert rows[0]["steps"] == 4 and isinstance(rows[0]["steps"], int) and "seed" not in rows[0]
 
 
+def test_median_rows_leave_out_the_property_of_seeds_without_such_molecules():
+    seeds = [[{"sampler": "mdlm", "family": "MDLM", "steps": 4, "corrector_steps": 0, "corrector_every": 1,
+               "num_novel": n, "qed_novel_mean": q, "num_valid": 5, "qed_valid_mean": v}]
+             for n, q, v in [(0, 0.0, 0.4), (3, 0.6, 0.5), (2, 0.5, 0.6)]]
+    row = report.median_rows(seeds)[0]
+    assert row["qed_novel_mean"] == pytest.approx(0.55)  # the seed with no novel molecule left out
+    assert row["qed_valid_mean"] == pytest.approx(0.5) and row["num_novel"] == pytest.approx(2.0)
+    one = report.median_rows([seeds[0], seeds[1]])[0]
+    assert one["qed_novel_mean"] == pytest.approx(0.6)  # the one seed with novel molecules
+    none = report.median_rows([[dict(seeds[0][0])], [dict(seeds[0][0])]])[0]
+    assert none["qed_novel_mean"] == 0.0 and none["num_novel"] == 0
+
+
 M = 9  # [MASK] of the history tests
 HISTORY = np.array([  # one sample, T = 5, L = 4
     [M, 3, M, M],

@@ -62,11 +62,21 @@ def format_table(rows: Sequence[Row], data: Row | None, scorer: Scorer) -> str:
     return "\n".join(lines)
 
 
+def _support(key: str) -> str | None:
+    """The count of molecules a chemistry statistic is taken over (`qed_novel_mean` -> `num_novel`)."""
+    for subset in ("valid", "novel"):
+        if f"_{subset}_" in key and not key.startswith("num_"):
+            return f"num_{subset}"
+    return None
+
+
 def median_rows(seed_rows: Sequence[Sequence[Row]]) -> list[Row]:
     """One row per setting from the rows of several seeds (one list per seed, each in grid order; an
     interrupted seed may lack its last settings): every number the median over the seeds that have the
     setting (a number all seeds share stays as it is), every other field the first seed's, and `seeds`
-    how many seeds it pools."""
+    how many seeds it pools. A statistic over the valid or the novel molecules of a seed that drew none
+    (`*_valid_*`, `*_novel_*` where `num_valid` / `num_novel` is 0, recorded as 0) is left out of its median.
+    """
     shape = lambda r: (r["sampler"], r["family"], r["steps"], r["corrector_steps"], r["corrector_every"],
                        r.get("preset"), r.get("guidance_scale"), r.get("guidance_corrector"))
     settings: dict[tuple, list[Row]] = {}
@@ -78,9 +88,10 @@ def median_rows(seed_rows: Sequence[Sequence[Row]]) -> list[Row]:
         row = {k: v for k, v in members[0].items() if k != "seed"}
         row["seeds"] = len(members)
         for key, value in row.items():
-            numbers = [m.get(key) for m in members]
+            count = _support(key)
+            numbers = [m.get(key) for m in members if count is None or m.get(count, 1) > 0] or [value]
             if (isinstance(value, (int, float)) and not isinstance(value, bool) and None not in numbers
-                    and len(set(numbers)) > 1):
+                    and set(numbers) != {value}):
                 row[key] = float(np.median(numbers))
         out.append(row)
     return out
