@@ -79,13 +79,16 @@ def test_programs_run_isolated_from_the_network_and_within_limits():
 
 def test_a_completion_that_exits_before_its_tests_scores_zero(humaneval_file):
     exits = ["import os\nos._exit(0)", "raise SystemExit(0)", "import sys\nsys.exit(0)"]
-    # Each defines `add` wrongly, then exits with status 0 before `check(add)` would run.
-    samples = [{"task_id": "T/0", "completion": f"    return a - b\n{exit}\n"} for exit in exits]
+    # Each defines `add` wrongly, then exits with status 0 before `check(add)` would run; the last tries to
+    # write the harness's own success message first.
+    forge = "import os, sys\nm = sys.modules['__main__']\nos.write(m.result_fd, m.nonce)\nos._exit(0)"
+    samples = [{"task_id": "T/0", "completion": f"    return a - b\n{exit}\n"} for exit in [*exits, forge]]
     problems = code_eval.load_problems("humaneval", humaneval_file)
     result = code_eval.score("humaneval", problems, samples, timeout=5)
     assert result["pass@1"] == 0.0
-    assert result["per_problem"][0]["results"] == [
+    assert result["per_problem"][0]["results"][:3] == [
         "failed: exited with status 0 before the tests finished"] * 3
+    assert result["per_problem"][0]["results"][3].startswith("failed")
 
 
 def _alive(pid: int) -> bool:

@@ -44,36 +44,40 @@ MARKER = "PROSECO_SANDBOX_RUN"
 
 # The child interpreter's main: nonce first (stdin then closed), limits, no sockets, the program as
 # __main__, then the nonce on the result pipe. Functions it needs afterwards are bound before the program
-# runs, so a program that replaces os.write or os._exit only makes itself fail.
+# runs, so a program that replaces os.write or os._exit only makes itself fail; the nonce and the pipe live
+# in a function's locals, not in a module the program can import (a program that walks the interpreter's
+# frames could still find them: see the README on what the sandbox does not guarantee).
 _HARNESS = r"""
 import os, resource, socket, sys
-seconds, megabytes, path, result_fd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-nonce = os.read(0, 64)
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-for limit, value in ((resource.RLIMIT_CPU, seconds), (resource.RLIMIT_AS, megabytes << 20),
-                     (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(limit, (value, value))
-def _offline(*args, **kwargs):
-    raise OSError("network access is disabled while evaluating")
-class _NoSocket(socket.socket):
-    def __init__(self, *args, **kwargs):
-        _offline()
-socket.socket = _NoSocket
-socket.create_connection = socket.getaddrinfo = socket.socketpair = socket.fromfd = _offline
-sys.argv = [path]
-with open(path, encoding="utf-8") as f:
-    code = compile(f.read(), "program.py", "exec")
-write, exit_now, streams = os.write, os._exit, (sys.stdout, sys.stderr)
-exec(code, {"__name__": "__main__"})
-write(result_fd, nonce)
-for stream in streams:
-    try:
-        stream.flush()
-    except Exception:
-        pass
-exit_now(0)
+def _run():
+    seconds, megabytes, path, result_fd = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    nonce = os.read(0, 64)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for limit, value in ((resource.RLIMIT_CPU, seconds), (resource.RLIMIT_AS, megabytes << 20),
+                         (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value))
+    def _offline(*args, **kwargs):
+        raise OSError("network access is disabled while evaluating")
+    class _NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            _offline()
+    socket.socket = _NoSocket
+    socket.create_connection = socket.getaddrinfo = socket.socketpair = socket.fromfd = _offline
+    sys.argv = [path]
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), "program.py", "exec")
+    write, exit_now, streams = os.write, os._exit, (sys.stdout, sys.stderr)
+    exec(code, {"__name__": "__main__"})
+    write(result_fd, nonce)
+    for stream in streams:
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    exit_now(0)
+_run()
 """
 
 
