@@ -1,6 +1,9 @@
 """The authors' PyTorch code through the device check's shapes (`launch/device_check.py` runs this).
 
     python launch/device_check_ref.py --ref_dir=DIR --bench_ref=DIR [--batch=32] [--budget_sec=100] [--smoke]
+    python launch/device_check_ref.py --ref_dir=DIR --bench_ref=DIR --precision=fp32|bf16 [--steps=10
+        --warmup=3 --threads=2] --train_shape='{"n_blocks": 4, "hidden_size": 256, "n_heads": 4,
+        "cond_dim": 128, "length": 128, "vocab": 64, "batch": 32}'
 
 DIR of --ref_dir is the authors' repository (kuleshov-group/proseco) as files, e.g.
 `git -C MIRROR archive 69fe45d | tar -x -C DIR`; --bench_ref is the harness that composes the authors' config
@@ -11,12 +14,14 @@ for CUDA-only packages). This script takes those building blocks and times, on C
   `precision: bf16` runs it, at the largest batch from --batch down (halving on out-of-memory);
 - `Diffusion._diffusion_sample` for each (T, S) of the grid (float64 sampling math, nucleus 0.9, argmax
   corrector every step), after a 4-step warm-up run.
-DiT-small at L = 1024 on the GPT-2 vocabulary (--smoke: a one-block model at L = 16). Each figure is one
-JSON line. It runs in the reference's Python (torch, hydra, lightning), which need not have absl: hence
-argparse.
+DiT-small at L = 1024 on the GPT-2 vocabulary (--smoke: a one-block model at L = 16). --train_shape
+times only the two train steps, at that shape (`launch/benchmark.py --what=vs_reference` runs this at its
+presets), in --precision: fp32, or bf16 under autocast. Each figure is one JSON line. It runs in the
+reference's Python (torch, hydra, lightning), which need not have absl: hence argparse.
 """
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import itertools
@@ -31,6 +36,7 @@ import torch
 SEED = 1
 OWT = dict(n_blocks=12, hidden_size=768, n_heads=12, cond_dim=128, length=1024, vocab=50257, sample_batch=16)
 SMOKE = dict(n_blocks=1, hidden_size=32, n_heads=2, cond_dim=16, length=16, vocab=50257, sample_batch=2)
+TRAIN_SHAPE_KEYS = ("n_blocks", "hidden_size", "n_heads", "cond_dim", "length", "vocab", "batch")
 GRID = ((128, 0), (128, 2), (1024, 0), (1024, 2))  # (T, S) as launch/device_check.py's SAMPLE_GRID.
 SMOKE_GRID = ((4, 0), (4, 2))
 WARMUP_SAMPLE_STEPS = 4  # Enough for a warm-up run to take every path of the sampler once.
@@ -65,8 +71,9 @@ def free(device: torch.device) -> None:
 
 
 def train_times(harness, corrector: bool, batch: int, device: torch.device, steps: int,
-                warmup: int) -> tuple[float, float]:
-    """(first step's seconds, median seconds of `steps` steps after `warmup` more) of one program."""
+                warmup: int, bf16: bool = True) -> tuple[float, float]:
+    """(first step's seconds, median seconds of `steps` steps after `warmup` more) of one program, its loss
+    under bf16 autocast (the authors' `precision: bf16`) or in fp32."""
     harness.SIZES["check"]["batch"] = batch
     config = harness.compose(harness.train_overrides("check", corrector))
     model = harness.build(config, SEED).to(device)
@@ -87,7 +94,7 @@ def train_times(harness, corrector: bool, batch: int, device: torch.device, step
         sync(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = model._loss(x0, attention_mask).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, float(config.trainer.gradient_clip_val))
@@ -100,7 +107,8 @@ def train_times(harness, corrector: bool, batch: int, device: torch.device, step
     return times[0], statistics.median(times[1 + warmup:])
 
 
-def train_part(harness, device: torch.device, batch: int, steps: int, warmup: int, deadline: float) -> None:
+def train_part(harness, device: torch.device, batch: int, steps: int, warmup: int, deadline: float,
+               bf16: bool = True) -> None:
     for program, corrector in (("proseco", True), ("mdlm", False)):
         size = batch
         while size >= 1:
@@ -108,7 +116,7 @@ def train_part(harness, device: torch.device, batch: int, steps: int, warmup: in
                 emit("reference_train", program=program, skipped=f"no time left for batch {size}")
                 break
             try:
-                first, median = train_times(harness, corrector, size, device, steps, warmup)
+                first, median = train_times(harness, corrector, size, device, steps, warmup, bf16)
             except torch.cuda.OutOfMemoryError as e:  # Also the name of it in torch < 2.5.
                 emit("reference_train", program=program, batch=size, oom=str(e).splitlines()[0][:300])
                 free(device)
@@ -116,7 +124,8 @@ def train_part(harness, device: torch.device, batch: int, steps: int, warmup: in
                 continue
             length = harness.SIZES["check"]["length"]
             emit("reference_train", program=program, batch=size, length=length, step_sec=median,
-                 tokens_per_sec=size * length / median, first_step_sec=first, device=str(device))
+                 tokens_per_sec=size * length / median, first_step_sec=first, device=str(device),
+                 precision="bf16" if bf16 else "fp32")
             free(device)
             break
 
@@ -165,19 +174,32 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget_sec", type=float, default=100)
     parser.add_argument("--smoke", action="store_true", help="a one-block model at L = 16")
+    parser.add_argument("--train_shape", type=json.loads, help="only the train steps, at this shape: a JSON "
+                        f"object of {', '.join(TRAIN_SHAPE_KEYS)}")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--threads", type=int, default=0, help="torch's intra-op threads (0: its default)")
     args = parser.parse_args()
     for name in ("ref_dir", "bench_ref"):
         if not os.path.isdir(getattr(args, name)):
             print(f"error: --{name}={getattr(args, name)!r} is not a directory", file=sys.stderr)
             return 2
+    if args.train_shape is not None and set(args.train_shape) != set(TRAIN_SHAPE_KEYS):
+        print(f"error: --train_shape needs exactly the keys {', '.join(TRAIN_SHAPE_KEYS)}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    shape = SMOKE if args.smoke else OWT
+    shape = args.train_shape or (SMOKE if args.smoke else OWT)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     harness = load_harness(args.bench_ref, os.path.abspath(args.ref_dir), shape)
     emit("reference", device=str(device), torch=torch.__version__,
          device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     steps, warmup = (1, 0) if args.smoke else (args.steps, args.warmup)
-    train_part(harness, device, args.batch, steps, warmup, deadline=start + 0.5 * args.budget_sec)
+    bf16 = args.precision == "bf16"
+    if args.train_shape:
+        train_part(harness, device, shape["batch"], steps, warmup, start + args.budget_sec, bf16)
+        return 0
+    train_part(harness, device, args.batch, steps, warmup, deadline=start + 0.5 * args.budget_sec, bf16=bf16)
     sample_part(harness, device, shape, SMOKE_GRID if args.smoke else GRID,
                 deadline=start + args.budget_sec)
     return 0

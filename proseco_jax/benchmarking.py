@@ -241,6 +241,34 @@ def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup:
 BENCHMARKS = {"train_step": bench_train_step, "sample": bench_sample}
 
 
+def vs_reference_rows(shape: str, precision: str, ours: dict[str, Any],
+                      theirs: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per train step (ProSeCo, MDLM) of our `train_step` figures beside the reference's tokens/s
+    (`theirs`, keyed by step; a step it lacks has None), with ours over theirs and our MFU."""
+    rows = []
+    for step in ("proseco", "mdlm"):
+        mine, other = ours[f"{step}_tokens_per_sec"], theirs.get(step)
+        rows.append({"shape": shape, "precision": precision, "step": step, "ours_tokens_per_sec": mine,
+                     "theirs_tokens_per_sec": other,
+                     "ours_over_theirs": None if other is None else mine / other,
+                     "mfu": ours["mfu" if step == "proseco" else "mdlm_mfu"]})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of `vs_reference_rows` as a markdown table."""
+    def number(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| shape | precision | step | ours tok/s | theirs tok/s | ours / theirs | our MFU |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['precision']} | {'ProSeCo' if r['step'] == 'proseco' else 'MDLM'} | "
+              f"{number(r['ours_tokens_per_sec'], ',.0f')} | {number(r['theirs_tokens_per_sec'], ',.0f')} | "
+              f"{number(r['ours_over_theirs'], '.2f')}{'' if r['ours_over_theirs'] is None else 'x'} | "
+              f"{number(r['mfu'], '.2f')} |" for r in rows]
+    return "\n".join(lines)
+
+
 def run(what: str, config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup: int) -> dict[str, Any]:
     """One benchmark with the machine's matmul rate measured before and after it, and MFU figures: `mfu`
     against that rate, `peak_mfu` against the chip's bf16 peak (bf16 models on a chip in PEAK_BF16_FLOPS)."""

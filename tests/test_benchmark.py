@@ -81,3 +81,37 @@ def test_chip_peaks_are_found_by_a_word_of_the_device_kind():
     assert benchmarking.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert benchmarking.peak_bf16_flops("NVIDIA H200") == 989e12
     assert benchmarking.peak_bf16_flops("cpu") is None
+
+
+def test_vs_reference_without_a_reference_times_ours_and_says_so_in_one_line():
+    result = run_benchmark("--what=vs_reference", "--shapes=tiny", "--precisions=fp32,bf16", *TINY[:5],
+                           "--steps=1", "--warmup=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["skipped"] for r in records if r.get("part") == "reference"] == [
+        "no --ref_dir and --bench_ref: only our figures"]
+    rows = [r for r in records if "step" in r]
+    assert [(r["precision"], r["step"]) for r in rows] == [
+        ("fp32", "proseco"), ("fp32", "mdlm"), ("bf16", "proseco"), ("bf16", "mdlm")]
+    assert all(r["ours_tokens_per_sec"] > 0 and r["mfu"] > 0 and r["theirs_tokens_per_sec"] is None
+               and (r["layers"], r["hidden"], r["length"], r["batch"]) == (1, 32, 16, 8) for r in rows)
+    # The table closes the output: a header, its rule, one row per JSON row; the reference's columns blank.
+    table = lines[-len(rows) - 2:]
+    assert table[0].startswith("| shape | precision | step | ours tok/s | theirs tok/s")
+    assert table[2].startswith("| tiny | fp32 | ProSeCo |")
+    assert table[2].endswith(f"| - | - | {rows[0]['mfu']:.2f} |")
+
+
+def test_vs_reference_table_rows_put_ours_over_theirs():
+    ours = {"proseco_tokens_per_sec": 300.0, "mdlm_tokens_per_sec": 900.0, "mfu": 0.5, "mdlm_mfu": 0.4}
+    rows = benchmarking.vs_reference_rows("large", "bf16", ours, {"proseco": 200.0, "mdlm": 1000.0})
+    assert [(r["step"], r["ours_over_theirs"]) for r in rows] == [("proseco", 1.5), ("mdlm", 0.9)]
+    assert benchmarking.markdown_table(rows).splitlines()[2:] == [
+        "| large | bf16 | ProSeCo | 300 | 200 | 1.50x | 0.50 |",
+        "| large | bf16 | MDLM | 900 | 1,000 | 0.90x | 0.40 |"]
+
+
+@pytest.mark.parametrize("flag", ["--shapes=tiny,huge", "--precisions=fp16"])
+def test_vs_reference_rejects_unknown_shapes_and_precisions(flag):
+    assert_usage_error(run_benchmark("--what=vs_reference", flag), flag.split("=")[1].split(",")[-1])
