@@ -127,10 +127,12 @@ def main(argv):
     # The Markov language trains once per seed: seed k's model in WORKDIR/seed<seed> (the first in WORKDIR).
     trainings = seeds if name == "markov" else 1
     workdirs = [workdir] + [os.path.join(workdir, f"seed{config.seed + k}") for k in range(1, trainings)]
+    mdlm_workdir = os.path.join(workdir, "mdlm") if _COMPARE.value else None
+    for path in [*workdirs, *([mdlm_workdir] if mdlm_workdir else [])]:
+        cli.sole_writer(path)  # Trained here in-process: no train.py or second demo may write them meanwhile.
     for k, seed_workdir in enumerate(workdirs):
         label = f"ProSeCo (seed {config.seed + k})" if trainings > 1 else "ProSeCo"
         _train(config.replace(seed=config.seed + k), seed_workdir, label)
-    mdlm_workdir = os.path.join(workdir, "mdlm") if _COMPARE.value else None
     if mdlm_workdir:
         mdlm_config = config.replace(corrector=config.corrector.replace(enabled=False))
         _train(mdlm_config, mdlm_workdir, "plain MDLM (corrector.enabled=False)")
@@ -152,6 +154,9 @@ def main(argv):
     unigram = results["data"]["unigram_bits_per_token"]
     print(f"unigram baseline: the training tokens' own unigram entropy is {unigram:.4f} bits/token "
           f"({results['data']['unigram_tokens']:,} tokens)", flush=True)
+    mdlm_workdir = os.path.join(workdir, "mdlm") if _COMPARE.value else None
+    for path in [*workdirs, *([mdlm_workdir] if mdlm_workdir else [])]:
+        cli.sole_writer(path)  # Trained here in-process: no train.py or second demo may write them meanwhile.
     for k, seed_workdir in enumerate(workdirs):
         label = f"ProSeCo model (seed {config.seed + k})" if trainings > 1 else "ProSeCo model"
         print(report.bits_line(seed_workdir, label, unigram), flush=True)

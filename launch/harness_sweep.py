@@ -10,6 +10,7 @@ OUTPUT_DIR/harness_sweep.json (resumed: rows already there are kept), harness_sw
 harness_sweep.png (score against NFE, one line per (omega, S)), and prints the table.
 """
 
+import json
 import os
 import sys
 
@@ -19,6 +20,7 @@ from lm_eval.tasks import TaskManager
 from lm_eval.utils import simple_parse_args_string
 
 from proseco_jax import cli, inference, prompts
+from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import harness, harness_sweep
 from proseco_jax.evaluation.harness_sweep import parse_grid
 
@@ -52,6 +54,9 @@ def main(argv):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     grid = parse_grid(_STEPS.value, _CORRECTORS.value)
     extra = simple_parse_args_string(_MODEL_ARGS.value)
+    taken = sorted(set(extra) & {"gen_length", "batch_size", "steps", "corrector_every", "corrector_steps"})
+    if taken:
+        raise UsageError(f"--model_args may not set {', '.join(taken)}: the sweep's own flags set them")
     loaded = inference.load_workdir(_WORKDIR.value)
     tokenizer = prompts.chat_tokenizer(loaded.config, _WORKDIR.value, _TOKENIZER.value)
     manager = TaskManager(include_path=_INCLUDE_PATH.value or None)
@@ -69,7 +74,9 @@ def main(argv):
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     base = os.path.join(_OUTPUT_DIR.value, "harness_sweep")
-    rows = harness_sweep.run(evaluate, grid, base + ".json", _METRIC.value)
+    run_key = json.dumps({"tasks": _TASKS.value, "num_fewshot": _NUM_FEWSHOT.value, "limit": _LIMIT.value,
+                          "chat": _CHAT.value, "model_args": _MODEL_ARGS.value}, sort_keys=True)
+    rows = harness_sweep.run(evaluate, grid, base + ".json", _METRIC.value, run_key)
     table = harness_sweep.format_table(rows)
     with open(base + ".md", "w", encoding="utf-8") as f:
         f.write(table + "\n")

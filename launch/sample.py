@@ -59,7 +59,9 @@ _GEN_LENGTH = flags.DEFINE_integer("gen_length", 0, "Text prompts: positions gen
                                    "the most that the longest prompt leaves of data.length and the sampler "
                                    "can fill).", lower_bound=0)
 _STOP_AT_EOS = flags.DEFINE_bool("stop_at_eos", True, "Text prompts: the block sampler stops at the "
-                                 "tokenizer's EOS when sampling.eos_id is -1.")
+                                 "tokenizer's EOS when sampling.eos_id is -1; each sample stops at its own "
+                                 "(sampling.stop_on_eos='sample'), so a resumed file equals an "
+                                 "uninterrupted run's.")
 _DISTRIBUTED = cli.DistributedFlags()
 _RESUME = flags.DEFINE_bool("resume", True, "Keep the samples already in --output and draw only the rest.")
 

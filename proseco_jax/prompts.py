@@ -176,8 +176,9 @@ def sample_prompts(
 ) -> Iterator[tuple[list[PromptJob], dict[str, np.ndarray]]]:
     """Completes each prompt (ids) with `gen_length` generated positions, batch by batch of `prompt_jobs`.
 
-    start: how many jobs (in `prompt_jobs` order) are already done; job i is a function of fold_in(rng, i)
-    alone, so a run resumed at any `start` or batch size draws what the uninterrupted run would have.
+    start: how many jobs (in `prompt_jobs` order) are already done; job i draws from fold_in(rng, i) alone,
+    so with `stop_on_eos='sample'` (or no EOS stop) a run resumed at any `start` or batch size draws what the
+    uninterrupted run would have ('batch' stops a batch together, tying a sample to its batchmates).
     Yields (the batch's jobs, numpy dict: tokens [b, P + G] with the prompt in front, nfe / predictor_nfe /
     corrector_nfe [b]). A batch short of `settings.batch_size` is filled with copies of its last prompt,
     whose samples are dropped, so every batch of one prompt length runs one compiled program.
@@ -235,7 +236,9 @@ def prepare_prompts(config: Config, tokenizer, records: Sequence[Mapping[str, An
                     settings: config_base.Sampling | None = None) -> PromptRun:
     """Encodes prompt records (`messages` with `chat`, else `prompt`; see `encode_prompts`), resolves the
     sampler (the block sampler stops at the tokenizer's EOS unless `stop_at_eos` is False or it names its
-    own eos_id) and G; every problem is a one-line UsageError found before anything compiles."""
+    own eos_id, and then each sample at its own: `stop_on_eos='sample'`, so that a samples file's records do
+    not depend on their batchmates, hence not on the batch size or on where a run resumed) and G; every
+    problem is a one-line UsageError found before anything compiles."""
     settings = (config.sampler_settings if settings is None else settings.resolved(
         config.diffusion.parameterization))
     prompts = [r["messages"] if chat and r.get("messages") else r.get("prompt", r.get("messages"))
@@ -243,6 +246,8 @@ def prepare_prompts(config: Config, tokenizer, records: Sequence[Mapping[str, An
     ids = encode_prompts(tokenizer, prompts, chat=chat)
     if stop_at_eos:
         settings = with_eos(settings, tokenizer.eos_id)
+    if settings.kind.blocked and settings.eos_id >= 0:
+        settings = settings.replace(stop_on_eos="sample")
     return PromptRun(records=[dict(r) for r in records], ids=ids, settings=settings,
                      gen_length=generation_length(config, settings, ids, gen_length),
                      samples_per_prompt=samples_per_prompt, stops=frozenset(stop_ids(tokenizer)))

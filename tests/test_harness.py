@@ -187,6 +187,9 @@ def test_sweep_rows_resume_and_the_table_holds_each_row(tmp_path):
     harness_sweep.run(evaluate, grid[:3], path, say=lambda _: None)
     rows = harness_sweep.run(evaluate, grid, path, say=lambda _: None)
     assert calls == grid  # the second run scored only the row the first had not
+    other = harness_sweep.run(evaluate, grid[:1], path, run_key="other tasks", say=lambda _: None)
+    assert calls == [*grid, grid[0]] and len(other) == 1  # Rows of other tasks are not taken for done.
+    assert len(json.load(open(path))) == len(grid) + 1
     assert [(r["steps"], r["nfe"], r["score"], r["metric"]) for r in rows][-1] == (8, 12.0, 0.08, "acc,none")
     table = harness_sweep.format_table(rows)
     assert len(table.splitlines()) == 2 + len(grid)

@@ -181,6 +181,7 @@ def test_completions_end_at_eos_and_a_resumed_run_draws_the_same_samples(tmp_pat
     records = [{"prompt": "what is three plus four"}, {"prompt": "the answer"}, {"prompt": "what is seven"}]
     run = prompts.prepare_prompts(config, tokenizer, records, chat=False, gen_length=8)
     assert run.settings.eos_id == EOS and run.gen_length == 8
+    assert run.settings.stop_on_eos == "sample"  # A sample's record may not depend on its batchmates.
     assert [len(ids) for ids in run.ids] == [6, 3, 4]  # BOS + words
     # Sorted by length, one length per batch: [1], [2], [0].
     assert [job.prompt for job in run.jobs()] == [1, 2, 0]

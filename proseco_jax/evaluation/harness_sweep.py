@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from proseco_jax import fileio
 from proseco_jax.errors import UsageError
 
 Row = dict[str, Any]
@@ -47,26 +48,30 @@ def score_of(task_results: Mapping[str, Any], metric: str) -> tuple[str, float]:
 
 
 def run(evaluate: Callable[[int, int, int], tuple[dict[str, Any], list[dict[str, Any]]]],
-        grid: Sequence[tuple[int, int, int]], path: str, metric: str = "",
+        grid: Sequence[tuple[int, int, int]], path: str, metric: str = "", run_key: str = "",
         say: Callable[[str], None] = print) -> list[Row]:
     """Rows of the grid: `evaluate(T, omega, S)` -> (lm-eval's results per task, the model's NFE records);
-    each new row is appended to the JSON `path` as soon as it is scored."""
-    rows: list[Row] = json.load(open(path)) if os.path.isfile(path) else []
-    done = {tuple(r[k] for k in KEY[1:]) for r in rows}
+    the JSON `path` is rewritten (atomically) after each scored grid point. `run_key` names what else decides
+    the scores (tasks, shots, limit, metric): a grid point counts as done only for rows of the same key, so a
+    rerun with other tasks scores them instead of reporting the old ones."""
+    try:
+        rows: list[Row] = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else []
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the sweep's rows {path} ({e}); move it away to start over") from None
+    done = {(r.get("run", ""), *(r[k] for k in KEY[1:])) for r in rows}
     for steps, every, corrector_steps in grid:
-        if (steps, every, corrector_steps) in done:
+        if (run_key, steps, every, corrector_steps) in done:
             continue
         results, records = evaluate(steps, every, corrector_steps)
         for task, task_results in results.items():
             name, value = score_of(task_results, metric)
-            mine = [r for r in records if r.get("task") == task] or records
+            mine = [r for r in records if r.get("task") == task]  # A group's own row has no NFE of its own.
             nfe = float(np.mean([r["nfe"] for r in mine])) if mine else float("nan")
-            rows.append({"task": task, "steps": steps, "corrector_every": every,
+            rows.append({"run": run_key, "task": task, "steps": steps, "corrector_every": every,
                          "corrector_steps": corrector_steps, "metric": name, "score": value, "nfe": nfe})
             say(f"{task}: T={steps} omega={every} S={corrector_steps}: {name} {value:.4f} at {nfe:.1f} NFE")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+        fileio.atomic_write_json(path, rows)
+    return [r for r in rows if r.get("run", "") == run_key]
 
 
 def format_table(rows: Sequence[Row]) -> str:
