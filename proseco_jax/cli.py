@@ -31,6 +31,8 @@ from proseco_jax.errors import Halted, UsageError
 DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "proseco_jax", "xla")
 # What a binary holds until its main returns (the lock of `sole_writer`).
 _HELD = contextlib.ExitStack()
+# The workdirs this process holds the lock of: the only ones whose unfinished checkpoints it may remove.
+_HELD_WORKDIRS: set[str] = set()
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -89,6 +91,9 @@ def sole_writer(path: str, *, workdir: bool = True) -> None:
     the binary's main returns, or its death: a second writer gets a one-line UsageError naming this one.
     In a multi-process run only process 0 takes the lock (the others write under its direction)."""
     _HELD.enter_context(locks.sole_writer(path, primary=jax.process_index() == 0, workdir=workdir))
+    if workdir:
+        _HELD_WORKDIRS.add(os.path.abspath(path))
+        _HELD.callback(_HELD_WORKDIRS.discard, os.path.abspath(path))
 
 
 class _NoFailedWriteTracebacks(std_logging.Filter):
@@ -134,7 +139,7 @@ def _after_failed_write(path: str | None) -> str:
     if staged:  # interop.staging removed its staging directory, checkpoints and all.
         kept.append("nothing of the new directory")
     workdir = None if staged else _workdir_of(path)
-    if workdir is not None:
+    if workdir is not None and workdir in _HELD_WORKDIRS:  # Another run's checkpoint in progress stays.
         kept.append(checkpoint.after_failed_write(workdir))
     return "; ".join(kept) or "the outputs written before it"
 
