@@ -139,12 +139,18 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
             per_seed.append({"seed": seed, "rows": rows, "headline": head,
                              "model": {"workdir": os.path.abspath(models[k]), "step": model.step,
                                        **report.validation_bits(models[k])}})
+    # A seed a stop cut short would count its missing rows against the claims: the headline pools the seeds
+    # that finished, and results.json keeps the cut one's rows apart.
+    per_row = len(settings) + (len(mdlm_settings) if mdlm_model is not None else 0)
+    finished = [p for p in per_seed if len(p["rows"]) == per_row] or per_seed
     results = {"scorer": scorer.kind, "quality": scorer.quality, "data": reference,
-               **_combined(per_seed, config.data.label_property if molecules else None)}
+               **_combined(finished, config.data.label_property if molecules else None)}
+    if len(finished) < len(per_seed):
+        results["unfinished_seeds"] = [p for p in per_seed if p not in finished]
     if scorer.kind == "text":
         results["evaluator_dir"] = os.path.abspath(evaluator_dir) if evaluator_dir else None
     done = sum(len(p["rows"]) for p in per_seed)
-    total = seeds * (len(settings) + (len(mdlm_settings) if mdlm_model is not None else 0))
+    total = seeds * per_row
     if stop.requested:  # Keep what was sampled: the rows finished before the stop.
         results["interrupted"] = f"{done} of {total} rows"
     json_path = os.path.join(output_dir, "results.json")
@@ -153,7 +159,7 @@ def sweep_workdirs(config: Any, workdir: str, output_dir: str, *, num_samples: i
     report.plot(results, scorer, png_path)
     several = "per_seed" in results  # not when a stop came before the second seed
     if several:
-        progress(f"each figure of the table: its median over the {len(per_seed)} seeds")
+        progress(f"each figure of the table: its median over the {len(finished)} seeds")
     progress(report.format_table(results["rows"], reference, scorer))
     head = results["headline"]
     describe = _describe(molecules, several)
