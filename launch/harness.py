@@ -16,7 +16,7 @@ import sys
 
 from lm_eval.__main__ import cli_evaluate
 
-from proseco_jax import cli
+from proseco_jax import cli, fileio
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation import harness  # noqa: F401 - registers the `proseco_jax` model with lm-eval.
 
@@ -30,6 +30,11 @@ def main() -> None:
         cli_evaluate()
     except UsageError as e:
         cli.fail(str(e))
+    except OSError as e:  # A failed write (a full disk): one line, as every binary reports it.
+        failure = fileio.write_failure(e)
+        if failure is None:
+            raise
+        cli.fail(f"cannot write {failure.path or 'an output'} ({failure.reason})", code=1)
 
 
 if __name__ == "__main__":

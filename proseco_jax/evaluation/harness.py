@@ -35,7 +35,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from proseco_jax import config_base, diffusion, inference, prompts, sharding
+from proseco_jax import config_base, diffusion, fileio, inference, prompts, sharding
 from proseco_jax.data.chat import ChatTokenizer
 from proseco_jax.errors import UsageError
 from proseco_jax.evaluation.code_eval import truncate_at_stop
@@ -198,8 +198,7 @@ class ProsecoLM(LM):
 
     def _write_nfe_log(self) -> None:
         if self.nfe_log:
-            with open(self.nfe_log, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(record) + "\n" for record in self.nfe_records)
+            fileio.atomic_write_text(self.nfe_log, "".join(json.dumps(r) + "\n" for r in self.nfe_records))
 
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
         """(the bound's estimate of log p(continuation | context), False) per request."""
