@@ -154,9 +154,6 @@ def main(argv):
     unigram = results["data"]["unigram_bits_per_token"]
     print(f"unigram baseline: the training tokens' own unigram entropy is {unigram:.4f} bits/token "
           f"({results['data']['unigram_tokens']:,} tokens)", flush=True)
-    mdlm_workdir = os.path.join(workdir, "mdlm") if _COMPARE.value else None
-    for path in [*workdirs, *([mdlm_workdir] if mdlm_workdir else [])]:
-        cli.sole_writer(path)  # Trained here in-process: no train.py or second demo may write them meanwhile.
     for k, seed_workdir in enumerate(workdirs):
         label = f"ProSeCo model (seed {config.seed + k})" if trainings > 1 else "ProSeCo model"
         print(report.bits_line(seed_workdir, label, unigram), flush=True)
