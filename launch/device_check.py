@@ -49,7 +49,9 @@ LLADA_SHAPE = {"model.num_layers": 8, "model.hidden_size": 1536, "model.num_head
 SAMPLE_GRID = ((128, 0), (128, 2), (1024, 0), (1024, 2))  # (T sampling steps, S corrector steps)
 # --smoke: every part at test size, so the test suite runs the whole script.
 SMOKE_DIT = {"model.num_layers": 1, "model.hidden_size": 32, "model.num_heads": 2, "model.cond_dim": 16,
-             "data.length": 16, "model.max_length": 16, "sampling.batch_size": 2}
+             "data.length": 16, "model.max_length": 16, "sampling.batch_size": 2,
+             # Byte tokens: GPT-2's 50k-id vocabulary would spend the smoke run's seconds on the softmax.
+             "data.tokenizer": "bytes", "data.vocab_size": 259}
 SMOKE_LLADA = {"model.num_layers": 1, "model.hidden_size": 32, "model.num_heads": 2, "model.num_kv_heads": 1,
                "model.mlp_hidden_size": 48, "model.dtype": "bfloat16", "data.length": 16,
                "model.max_length": 16}
