@@ -25,7 +25,6 @@ only our figures are measured (the reference's columns read '-'). Size flags app
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -97,18 +96,12 @@ def reference_tokens_per_sec(sizes: dict[str, int], precision: str, threads: int
                f"--bench_ref={_BENCH_REF.value}", f"--train_shape={json.dumps(shape)}",
                f"--precision={precision}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
                f"--threads={threads}", "--budget_sec=100000"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = ([line for line in result.stderr.splitlines() if line.strip()] or [""])[-1]
-        cli.fail(f"the reference failed (exit code {result.returncode}): {last[-500:]}")
-    figures = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            print(line, flush=True)
-            record = json.loads(line)
-            if "tokens_per_sec" in record:
-                figures[record["program"]] = record["tokens_per_sec"]
-    return figures
+    records, error = benchmarking.run_reference(command)
+    for record in records:
+        print(json.dumps(record), flush=True)
+    if error is not None:
+        cli.fail(f"the reference failed ({error})")
+    return {r["program"]: r["tokens_per_sec"] for r in records if "tokens_per_sec" in r}
 
 
 def vs_reference(config, mesh, threads: int) -> None:

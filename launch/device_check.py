@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -178,16 +177,11 @@ def reference_part(report: Report, *, smoke: bool, batch: int, part_sec: float) 
     command = [_REF_PYTHON.value, REF_SCRIPT, f"--ref_dir={_REF_DIR.value}",
                f"--bench_ref={_BENCH_REF.value}", f"--batch={batch}",
                f"--budget_sec={max(int(part_sec) - 15, 1)}", *(["--smoke"] if smoke else [])]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=part_sec + 30)
-    except subprocess.TimeoutExpired as e:
-        result = subprocess.CompletedProcess(command, -1, e.stdout or "", f"timed out after {part_sec:.0f} s")
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            report.emit(**json.loads(line))
-    if result.returncode != 0:
-        last = ([line for line in result.stderr.splitlines() if line.strip()] or [""])[-1]
-        report.emit("reference", error=f"exit code {result.returncode}: {last[-500:]}")
+    records, error = benchmarking.run_reference(command, timeout=part_sec + 30)
+    for record in records:
+        report.emit(**record)
+    if error is not None:
+        report.emit("reference", error=error)
 
 
 def guarded(report: Report, part: str, fn: Callable[[], None]) -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -239,6 +241,22 @@ def bench_sample(config: Config, mesh: jax.sharding.Mesh, *, steps: int, warmup:
 
 
 BENCHMARKS = {"train_step": bench_train_step, "sample": bench_sample}
+
+
+def run_reference(command: list[str],
+                  timeout: float | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Runs the reference's timing script (`launch/device_check_ref.py`, in its own process and Python):
+    (its JSON lines, parsed; None, or why it failed: its exit code and last stderr line, or the timeout)."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
+        result = subprocess.CompletedProcess(command, -1, stdout, f"timed out after {timeout:.0f} s")
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode == 0:
+        return records, None
+    last = ([line for line in result.stderr.splitlines() if line.strip()] or [""])[-1]
+    return records, f"exit code {result.returncode}: {last[-500:]}"
 
 
 def vs_reference_rows(shape: str, precision: str, ours: dict[str, Any],
