@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags  # noqa: F401 - see run_in_process: imported before any binary.
 
-from proseco_jax import checkpoint, config_base, fileio, inference, locks, recorded_config
+from proseco_jax import checkpoint, config_base, fileio, host_memory, inference, locks, recorded_config
 from proseco_jax.errors import Halted, UsageError
 
 # Where binaries cache compiled XLA programs unless JAX_COMPILATION_CACHE_DIR says otherwise.
@@ -33,6 +33,10 @@ DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pro
 _HELD = contextlib.ExitStack()
 # The workdirs this process holds the lock of: the only ones whose unfinished checkpoints it may remove.
 _HELD_WORKDIRS: set[str] = set()
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    "keep_freed_memory", True, "When computing on the CPU: keep the memory XLA frees for the next step "
+    "instead of mapping it afresh (host_memory.py; train steps up to 1.4x faster; resident memory stays at "
+    "its peak, up to about twice a step's temporary buffers). --nokeep_freed_memory hands it back.")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -166,10 +170,14 @@ def _report_failed_write(failure: fileio.WriteFailure) -> None:
     fail(f"cannot write {where} ({failure.reason}); kept: {kept}", code=1)
 
 
-def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """`main` with the binaries' process settings applied and bad input turned into one line and an exit."""
+def _guarded(main: Callable[[list[str]], None], new_process: bool = False) -> Callable[[list[str]], None]:
+    """`main` with the binaries' process settings applied and bad input turned into one line and an exit.
+    `new_process`: the binary runs in a process of its own, whose allocator settings are its to choose."""
 
     def guarded(argv):
+        # Before JAX starts its CPU backend's threads, which would otherwise map each step's buffers afresh.
+        if new_process and _KEEP_FREED_MEMORY.value and _computes_on_cpu():
+            host_memory.keep_freed_memory()
         sys.unraisablehook = _quiet_closed_event_loop
         threading.excepthook = _quiet_failed_write_in_thread
         # With libtpu installed (the `tpu` and `test` extras) jax probes for TPU chips and prints pages of
@@ -201,9 +209,15 @@ def _guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     return guarded
 
 
+def _computes_on_cpu() -> bool:
+    """JAX will compute on the CPU: JAX_PLATFORMS names it first or, unset, no accelerator is attached."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    return platforms.split(",")[0].strip() == "cpu" if platforms else _cpu_only_machine()
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """`app.run(main)`, with bad input reported as one line and exit code 2."""
-    app.run(_guarded(main), flags_parser=_parse_flags)
+    app.run(_guarded(main, new_process=True), flags_parser=_parse_flags)
 
 
 def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:

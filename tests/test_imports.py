@@ -27,7 +27,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "proseco_jax"
 LAYERS = (
-    ("errors", "fileio", "locks", "stopping", "metrics_writer"),
+    ("errors", "fileio", "locks", "stopping", "metrics_writer", "host_memory"),
     ("configlib", "data.tokenizer_names"),
     ("models",),
     ("config_base",),
