@@ -22,16 +22,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script: str, args: list[str], *, processes: int, devices: int, timeout: float = 600) -> list[str]:
-    """Runs launch/<script> as `processes` processes of `devices` CPU devices each; returns their stdout."""
+def start(script: str, args: list[str], *, processes: int, devices: int) -> list:
+    """Starts launch/<script> as `processes` processes of `devices` CPU devices each."""
     cmd = [binary(script), *args]
     if processes == 1:
-        procs = [start_python(*cmd, devices=devices)]
-    else:
-        port = _free_port()
-        procs = [start_python(*cmd, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
-                              f"--num_processes={processes}", f"--process_id={i}", devices=devices)
-                 for i in range(processes)]
+        return [start_python(*cmd, devices=devices)]
+    port = _free_port()
+    return [start_python(*cmd, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
+                         f"--num_processes={processes}", f"--process_id={i}", devices=devices)
+            for i in range(processes)]
+
+
+def finish(procs: list, timeout: float = 600) -> list[str]:
+    """Waits for the processes of `start`; returns their stdout."""
     outputs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -50,24 +53,26 @@ def _assert_same_losses(a: list[dict], b: list[dict]) -> None:
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), (x["step"], key)
 
 
-def _train(workdir: str, data: str, steps: int, processes: int) -> list[str]:
-    return launch("train.py", [f"--config={CONFIG}", f"--workdir={workdir}", data, *TRAIN_FLAGS,
-                               f"--config.train.num_steps={steps}"],
-                  processes=processes, devices=4 // processes)
+def _start_train(workdir: str, data: str, steps: int, processes: int) -> list:
+    args = [f"--config={CONFIG}", f"--workdir={workdir}", data, *TRAIN_FLAGS,
+            f"--config.train.num_steps={steps}"]
+    return start("train.py", args, processes=processes, devices=4 // processes)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process (4 devices) for 9 steps; two processes (2 devices each) for 6, then resumed to 9 by two
-    processes and, from a copy of the same checkpoint, by one."""
+    processes and, from a copy of the same checkpoint, by one. Runs on different workdirs run at once."""
     root = tmp_path_factory.mktemp("multiprocess")
-    data = f"--config.data.data_dir={root / 'data'}"
+    data = f"--config.data.data_dir={root / 'data'}"  # Prepared once, by whichever run takes its lock first.
     one, two, mixed = str(root / "one"), str(root / "two"), str(root / "mixed")
-    _train(one, data, 9, processes=1)
-    first = _train(two, data, 6, processes=2)
+    one_procs, two_procs = _start_train(one, data, 9, processes=1), _start_train(two, data, 6, processes=2)
+    finish(one_procs)
+    first = finish(two_procs)
     shutil.copytree(two, mixed)
-    resumed = _train(two, data, 9, processes=2)
-    mixed_out = _train(mixed, data, 9, processes=1)
+    two_procs = _start_train(two, data, 9, processes=2)
+    mixed_procs = _start_train(mixed, data, 9, processes=1)
+    resumed, mixed_out = finish(two_procs), finish(mixed_procs)
     return dict(one=one, two=two, mixed=mixed, first=first, resumed=resumed, mixed_out=mixed_out)
 
 
@@ -92,14 +97,16 @@ def test_sampling_as_two_processes_writes_one_complete_samples_file(runs, tmp_pa
     output = str(tmp_path / "samples.jsonl")
     flags = [f"--workdir={runs['two']}", f"--output={output}", "--num_samples=6",
              "--config.sampling.batch_size=4", "--config.sampling.steps=4"]
-    stdout = launch("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags], processes=2, devices=2)
+    # One process with the same devices, at the same time, to draw the same samples.
+    single = str(tmp_path / "single.jsonl")
+    two_procs = start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags], processes=2, devices=2)
+    one_procs = start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags[:1], f"--output={single}",
+                                    *flags[2:]], processes=1, devices=4)
+    stdout = finish(two_procs)
+    finish(one_procs)
     with open(output) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 6 and all(len(r["tokens"]) == 32 for r in rows)
     assert "wrote 6 samples" in stdout[0] and "wrote" not in stdout[1]
-    # The same samples as one process with the same devices draws.
-    single = str(tmp_path / "single.jsonl")
-    launch("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags[:1], f"--output={single}", *flags[2:]],
-           processes=1, devices=4)
     with open(single) as f:
         assert [json.loads(line)["tokens"] for line in f] == [r["tokens"] for r in rows]
