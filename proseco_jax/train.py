@@ -554,35 +554,53 @@ def restore(run: Run) -> tuple[int, TrainState, Any]:
 def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[TrainState, int]:
     """Trains from `step` to train.num_steps, dispatching steps without waiting on them: metrics, the
     divergence guard and stop requests are read at poll boundaries (log, evaluation and checkpoint steps,
-    every POLL_EVERY steps, and at once on a lone process asked to stop)."""
+    every POLL_EVERY steps, and at once on a lone process asked to stop).
+
+    A log step that neither evaluates nor saves is read one step late, once the next step is dispatched, so
+    that the device computes while the host waits for the metrics and prepares the next batch (with
+    train.log_every=1, reading each step at once left the device idle for that time). Evaluation and
+    checkpoints need the state of their own step, which the next step's dispatch gives away (donation).
+    """
     t, program, lone = run.config.train, run.program, jax.process_count() == 1
     log, guard = StepLog(run.config, step), DivergenceGuard(1 if t.nonfinite == "halt" else t.max_skips)
     writer = MetricsWriter(run.workdir, resume_step=step, total_steps=t.num_steps,
                            enabled=jax.process_index() == 0)
-    stopping = False
+
+    def read(at: int, log_now: bool, evaluate_now: bool) -> bool:
+        """Fetches the pending metrics (up to step `at`), halts on divergence, logs step `at` if asked;
+        whether every process agrees to stop."""
+        guard.update(*log.fetch())
+        if guard.tripped is not None:
+            raise Halted(run.halt_message(at, *guard.tripped))
+        if log_now:
+            record = log.record(at)
+            if evaluate_now:
+                record.update(run.validate(state.ema_params))
+            writer.write(at, record)
+            writer.progress(at, record)
+        return stop.agreed()  # Every process stops at the same step (a collective).
+
+    stopping, deferred = False, False
     with StopRequest("the current step") as stop:
         try:
             while step < t.num_steps and not stopping:
                 batch = program.batch(next(train_iter))
                 state, metrics = program.step(state, batch, jax.random.fold_in(run.train_rng, step))
-                log.add(metrics)
                 step += 1
+                if deferred:  # The previous step's log, read while this step keeps the device busy.
+                    stopping, deferred = read(step - 1, True, False), False
+                log.add(metrics)
                 last = step == t.num_steps
                 evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
                 log_now = step % t.log_every == 0 or evaluate_now or last
                 save_now = step % t.checkpoint_every == 0 or last
-                if not (log_now or save_now or step % POLL_EVERY == 0 or (lone and stop.requested)):
+                asked = lone and stop.requested
+                if not (log_now or save_now or stopping or asked or step % POLL_EVERY == 0):
                     continue
-                guard.update(*log.fetch())
-                if guard.tripped is not None:
-                    raise Halted(run.halt_message(step, *guard.tripped))
-                if log_now:
-                    record = log.record(step)
-                    if evaluate_now:
-                        record.update(run.validate(state.ema_params))
-                    writer.write(step, record)
-                    writer.progress(step, record)
-                stopping = stop.agreed()  # Every process stops at the same step (a collective).
+                if log_now and not (evaluate_now or save_now or stopping or asked):
+                    deferred = True
+                    continue
+                stopping = read(step, log_now, evaluate_now) or stopping
                 if save_now or stopping:
                     checkpoint.save(run.manager, step, state, train_iter)
             if stopping and jax.process_index() == 0:
