@@ -33,10 +33,11 @@ DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "pro
 _HELD = contextlib.ExitStack()
 # The workdirs this process holds the lock of: the only ones whose unfinished checkpoints it may remove.
 _HELD_WORKDIRS: set[str] = set()
-_KEEP_FREED_MEMORY = flags.DEFINE_bool(
-    "keep_freed_memory", True, "When computing on the CPU: keep the memory XLA frees for the next step "
-    "instead of mapping it afresh (host_memory.py; train steps up to 1.4x faster; resident memory stays at "
-    "its peak, up to about twice a step's temporary buffers). --nokeep_freed_memory hands it back.")
+# The help of --keep_freed_memory, the flag of binaries that run XLA programs over and over (`run`).
+KEEP_FREED_MEMORY_HELP = (
+    "When computing on the CPU: keep the memory XLA frees for the next step instead of mapping it afresh "
+    "(host_memory.py; CPU train steps up to 1.4x faster; resident memory stays at its peak, which then holds "
+    "the temporary buffers of two or more steps). --nokeep_freed_memory hands freed memory back.")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -170,13 +171,14 @@ def _report_failed_write(failure: fileio.WriteFailure) -> None:
     fail(f"cannot write {where} ({failure.reason}); kept: {kept}", code=1)
 
 
-def _guarded(main: Callable[[list[str]], None], new_process: bool = False) -> Callable[[list[str]], None]:
+def _guarded(main: Callable[[list[str]], None],
+             keep_freed_memory: flags.FlagHolder[bool] | None = None) -> Callable[[list[str]], None]:
     """`main` with the binaries' process settings applied and bad input turned into one line and an exit.
-    `new_process`: the binary runs in a process of its own, whose allocator settings are its to choose."""
+    `keep_freed_memory`: the flag of a binary that has its own process and opted in (`run`)."""
 
     def guarded(argv):
         # Before JAX starts its CPU backend's threads, which would otherwise map each step's buffers afresh.
-        if new_process and _KEEP_FREED_MEMORY.value and _computes_on_cpu():
+        if keep_freed_memory is not None and keep_freed_memory.value and _computes_on_cpu():
             host_memory.keep_freed_memory()
         sys.unraisablehook = _quiet_closed_event_loop
         threading.excepthook = _quiet_failed_write_in_thread
@@ -215,9 +217,16 @@ def _computes_on_cpu() -> bool:
     return platforms.split(",")[0].strip() == "cpu" if platforms else _cpu_only_machine()
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """`app.run(main)`, with bad input reported as one line and exit code 2."""
-    app.run(_guarded(main, new_process=True), flags_parser=_parse_flags)
+def run(main: Callable[[list[str]], None], *, keep_freed_memory: bool = False) -> None:
+    """`app.run(main)`, with bad input reported as one line and exit code 2.
+
+    keep_freed_memory: the binary runs XLA programs over and over (train steps, sampling, scoring), so on the
+    CPU it keeps the memory they free for reuse (`host_memory.keep_freed_memory`), unless
+    --nokeep_freed_memory. Binaries that stream large short-lived buffers once (conversion, data
+    preparation) leave it off: for them a heap that never shrinks would only hold memory.
+    """
+    keep = flags.DEFINE_bool("keep_freed_memory", True, KEEP_FREED_MEMORY_HELP) if keep_freed_memory else None
+    app.run(_guarded(main, keep), flags_parser=_parse_flags)
 
 
 def run_in_process(script: str, argv: Sequence[str]) -> tuple[int, str]:

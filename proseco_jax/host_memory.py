@@ -42,4 +42,5 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    took = [mallopt(parameter, value) == 1 for parameter, value in settings]  # Each is tried.
+    return all(took)

@@ -430,6 +430,10 @@ class StepLog:
         self._count += len(pending)
         return first, [float(m["nonfinite"]) for m in pending]
 
+    def restart_clock(self) -> None:
+        """Times the next record's steps from now (after a validation or a save at the last record)."""
+        self._tick = time.time()
+
     def record(self, step: int) -> dict[str, float]:
         """Means of the metrics fetched since the last record, tokens/s and the learning rate of the last
         step (call after `fetch`, so the time covers finished steps)."""
@@ -566,9 +570,9 @@ def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[Train
     writer = MetricsWriter(run.workdir, resume_step=step, total_steps=t.num_steps,
                            enabled=jax.process_index() == 0)
 
-    def read(at: int, log_now: bool, evaluate_now: bool) -> bool:
+    def read(at: int, log_now: bool, evaluate_now: bool, agree: bool = True) -> bool:
         """Fetches the pending metrics (up to step `at`), halts on divergence, logs step `at` if asked;
-        whether every process agrees to stop."""
+        whether every process agrees to stop (`agree=False`: not asked, False)."""
         guard.update(*log.fetch())
         if guard.tripped is not None:
             raise Halted(run.halt_message(at, *guard.tripped))
@@ -578,7 +582,7 @@ def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[Train
                 record.update(run.validate(state.ema_params))
             writer.write(at, record)
             writer.progress(at, record)
-        return stop.agreed()  # Every process stops at the same step (a collective).
+        return agree and stop.agreed()  # Every process stops at the same step (a collective).
 
     stopping, deferred = False, False
     with StopRequest("the current step") as stop:
@@ -588,21 +592,25 @@ def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[Train
                 state, metrics = program.step(state, batch, jax.random.fold_in(run.train_rng, step))
                 step += 1
                 if deferred:  # The previous step's log, read while this step keeps the device busy.
-                    stopping, deferred = read(step - 1, True, False), False
+                    # With several processes, agreeing is a collective that would wait for this step too:
+                    # they agree at the next immediate read (at most POLL_EVERY steps on).
+                    stopping, deferred = read(step - 1, True, False, agree=lone), False
                 log.add(metrics)
                 last = step == t.num_steps
                 evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
                 log_now = step % t.log_every == 0 or evaluate_now or last
                 save_now = step % t.checkpoint_every == 0 or last
-                asked = lone and stop.requested
-                if not (log_now or save_now or stopping or asked or step % POLL_EVERY == 0):
+                asked, poll = lone and stop.requested, step % POLL_EVERY == 0
+                if not (log_now or save_now or stopping or asked or poll):
                     continue
-                if log_now and not (evaluate_now or save_now or stopping or asked):
+                if log_now and not (evaluate_now or save_now or stopping or asked or poll):
                     deferred = True
                     continue
                 stopping = read(step, log_now, evaluate_now) or stopping
                 if save_now or stopping:
                     checkpoint.save(run.manager, step, state, train_iter)
+                if log_now:  # The next record's tokens/s counts training alone, not validating or saving.
+                    log.restart_clock()
             if stopping and jax.process_index() == 0:
                 print(f"{stop.signal_name or 'stop'}: saved the checkpoint at step {step}; rerun the same "
                       "command to resume", flush=True)

@@ -41,6 +41,18 @@ def finish(procs: list, timeout: float = 600) -> list[str]:
     return [out for out, _ in outputs]
 
 
+def finish_all(*groups: list, timeout: float = 600) -> list[list[str]]:
+    """`finish` of each group of processes running at once; once one fails, the others still running are
+    killed (they would go on holding their workdirs and the cores)."""
+    try:
+        return [finish(group, timeout) for group in groups]
+    finally:
+        for p in (p for group in groups for p in group):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def _metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -66,13 +78,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     data = f"--config.data.data_dir={root / 'data'}"  # Prepared once, by whichever run takes its lock first.
     one, two, mixed = str(root / "one"), str(root / "two"), str(root / "mixed")
-    one_procs, two_procs = _start_train(one, data, 9, processes=1), _start_train(two, data, 6, processes=2)
-    finish(one_procs)
-    first = finish(two_procs)
+    _, first = finish_all(_start_train(one, data, 9, processes=1), _start_train(two, data, 6, processes=2))
     shutil.copytree(two, mixed)
-    two_procs = _start_train(two, data, 9, processes=2)
-    mixed_procs = _start_train(mixed, data, 9, processes=1)
-    resumed, mixed_out = finish(two_procs), finish(mixed_procs)
+    resumed, mixed_out = finish_all(_start_train(two, data, 9, processes=2),
+                                    _start_train(mixed, data, 9, processes=1))
     return dict(one=one, two=two, mixed=mixed, first=first, resumed=resumed, mixed_out=mixed_out)
 
 
@@ -99,11 +108,10 @@ def test_sampling_as_two_processes_writes_one_complete_samples_file(runs, tmp_pa
              "--config.sampling.batch_size=4", "--config.sampling.steps=4"]
     # One process with the same devices, at the same time, to draw the same samples.
     single = str(tmp_path / "single.jsonl")
-    two_procs = start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags], processes=2, devices=2)
-    one_procs = start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags[:1], f"--output={single}",
-                                    *flags[2:]], processes=1, devices=4)
-    stdout = finish(two_procs)
-    finish(one_procs)
+    single_flags = [*flags[:1], f"--output={single}", *flags[2:]]
+    stdout, _ = finish_all(
+        start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *flags], processes=2, devices=2),
+        start("sample.py", [f"--config={CONFIG}", *TINY_OVERRIDES, *single_flags], processes=1, devices=4))
     with open(output) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 6 and all(len(r["tokens"]) == 32 for r in rows)
