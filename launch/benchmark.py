@@ -22,8 +22,9 @@ threads), then ours, and prints one JSON line per shape, precision and step, the
 tokens/s, ours over theirs, and our MFU. --ref_dir and --bench_ref are as for that script; without them
 only our figures are measured (the reference's columns read '-'). Size flags apply to both programs.
 
-On the CPU, like every binary, it keeps the memory XLA frees for the next step (`proseco_jax/host_memory.py`);
---nokeep_freed_memory times the steps with each step's buffers mapped afresh, as before that setting.
+On the CPU, like the other binaries that run steps over and over, it keeps the memory XLA frees for the next
+step (`proseco_jax/host_memory.py`); --nokeep_freed_memory times the steps with each step's buffers mapped
+afresh, as before that setting.
 """
 
 import json

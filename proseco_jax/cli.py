@@ -34,7 +34,7 @@ _HELD = contextlib.ExitStack()
 # The workdirs this process holds the lock of: the only ones whose unfinished checkpoints it may remove.
 _HELD_WORKDIRS: set[str] = set()
 # The help of --keep_freed_memory, the flag of binaries that run XLA programs over and over (`run`).
-KEEP_FREED_MEMORY_HELP = (
+_KEEP_FREED_MEMORY_HELP = (
     "When computing on the CPU: keep the memory XLA frees for the next step instead of mapping it afresh "
     "(host_memory.py; CPU train steps up to 1.4x faster; resident memory stays at its peak, which then holds "
     "the temporary buffers of two or more steps). --nokeep_freed_memory hands freed memory back.")
@@ -225,7 +225,9 @@ def run(main: Callable[[list[str]], None], *, keep_freed_memory: bool = False) -
     --nokeep_freed_memory. Binaries that stream large short-lived buffers once (conversion, data
     preparation) leave it off: for them a heap that never shrinks would only hold memory.
     """
-    keep = flags.DEFINE_bool("keep_freed_memory", True, KEEP_FREED_MEMORY_HELP) if keep_freed_memory else None
+    keep = None
+    if keep_freed_memory:
+        keep = flags.DEFINE_bool("keep_freed_memory", True, _KEEP_FREED_MEMORY_HELP)
     app.run(_guarded(main, keep), flags_parser=_parse_flags)
 
 

@@ -10,8 +10,8 @@ pages of the step before (no page faults in the steady state). The cost: memory 
 its own until it exits (its resident size stays at its peak), which is what a training or sampling job wants.
 
 Only glibc has these settings (`mallopt`); elsewhere the call does nothing. Accelerators' memory is not
-touched. The binaries in launch/ call it when the computation runs on the CPU (`cli.run`); in a notebook,
-call it before the first JAX computation.
+touched. The binaries in launch/ that run XLA programs over and over call it when the computation runs on
+the CPU (`cli.run(main, keep_freed_memory=True)`); in a notebook, call it before the first JAX computation.
 """
 
 from __future__ import annotations

@@ -594,17 +594,18 @@ def loop(run: Run, step: int, state: TrainState, train_iter: Any) -> tuple[Train
                 if deferred:  # The previous step's log, read while this step keeps the device busy.
                     # With several processes, agreeing is a collective that would wait for this step too:
                     # they agree at the next immediate read (at most POLL_EVERY steps on).
-                    stopping, deferred = read(step - 1, True, False, agree=lone), False
+                    stopping = read(step - 1, log_now=True, evaluate_now=False, agree=lone)
+                    deferred = False
                 log.add(metrics)
                 last = step == t.num_steps
                 evaluate_now = t.eval_every > 0 and (step % t.eval_every == 0 or last)
                 log_now = step % t.log_every == 0 or evaluate_now or last
                 save_now = step % t.checkpoint_every == 0 or last
-                asked, poll = lone and stop.requested, step % POLL_EVERY == 0
-                if not (log_now or save_now or stopping or asked or poll):
-                    continue
-                if log_now and not (evaluate_now or save_now or stopping or asked or poll):
-                    deferred = True
+                # Read now: the state of this step is needed, a stop is due, or it is a poll boundary.
+                at_once = (evaluate_now or save_now or stopping or (lone and stop.requested)
+                           or step % POLL_EVERY == 0)
+                if not at_once:
+                    deferred = log_now  # A plain log step waits for the next dispatch.
                     continue
                 stopping = read(step, log_now, evaluate_now) or stopping
                 if save_now or stopping:

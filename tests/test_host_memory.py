@@ -54,6 +54,7 @@ def test_binaries_reuse_freed_memory_unless_told_not_to():
     assert min(handed_back["faults"][4:]) > 0.9 * handed_back["temp_pages"], handed_back
     assert min(kept["faults"][4:]) < 0.02 * kept["temp_pages"], kept
 
+
 def test_off_glibc_it_does_nothing(monkeypatch):
     monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
     assert host_memory.keep_freed_memory() is False
